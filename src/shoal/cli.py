@@ -1,0 +1,73 @@
+"""The ``shoal`` command. Every ``serve`` option can also be set as ``SHOAL_<OPTION>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .settings import MiB, ServerSettings
+
+SIZE_SUFFIXES = {"k": 1024, "m": MiB, "g": 1024 * MiB}
+
+
+class ByteSize(click.ParamType):
+    """Bytes, or a number with a K/M/G suffix (``64M``, ``1G``)."""
+
+    name = "size"
+
+    def convert(self, value: object, param: object, ctx: object) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
+        factor = SIZE_SUFFIXES.get(text[-1:], 1)
+        number = text[:-1] if text[-1:] in SIZE_SUFFIXES else text
+        try:
+            size = int(float(number) * factor)
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 1048576, 64M or 1G", param, ctx)  # type: ignore[arg-type]
+        if size <= 0:
+            self.fail("the size must be positive", param, ctx)  # type: ignore[arg-type]
+        return size
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shoal")
+def main() -> None:
+    """Shoal: serve models over V2 (REST + gRPC) and V1 / TF Serving REST."""
+
+
+@main.command()
+@click.argument(
+    "repository", envvar="SHOAL_REPOSITORY",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option("--host", envvar="SHOAL_HOST", default="127.0.0.1", show_default=True, show_envvar=True,
+              help="Interface to bind; 0.0.0.0 (or ::) listens on all interfaces.")
+@click.option("--http-port", envvar="SHOAL_HTTP_PORT", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              show_envvar=True, help="REST port (V2 and V1); 0 picks a free port.")
+@click.option("--grpc-port", envvar="SHOAL_GRPC_PORT", default=8081, show_default=True, type=click.IntRange(0, 65535),
+              show_envvar=True, help="V2 gRPC port; 0 picks a free port.")
+@click.option("--max-request-size", envvar="SHOAL_MAX_REQUEST_SIZE", default="64M", show_default=True, type=ByteSize(),
+              show_envvar=True, help="Largest REST body or gRPC message accepted (413 / RESOURCE_EXHAUSTED).")
+@click.option("--drain-timeout", envvar="SHOAL_DRAIN_TIMEOUT", default=30.0, show_default=True, type=click.FloatRange(0),
+              show_envvar=True, help="Seconds in-flight requests may take to finish on SIGTERM.")
+@click.option("--log-level", envvar="SHOAL_LOG_LEVEL", default="info", show_default=True, show_envvar=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--model-threads", envvar="SHOAL_MODEL_THREADS", default=None, type=click.IntRange(1), show_envvar=True,
+              help="Threads running blocking model code (default: 2 per core, at least 4).")
+def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
+          drain_timeout: float, log_level: str, model_threads: int | None) -> None:
+    """Serve every model in REPOSITORY (one folder per model)."""
+    from .server.app import run
+
+    run(ServerSettings(
+        repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
+        max_request_size=max_request_size, drain_timeout=drain_timeout,
+        log_level=log_level.lower(), model_threads=model_threads,
+    ))
+
+
+if __name__ == "__main__":
+    main()

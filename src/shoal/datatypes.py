@@ -1,0 +1,55 @@
+"""The Open Inference Protocol datatypes and their numpy equivalents."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InvalidInput
+
+#: V2 datatype name -> numpy dtype (little-endian, as the wire formats are).
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+
+DATATYPES = frozenset(NUMPY_DTYPES)
+
+_KIND_SIZE_TO_DATATYPE = {
+    (dtype.kind, dtype.itemsize): name for name, dtype in NUMPY_DTYPES.items() if name != "BYTES"
+}
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    try:
+        return NUMPY_DTYPES[datatype]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown datatype {datatype!r}; expected one of {', '.join(sorted(DATATYPES))}"
+        ) from None
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The V2 datatype for a numpy array; strings and objects travel as BYTES."""
+    kind = array.dtype.kind
+    if kind in "OSU":
+        return "BYTES"
+    try:
+        return _KIND_SIZE_TO_DATATYPE[(kind, array.dtype.itemsize)]
+    except KeyError:
+        raise InvalidInput(f"numpy dtype {array.dtype} has no V2 datatype") from None
+
+
+def element_size(datatype: str) -> int:
+    """Bytes per element on the wire; 0 for BYTES, whose elements vary in length."""
+    return 0 if datatype == "BYTES" else NUMPY_DTYPES[datatype].itemsize

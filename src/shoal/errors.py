@@ -1,0 +1,66 @@
+"""One exception family for every failure a client can see.
+
+Each error carries its HTTP status and gRPC status code, so the REST and gRPC transports
+translate them the same way and no handler invents its own mapping.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ShoalError(Exception):
+    """Base class: the message is what the client reads."""
+
+    http_status = 500
+    grpc_code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(ShoalError):
+    """The request is malformed or does not match the model's inputs."""
+
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFound(ShoalError):
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class PayloadTooLarge(ShoalError):
+    http_status = 413
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ShoalError):
+    """The model or server exists but cannot answer now (loading, failed, draining)."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class NotSupported(ShoalError):
+    http_status = 501
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class ModelFailure(ShoalError):
+    """The model's own code raised: the client gets the message, the server stays up."""
+
+    http_status = 500
+    grpc_code = grpc.StatusCode.INTERNAL
+
+
+class LoadError(ShoalError):
+    """A model folder could not be turned into a ready model."""
+
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT

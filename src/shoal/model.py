@@ -1,0 +1,61 @@
+"""The public base class for anything Shoal serves.
+
+Runtimes (scikit-learn, ...) and users' custom classes both subclass :class:`Model`.
+The lifecycle follows KServe's, which users already know: ``load`` once, then per request
+``preprocess`` -> ``predict`` -> ``postprocess``. Each may be a plain function or a coroutine:
+plain functions run on Shoal's worker threads, never on the event loop, so a slow model
+cannot freeze health checks or other models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
+
+#: What ``predict`` may return; the server turns each into an InferenceResponse.
+PredictResult = InferenceResponse | dict[str, Any] | list[Tensor] | Tensor | np.ndarray
+
+
+class Model:
+    """Subclass and override ``load`` and ``predict`` (and optionally the others).
+
+    Declare ``inputs`` / ``outputs`` (lists of :class:`~shoal.types.TensorSpec`) in ``load``
+    or in ``model.yaml`` so clients can read them from the metadata endpoints and requests
+    are checked against them.
+    """
+
+    #: A short name for the framework, shown as ``platform`` in model metadata.
+    platform: str = "custom"
+
+    def __init__(
+        self,
+        name: str,
+        version: str = "1",
+        path: Path | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.parameters: dict[str, Any] = dict(parameters or {})
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+
+    def load(self) -> None:
+        """Read artifacts from ``self.path``; raise to report a failed load."""
+
+    def preprocess(self, request: InferenceRequest) -> InferenceRequest:
+        return request
+
+    def predict(self, request: InferenceRequest) -> PredictResult:
+        raise NotImplementedError(f"{type(self).__name__} does not implement predict")
+
+    def postprocess(self, response: InferenceResponse) -> InferenceResponse:
+        return response
+
+    def unload(self) -> None:
+        """Release resources; called after the model stops receiving requests."""

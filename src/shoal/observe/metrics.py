@@ -1,0 +1,74 @@
+"""Prometheus metrics for requests and model lifecycle.
+
+Transports record every request once, through :class:`Metrics`, so REST and gRPC report the
+same series. Label children are cached: looking them up per request would cost more than
+the increment itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+STATES = ("LOADING", "READY", "UNAVAILABLE")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "shoal_requests", "Inference requests by model, version, protocol and outcome.",
+            ["model", "version", "protocol", "outcome"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "shoal_request_duration_seconds", "Inference request latency, decode to encode.",
+            ["model", "version", "protocol"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "shoal_requests_in_flight", "Inference requests being processed.",
+            ["model"], registry=self.registry,
+        )
+        self.load_duration = Gauge(
+            "shoal_model_load_duration_seconds", "Seconds the last load of a model version took.",
+            ["model", "version"], registry=self.registry,
+        )
+        self.model_state = Gauge(
+            "shoal_model_state", "1 for the state each model version is in, 0 for the others.",
+            ["model", "version", "state"], registry=self.registry,
+        )
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request_started(self, model: str) -> None:
+        self._child(self.in_flight, model).inc()
+
+    def request_finished(
+        self, model: str, version: str, protocol: str, outcome: str, seconds: float
+    ) -> None:
+        self._child(self.in_flight, model).dec()
+        self._child(self.requests, model, version, protocol, outcome).inc()
+        self._child(self.latency, model, version, protocol).observe(seconds)
+
+    def model_state_changed(self, model: str, version: str, state: str | None) -> None:
+        for candidate in STATES:
+            self._child(self.model_state, model, version, candidate).set(
+                1.0 if candidate == state else 0.0
+            )
+
+    def model_loaded(self, model: str, version: str, seconds: float) -> None:
+        self._child(self.load_duration, model, version).set(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

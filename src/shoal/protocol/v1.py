@@ -1,0 +1,129 @@
+"""V1 / TensorFlow Serving REST: the row (``instances``) and columnar (``inputs``) formats.
+
+Row format: ``{"instances": [row, ...]}``; each row is a value (one input) or an object of
+named inputs. Columnar format: ``{"inputs": value}`` or ``{"inputs": {name: value}}``.
+Binary values are ``{"b64": "..."}`` objects, as in TF Serving. The answer mirrors the
+question: rows give ``{"predictions": [...]}``, columns give ``{"outputs": ...}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+
+import numpy as np
+
+from ..datatypes import numpy_dtype
+from ..errors import InvalidInput
+from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
+from .v2_json import json_data, parse_json_object
+
+Format = Literal["row", "columnar"]
+DEFAULT_INPUT = "input-0"
+
+
+def decode_request(body: bytes, inputs: list[TensorSpec]) -> tuple[InferenceRequest, Format]:
+    payload = parse_json_object(body)
+    if "instances" in payload and "inputs" in payload:
+        raise InvalidInput("use either 'instances' or 'inputs', not both")
+    if "instances" in payload:
+        rows = payload["instances"]
+        if not isinstance(rows, list):
+            raise InvalidInput("'instances' must be a list")
+        if rows and all(isinstance(r, dict) and not _is_b64(r) for r in rows):
+            names = list(rows[0])
+            if any(list(r) != names and set(r) != set(names) for r in rows):
+                raise InvalidInput("every instance must have the same named inputs")
+            columns = {n: [r[n] for r in rows] for n in names}
+        else:
+            columns = {_single_name(inputs): rows}
+        fmt: Format = "row"
+    elif "inputs" in payload:
+        value = payload["inputs"]
+        if isinstance(value, dict) and not _is_b64(value):
+            columns = value
+        else:
+            columns = {_single_name(inputs): value}
+        fmt = "columnar"
+    else:
+        raise InvalidInput("a V1 request needs 'instances' or 'inputs'")
+    declared = {spec.name: spec.datatype for spec in inputs}
+    tensors = [_tensor(name, value, declared.get(name)) for name, value in columns.items()]
+    return InferenceRequest(inputs=tensors), fmt
+
+
+def _single_name(inputs: list[TensorSpec]) -> str:
+    return inputs[0].name if len(inputs) == 1 else DEFAULT_INPUT
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _tensor(name: str, value: Any, datatype: str | None) -> Tensor:
+    if _contains_text(value):
+        array = _bytes_array(value, name)
+        return Tensor(name, "BYTES", tuple(array.shape), array)
+    try:
+        array = np.array(value, dtype=numpy_dtype(datatype) if datatype else None)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"input {name!r}: {exc}") from None
+    if array.dtype.kind not in "biuf":
+        raise InvalidInput(f"input {name!r}: values must be numbers, booleans or strings")
+    if datatype is None and array.dtype.kind == "i":
+        array = array.astype(np.int64, copy=False)
+    return Tensor.from_numpy(name, array)
+
+
+def _contains_text(value: Any) -> bool:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, str) or _is_b64(value)
+
+
+def _bytes_array(value: Any, name: str) -> np.ndarray:
+    def convert(item: Any) -> Any:
+        if isinstance(item, list):
+            return [convert(i) for i in item]
+        if isinstance(item, str):
+            return item.encode("utf-8")
+        if _is_b64(item):
+            try:
+                return base64.b64decode(item["b64"], validate=True)
+            except (binascii.Error, TypeError):
+                raise InvalidInput(f"input {name!r}: invalid base64 value") from None
+        raise InvalidInput(f"input {name!r}: mixes strings with other values")
+
+    try:
+        return np.array(convert(value), dtype=object)
+    except ValueError:
+        raise InvalidInput(f"input {name!r}: rows have different lengths") from None
+
+
+def encode_response(response: InferenceResponse, fmt: Format) -> dict[str, Any]:
+    """A dict for orjson; arrays stay numpy (nested by their shape)."""
+    values = {t.name: _value(t) for t in response.outputs}
+    if fmt == "columnar":
+        if len(values) == 1:
+            return {"outputs": next(iter(values.values()))}
+        return {"outputs": values}
+    if len(values) == 1:
+        return {"predictions": next(iter(values.values()))}
+    rows = _row_count(response.outputs)
+    return {"predictions": [{n: v[i] for n, v in values.items()} for i in range(rows)]}
+
+
+def _value(tensor: Tensor) -> Any:
+    if tensor.datatype == "BYTES":
+        return np.array(json_data(tensor), dtype=object).reshape(tensor.shape).tolist()
+    return json_data(tensor).reshape(tensor.shape)
+
+
+def _row_count(outputs: list[Tensor]) -> int:
+    counts = {t.shape[0] if t.shape else 1 for t in outputs}
+    if len(counts) != 1:
+        raise InvalidInput(
+            "the model's outputs have different batch sizes; use the columnar format ('inputs')"
+        )
+    return counts.pop()

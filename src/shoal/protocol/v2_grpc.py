@@ -1,0 +1,178 @@
+"""V2 gRPC messages <-> the protocol-neutral types.
+
+Raw contents (``raw_input_contents``) decode zero-copy with ``np.frombuffer``; a request that
+came raw gets a raw response, as Triton and MLServer do. FP16 has no typed field, so it always
+travels raw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..datatypes import numpy_dtype
+from ..errors import InvalidInput
+from ..types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
+from . import v2_binary
+from .grpc_gen import grpc_service_pb2 as pb
+
+#: datatype -> the InferTensorContents field that carries it.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters_from_proto(params: Any) -> dict[str, Any]:
+    result = {}
+    for key, value in params.items():
+        choice = value.WhichOneof("parameter_choice")
+        result[key] = getattr(value, choice) if choice else None
+    return result
+
+
+def parameters_to_proto(target: Any, params: dict[str, Any]) -> None:
+    for key, value in params.items():
+        slot = target[key]
+        if isinstance(value, bool):
+            slot.bool_param = value
+        elif isinstance(value, int):
+            if value >= 2**63:
+                slot.uint64_param = value
+            else:
+                slot.int64_param = value
+        elif isinstance(value, float):
+            slot.double_param = value
+        else:
+            slot.string_param = value if isinstance(value, str) else str(value)
+
+
+def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput(
+            f"the request has {len(message.inputs)} inputs but {len(raw)} raw_input_contents"
+        )
+    inputs = []
+    for index, item in enumerate(message.inputs):
+        name, datatype = item.name, item.datatype
+        if not name:
+            raise InvalidInput(f"input {index} needs a name")
+        numpy_dtype(datatype)
+        shape = tuple(item.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInput(f"input {name!r}: shape dimensions must be non-negative")
+        if raw:
+            if item.HasField("contents"):
+                raise InvalidInput(
+                    f"input {name!r} sets contents while the request uses raw_input_contents"
+                )
+            data = v2_binary.decode_tensor_bytes(raw[index], datatype, shape, name)
+        else:
+            data = _typed_contents(item, datatype, shape)
+        inputs.append(Tensor(name, datatype, shape, data, parameters_from_proto(item.parameters)))
+    outputs = None
+    if message.outputs:
+        outputs = [
+            RequestedOutput(o.name, parameters_from_proto(o.parameters)) for o in message.outputs
+        ]
+    return InferenceRequest(
+        inputs=inputs,
+        id=message.id or None,
+        parameters=parameters_from_proto(message.parameters),
+        outputs=outputs,
+        model_name=message.model_name,
+        model_version=message.model_version or None,
+    )
+
+
+def _typed_contents(item: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input {item.name!r}: {datatype} data must be sent as raw_input_contents")
+    values = getattr(item.contents, field)
+    count = v2_binary.element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input {item.name!r}: {len(values)} {datatype} elements do not match shape "
+            f"{list(shape)} ({count} elements)"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        return np.array(values, dtype=numpy_dtype(datatype)).reshape(shape)
+    except OverflowError as exc:
+        raise InvalidInput(f"input {item.name!r}: {exc}") from None
+
+
+def encode_response(response: InferenceResponse, raw: bool) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version or "",
+        id=response.id or "",
+    )
+    if response.parameters:
+        parameters_to_proto(message.parameters, response.parameters)
+    raw = raw or any(t.datatype == "FP16" for t in response.outputs)
+    raw_contents = []
+    for tensor in response.outputs:
+        out = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if tensor.parameters:
+            parameters_to_proto(out.parameters, tensor.parameters)
+        if raw:
+            raw_contents.append(v2_binary.encode_tensor_bytes(tensor.data, tensor.datatype))
+        else:
+            _fill_contents(out.contents, tensor)
+    if raw:
+        message.raw_output_contents.extend(raw_contents)
+    return message
+
+
+def _fill_contents(contents: Any, tensor: Tensor) -> None:
+    values = getattr(contents, CONTENTS_FIELD[tensor.datatype])
+    if tensor.datatype == "BYTES":
+        values.extend(_as_bytes(v) for v in tensor.data.reshape(-1))
+    else:
+        values.extend(tensor.data.reshape(-1).tolist())
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return str(value).encode("utf-8")
+
+
+def request_to_proto(request: InferenceRequest, raw: bool = True) -> pb.ModelInferRequest:
+    """The client direction, for tests, benchmarks and remote nodes."""
+    message = pb.ModelInferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version or "",
+        id=request.id or "",
+    )
+    parameters_to_proto(message.parameters, request.parameters)
+    for tensor in request.inputs:
+        item = message.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        parameters_to_proto(item.parameters, tensor.parameters)
+        if raw:
+            message.raw_input_contents.append(
+                v2_binary.encode_tensor_bytes(tensor.data, tensor.datatype)
+            )
+        else:
+            _fill_contents(item.contents, tensor)
+    for output in request.outputs or ():
+        requested = message.outputs.add(name=output.name)
+        parameters_to_proto(requested.parameters, output.parameters)
+    return message

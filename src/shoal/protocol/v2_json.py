@@ -1,0 +1,254 @@
+"""V2 / Open Inference Protocol REST bodies: JSON, with the binary tensor extension.
+
+A request body is a JSON header optionally followed by binary tensor data; the header's length
+arrives in ``Inference-Header-Content-Length``. Responses serialise numpy arrays with orjson
+directly (no Python lists), and put requested outputs in the binary section.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..datatypes import numpy_dtype
+from ..errors import InvalidInput
+from ..types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
+from . import v2_binary
+
+HEADER_LENGTH = "inference-header-content-length"
+_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def parse_json_object(body: bytes | memoryview, what: str = "request body") -> dict[str, Any]:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    return value
+
+
+def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
+    if header_length is None:
+        header, binary = parse_json_object(body), None
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length is {header_length} but the body has only "
+                f"{len(body)} bytes"
+            )
+        view = memoryview(body)
+        header = parse_json_object(view[:header_length], "JSON header")
+        binary = view[header_length:]
+    return request_from_dict(header, binary)
+
+
+def request_from_dict(header: dict[str, Any], binary: memoryview | None = None) -> InferenceRequest:
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise InvalidInput("'inputs' must be a list of tensors")
+    offset = 0
+    inputs = []
+    for position, raw in enumerate(raw_inputs):
+        tensor, offset = _decode_input(raw, position, binary, offset)
+        inputs.append(tensor)
+    if binary is not None and offset != len(binary):
+        raise InvalidInput(
+            f"the body has {len(binary) - offset} bytes of binary data that no input claims"
+        )
+    return InferenceRequest(
+        inputs=inputs,
+        id=_optional_str(header.get("id"), "id"),
+        parameters=_parameters(header.get("parameters"), "request"),
+        outputs=_requested_outputs(header.get("outputs")),
+    )
+
+
+def _decode_input(
+    raw: Any, position: int, binary: memoryview | None, offset: int
+) -> tuple[Tensor, int]:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"input {position} must be a JSON object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"input {position} needs a non-empty string 'name'")
+    datatype = raw.get("datatype")
+    if not isinstance(datatype, str):
+        raise InvalidInput(f"input {name!r} needs a string 'datatype'")
+    numpy_dtype(datatype)
+    shape = parse_shape(raw.get("shape"), name)
+    parameters = _parameters(raw.get("parameters"), f"input {name!r}")
+    binary_size = parameters.pop("binary_data_size", None)
+    if binary_size is not None:
+        if binary is None:
+            raise InvalidInput(
+                f"input {name!r} has binary_data_size but the request has no "
+                "Inference-Header-Content-Length header"
+            )
+        if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+            raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative integer")
+        if offset + binary_size > len(binary):
+            raise InvalidInput(
+                f"input {name!r}: binary_data_size {binary_size} overruns the "
+                f"{len(binary) - offset} bytes of binary data left"
+            )
+        chunk = binary[offset : offset + binary_size]
+        data = v2_binary.decode_tensor_bytes(chunk, datatype, shape, name)
+        return Tensor(name, datatype, shape, data, parameters), offset + binary_size
+    if "data" not in raw:
+        raise InvalidInput(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    data = json_data_to_array(raw["data"], datatype, shape, name)
+    return Tensor(name, datatype, shape, data, parameters), offset
+
+
+def parse_shape(value: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise InvalidInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    return tuple(value)
+
+
+def json_data_to_array(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """JSON ``data`` (flat or nested, row-major) to an array of exactly ``shape``."""
+    count = v2_binary.element_count(shape)
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if len(flat) != count:
+            raise _length_error(name, len(flat), shape, count)
+        array = np.empty(count, dtype=object)
+        for index, element in enumerate(flat):
+            if isinstance(element, str):
+                array[index] = element.encode("utf-8")
+            else:
+                raise InvalidInput(f"input {name!r}: BYTES elements must be strings in JSON")
+        return array.reshape(shape)
+    dtype = numpy_dtype(datatype)
+    try:
+        array = np.array(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"input {name!r}: data is not valid {datatype}: {exc}") from None
+    if array.size != count:
+        raise _length_error(name, array.size, shape, count)
+    return array.reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if not any(isinstance(item, list) for item in data):
+        return data
+    flat: list[Any] = []
+    for item in data:
+        flat.extend(_flatten(item))
+    return flat
+
+
+def _length_error(name: str, got: int, shape: tuple[int, ...], count: int) -> InvalidInput:
+    return InvalidInput(
+        f"input {name!r}: {got} data elements do not match shape {list(shape)} ({count} elements)"
+    )
+
+
+def _optional_str(value: Any, field: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidInput(f"'{field}' must be a string")
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where} 'parameters' must be a JSON object")
+    return dict(value)
+
+
+def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidInput("'outputs' must be a list")
+    outputs = []
+    for raw in value:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise InvalidInput("each requested output needs a string 'name'")
+        outputs.append(RequestedOutput(raw["name"], _parameters(raw.get("parameters"), "output")))
+    return outputs
+
+
+def wants_binary(request: InferenceRequest | None) -> tuple[bool, set[str]]:
+    """(all outputs binary?, names of outputs asked for in binary)."""
+    if request is None:
+        return False, set()
+    everything = bool(request.parameters.get("binary_data_output", False))
+    named = {
+        o.name for o in request.outputs or () if o.parameters.get("binary_data", everything)
+    }
+    return everything, named
+
+
+def encode_response(
+    response: InferenceResponse, request: InferenceRequest | None = None
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header length when binary outputs follow it."""
+    everything, binary_names = wants_binary(request)
+    outputs = []
+    chunks: list[bytes] = []
+    for tensor in response.outputs:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": tensor.shape,
+        }
+        parameters = dict(tensor.parameters)
+        if everything or tensor.name in binary_names:
+            raw = v2_binary.encode_tensor_bytes(tensor.data, tensor.datatype)
+            parameters["binary_data_size"] = len(raw)
+            chunks.append(raw)
+        else:
+            entry["data"] = json_data(tensor)
+        if parameters:
+            entry["parameters"] = parameters
+        outputs.append(entry)
+    body: dict[str, Any] = {"model_name": response.model_name}
+    if response.model_version is not None:
+        body["model_version"] = response.model_version
+    if response.id is not None:
+        body["id"] = response.id
+    if response.parameters:
+        body["parameters"] = response.parameters
+    body["outputs"] = outputs
+    header = orjson.dumps(body, option=_DUMP_OPTIONS)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def json_data(tensor: Tensor) -> Any:
+    """A tensor's elements, flattened, in a form orjson writes without Python lists."""
+    data = tensor.data
+    if tensor.datatype == "BYTES":
+        return [_text(v) for v in data.reshape(-1)]
+    flat = data.reshape(-1)
+    if not flat.flags.c_contiguous or flat.dtype.byteorder == ">":
+        flat = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))
+    return flat
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                "a BYTES output is not UTF-8 text; ask for it with binary_data"
+            ) from None
+    return str(value)
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=_DUMP_OPTIONS)

@@ -1,0 +1,92 @@
+"""``model.yaml``: the optional per-model configuration file.
+
+Example::
+
+    runtime: sklearn                 # otherwise detected from the artifact
+    parameters: {method: predict_proba}
+    version_policy: {latest: 2}      # or: all, or {specific: [1, 3]}
+    inputs:  [{name: features, datatype: FP64, shape: [-1, 4]}]
+    outputs: [{name: predict_proba, datatype: FP64, shape: [-1, 3]}]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..datatypes import DATATYPES
+from ..errors import LoadError
+from ..types import TensorSpec
+
+CONFIG_FILE = "model.yaml"
+
+
+class TensorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str) -> str:
+        if value not in DATATYPES:
+            raise ValueError(f"unknown datatype {value!r}")
+        return value
+
+    def spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.datatype, tuple(self.shape))
+
+
+class LatestPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    latest: int = Field(ge=1)
+
+
+class SpecificPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    specific: list[int] = Field(min_length=1)
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    runtime: str | None = None
+    model_class: str | None = Field(default=None, alias="class")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    version_policy: Literal["all"] | LatestPolicy | SpecificPolicy = LatestPolicy(latest=1)
+    inputs: list[TensorConfig] = Field(default_factory=list)
+    outputs: list[TensorConfig] = Field(default_factory=list)
+
+    def select_versions(self, available: list[int]) -> list[int]:
+        """The versions to serve, as TF Serving's and Triton's version policies choose."""
+        ordered = sorted(available)
+        policy = self.version_policy
+        if policy == "all":
+            return ordered
+        if isinstance(policy, LatestPolicy):
+            return ordered[-policy.latest :]
+        return [v for v in ordered if v in set(policy.specific)]
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        return ModelConfig()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise LoadError(f"{path.name} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise LoadError(f"{path.name} must be a mapping")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'model.yaml'}: {e['msg']}" for e in exc.errors()
+        )
+        raise LoadError(f"{path.name} is invalid: {problems}") from None

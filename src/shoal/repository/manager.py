@@ -1,0 +1,159 @@
+"""Loads and unloads the models of a repository folder into the registry.
+
+A (re)load brings the new version up before the old one goes: requests keep being answered
+by the old instance until the new one is ready, so a reload never fails a request. A model
+that fails to load is recorded with its reason and does not affect the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import LoadError, ModelNotFound, ShoalError
+from ..observe import logging as log
+from ..observe.metrics import Metrics
+from ..runtimes import create_model
+from ..serving.endpoint import ModelEndpoint, ModelState
+from ..serving.executor import Executor
+from ..serving.registry import Registry, VersionEntry
+from .config import read_config
+from .layout import check_model_name, model_names, version_dirs
+
+
+class ModelRepository:
+    def __init__(self, root: Path, registry: Registry, executor: Executor, metrics: Metrics) -> None:
+        self.root = root.resolve()
+        self.registry = registry
+        self.executor = executor
+        self.metrics = metrics
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def names(self) -> list[str]:
+        return model_names(self.root)
+
+    async def load_all(self) -> None:
+        await asyncio.gather(*(self._load_reporting(name) for name in self.names()))
+
+    async def _load_reporting(self, name: str) -> None:
+        try:
+            await self.load(name)
+        except ShoalError:
+            pass  # recorded in the registry and logged by load()
+
+    def _model_dir(self, name: str) -> Path:
+        check_model_name(name)
+        model_dir = self.root / name
+        if not model_dir.is_dir() or model_dir.resolve().parent != self.root:
+            raise ModelNotFound(f"model {name!r} is not in the repository {self.root}")
+        return model_dir
+
+    async def load(self, name: str) -> list[str]:
+        """Load (or reload) a model's versions per its policy; returns the versions now ready."""
+        model_dir = self._model_dir(name)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            dirs = version_dirs(model_dir)
+            try:
+                config = read_config(model_dir)
+            except LoadError as exc:
+                for version in dirs:
+                    self._failed(name, str(version), exc)
+                raise
+            wanted = [str(v) for v in config.select_versions(list(dirs))]
+            errors = []
+            for version in wanted:
+                try:
+                    await self._load_version(name, version, dirs[int(version)], model_dir, config)
+                except LoadError as exc:
+                    errors.append(exc)
+            for entry in self.registry.entries(name):
+                if entry.version not in wanted:
+                    await self._retire(name, entry)
+            if errors:
+                raise LoadError(f"model {name!r}: " + "; ".join(str(e) for e in errors))
+            return wanted
+
+    async def _load_version(
+        self, name: str, version: str, version_dir: Path, model_dir: Path, config: Any
+    ) -> None:
+        previous = next((e for e in self.registry.entries(name) if e.version == version), None)
+        if previous is None or previous.state is not ModelState.READY:
+            self._record(name, VersionEntry(version, ModelState.LOADING))
+        started = time.perf_counter()
+        try:
+            model = await self.executor.run(
+                create_model, name, version, version_dir, model_dir, config
+            )
+            await self._call(model.load)
+        except Exception as exc:
+            error = exc if isinstance(exc, LoadError) else LoadError(f"{type(exc).__name__}: {exc}")
+            if previous is not None and previous.state is ModelState.READY:
+                log.event("model_reload_failed", logging.ERROR, model=name, version=version,
+                          reason=str(error), serving="previous instance")
+            else:
+                self._failed(name, version, error)
+            raise error from exc
+        seconds = time.perf_counter() - started
+        self._record(name, VersionEntry(version, ModelState.READY, "", ModelEndpoint(model, self.executor)))
+        self.metrics.model_loaded(name, version, seconds)
+        log.event("model_loaded", model=name, version=version, runtime=model.platform,
+                  seconds=round(seconds, 4))
+        if previous is not None and previous.endpoint is not None:
+            await self._release(previous)
+
+    async def unload(self, name: str) -> None:
+        check_model_name(name)
+        if not self.registry.entries(name):
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            for entry in self.registry.entries(name):
+                await self._retire(name, entry)
+
+    async def _retire(self, name: str, entry: VersionEntry) -> None:
+        self.registry.remove(name, entry.version)
+        self.metrics.model_state_changed(name, entry.version, None)
+        await self._release(entry)
+        log.event("model_unloaded", model=name, version=entry.version)
+
+    async def _release(self, entry: VersionEntry) -> None:
+        if isinstance(entry.endpoint, ModelEndpoint):
+            entry.endpoint.state = ModelState.UNLOADING
+            await entry.endpoint.drained()
+            try:
+                await self._call(entry.endpoint.model.unload)
+            except Exception as exc:
+                log.event("model_unload_failed", logging.ERROR, model=entry.endpoint.name,
+                          version=entry.version, reason=f"{type(exc).__name__}: {exc}")
+
+    async def _call(self, fn: Any) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            return await fn()
+        return await self.executor.run(fn)
+
+    def _record(self, name: str, entry: VersionEntry) -> None:
+        self.registry.set(name, entry)
+        self.metrics.model_state_changed(name, entry.version, entry.state.value)
+
+    def _failed(self, name: str, version: str, error: Exception) -> None:
+        self._record(name, VersionEntry(version, ModelState.UNAVAILABLE, str(error)))
+        log.event("model_load_failed", logging.ERROR, model=name, version=version, reason=str(error))
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index: every model folder, with each loaded version's state."""
+        rows: list[dict[str, str]] = []
+        for name in sorted(set(self.names()) | set(self.registry.names())):
+            entries = self.registry.entries(name)
+            if not entries and not ready_only:
+                rows.append({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
+            for entry in entries:
+                if ready_only and entry.state is not ModelState.READY:
+                    continue
+                row = {"name": name, "version": entry.version, "state": entry.state.value}
+                if entry.reason:
+                    row["reason"] = entry.reason
+                rows.append(row)
+        return rows

@@ -1,0 +1,69 @@
+"""Runtime registry: from a model folder to a :class:`shoal.Model` instance.
+
+A runtime is named in ``model.yaml`` (``runtime: sklearn``) or detected from the artifact's
+file name. Framework modules are imported only when a model needs them, so a missing
+optional extra fails that one model's load with the ``pip install`` line that fixes it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LoadError
+from ..model import Model
+from ..repository.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Runtime:
+    module: str
+    factory: str
+    extra: str | None
+    artifacts: tuple[str, ...]
+
+
+RUNTIMES: dict[str, Runtime] = {
+    "sklearn": Runtime(
+        "shoal.runtimes.sklearn", "SKLearnModel", "sklearn",
+        ("model.joblib", "model.pkl", "model.pickle"),
+    ),
+    "custom": Runtime("shoal.runtimes.custom", "create", None, ("model.py",)),
+}
+
+
+def detect_runtime(folders: list[Path]) -> str:
+    """The runtime whose artifact appears first in ``folders`` (version folder first)."""
+    for folder in folders:
+        for name, runtime in RUNTIMES.items():
+            if any((folder / artifact).exists() for artifact in runtime.artifacts):
+                return name
+    known = ", ".join(a for r in RUNTIMES.values() for a in r.artifacts)
+    raise LoadError(f"no model artifact found (looked for {known}) and model.yaml names no runtime")
+
+
+def create_model(
+    name: str, version: str, version_dir: Path, model_dir: Path, config: ModelConfig
+) -> Model:
+    runtime_name = config.runtime or detect_runtime([version_dir, model_dir])
+    runtime = RUNTIMES.get(runtime_name)
+    if runtime is None:
+        raise LoadError(
+            f"unknown runtime {runtime_name!r}; available: {', '.join(sorted(RUNTIMES))}"
+        )
+    try:
+        module = importlib.import_module(runtime.module)
+    except ImportError as exc:
+        hint = f": pip install 'shoal[{runtime.extra}]'" if runtime.extra else ""
+        raise LoadError(f"runtime {runtime_name!r} is not installed ({exc.name}){hint}") from None
+    factory = getattr(module, runtime.factory)
+    if isinstance(factory, type):
+        model = factory(name, version, version_dir, config.parameters)
+    else:
+        model = factory(name, version, version_dir, model_dir, config)
+    if config.inputs:
+        model.inputs = [t.spec() for t in config.inputs]
+    if config.outputs:
+        model.outputs = [t.spec() for t in config.outputs]
+    return model

@@ -1,0 +1,141 @@
+"""The server process: REST and gRPC on one event loop, startup loading, draining shutdown.
+
+Startup binds both ports first (port 0 picks a free one) and prints one JSON line with the
+chosen ports on stdout, then loads the repository; ``/v2/health/ready`` turns true only
+when loading has finished. SIGTERM or SIGINT stops accepting connections, lets in-flight
+requests finish for up to ``drain_timeout`` seconds, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+
+import orjson
+import uvicorn
+
+from ..observe import logging as log
+from ..observe.metrics import Metrics
+from ..repository.manager import ModelRepository
+from ..serving.dataplane import DataPlane
+from ..serving.executor import Executor
+from ..serving.registry import Registry
+from ..settings import ServerSettings
+from . import grpc as grpc_transport
+from .rest import build_app
+
+
+class _UvicornServer(uvicorn.Server):
+    """Uvicorn without its own signal handling: the Shoal process owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ShoalServer:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry = Registry()
+        self.executor = Executor(settings.model_threads)
+        self.repository = ModelRepository(
+            settings.repository, self.registry, self.executor, self.metrics
+        )
+        self.dataplane = DataPlane(self.registry, self.repository, self.metrics)
+        self.app = build_app(self.dataplane, settings.max_request_size)
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+        http_socket = _bind(settings.host, settings.http_port)
+        self.http_port = http_socket.getsockname()[1]
+        grpc_server = grpc_transport.build_server(self.dataplane, settings.max_request_size)
+        try:
+            self.grpc_port = grpc_server.add_insecure_port(
+                _grpc_address(settings.host, settings.grpc_port)
+            )
+        except RuntimeError as exc:
+            raise SystemExit(
+                f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}: {exc}"
+            ) from None
+        await grpc_server.start()
+
+        config = uvicorn.Config(
+            self.app, lifespan="off", log_level="warning", access_log=False, http="httptools",
+            loop="none", timeout_graceful_shutdown=int(settings.drain_timeout) or 1,
+            server_header=False,
+        )
+        http_server = _UvicornServer(config)
+        http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
+        while not http_server.started and not http_task.done():
+            await asyncio.sleep(0.005)
+        _announce(settings.host, self.http_port, self.grpc_port)
+
+        loading = asyncio.create_task(self._load())
+        await self._stop.wait()
+        log.event("shutting_down", drain_timeout=settings.drain_timeout)
+        self.dataplane.draining = True
+        loading.cancel()
+        http_server.should_exit = True
+        await asyncio.gather(
+            grpc_server.stop(grace=settings.drain_timeout), http_task, return_exceptions=True
+        )
+        self.executor.shutdown()
+        log.event("stopped")
+
+    async def _load(self) -> None:
+        await self.repository.load_all()
+        self.dataplane.startup_complete = True
+        ready = [n for n in self.registry.names() if any(e.endpoint for e in self.registry.entries(n))]
+        log.event("ready", models=len(self.registry.names()), ready=len(ready))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"cannot listen for HTTP on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _announce(host: str, http_port: int, grpc_port: int) -> None:
+    """The machine-readable startup line: scripts and tests read the chosen ports from it."""
+    line = {"event": "listening", "host": host, "http_port": http_port, "grpc_port": grpc_port,
+            "pid": os.getpid()}
+    sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    sys.stdout.flush()
+
+
+def run(settings: ServerSettings) -> None:
+    """Serve until SIGTERM/SIGINT; the documented Python entry point behind ``shoal serve``."""
+    log.configure(settings.log_level)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on Windows
+        asyncio.run(ShoalServer(settings).serve())
+    else:
+        uvloop.run(ShoalServer(settings).serve())

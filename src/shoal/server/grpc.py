@@ -1,0 +1,132 @@
+"""The gRPC transport: ``inference.GRPCInferenceService`` on ``grpc.aio``.
+
+Errors become status codes from :mod:`shoal.errors`; a request with ``raw_input_contents``
+gets ``raw_output_contents`` back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import grpc
+
+from ..errors import ShoalError, InvalidInput
+from ..protocol import v2_grpc
+from ..protocol.grpc_gen import grpc_service_pb2 as pb
+from ..protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+from ..repository.layout import check_model_name
+from ..serving.dataplane import DataPlane
+
+T = TypeVar("T")
+
+
+async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except ShoalError as exc:
+        await context.abort(exc.grpc_code, str(exc))
+    except Exception as exc:
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    raise AssertionError("unreachable")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        async def call() -> pb.ModelReadyResponse:
+            return pb.ModelReadyResponse(
+                ready=self.dataplane.model_ready(request.name, request.version or None)
+            )
+
+        return await _guard(context, call)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        async def call() -> pb.ModelMetadataResponse:
+            meta = self.dataplane.model_metadata(request.name, request.version or None)
+            return pb.ModelMetadataResponse(
+                name=meta["name"],
+                versions=meta["versions"],
+                platform=meta["platform"],
+                inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+                outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+            )
+
+        return await _guard(context, call)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        return await _guard(context, lambda: self._infer(request))
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        _, response = await self.dataplane.infer(
+            request.model_name,
+            request.model_version or None,
+            "v2-grpc",
+            lambda _: v2_grpc.decode_request(request),
+        )
+        return v2_grpc.encode_response(response, raw=bool(request.raw_input_contents))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in request_iterator:
+            try:
+                response = await self._infer(request)
+            except ShoalError as exc:
+                yield pb.ModelStreamInferResponse(error_message=str(exc))
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=response)
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+        rows = self.dataplane.index(request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+        )
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
+        async def call() -> pb.RepositoryModelLoadResponse:
+            name = _model_name(request)
+            await self.dataplane.load(name)
+            return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
+
+        return await _guard(context, call)
+
+    async def RepositoryModelUnload(
+        self, request: Any, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        async def call() -> pb.RepositoryModelUnloadResponse:
+            name = _model_name(request)
+            await self.dataplane.unload(name)
+            return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
+
+        return await _guard(context, call)
+
+
+def _model_name(request: Any) -> str:
+    """Triton clients send ``model_name``; KServe's proto puts it in field 1."""
+    name = request.model_name or request.repository_name
+    if not name:
+        raise InvalidInput("model_name is required")
+    return check_model_name(name)
+
+
+def build_server(dataplane: DataPlane, max_message_size: int) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_size),
+            ("grpc.max_send_message_length", max_message_size),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    return server

@@ -1,0 +1,209 @@
+"""The REST transport: V2 (Open Inference Protocol, binary extension, repository extension),
+V1 / TensorFlow Serving, health, and ``/metrics``.
+
+Handlers only decode, call the data plane and encode. Every error, including unknown routes
+and oversized bodies, leaves as ``{"error": "..."}`` with the status from :mod:`shoal.errors`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import InvalidInput, PayloadTooLarge, ShoalError
+from ..observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..protocol import v1, v2_json
+from ..repository.layout import check_model_name
+from ..serving.dataplane import DataPlane
+
+JSON = "application/json"
+OCTET = "application/octet-stream"
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(v2_json.dumps(value), status, media_type=JSON)
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status, media_type=JSON)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) anything over ``limit`` before buffering it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_app(dataplane: DataPlane, max_request_size: int) -> Starlette:
+    async def v2_infer(request: Request) -> Response:
+        name = request.path_params["name"]
+        version = request.path_params.get("version")
+        body = await read_body(request, max_request_size)
+        header_length = request.headers.get(v2_json.HEADER_LENGTH)
+        if header_length is not None:
+            try:
+                header_length_value: int | None = int(header_length)
+            except ValueError:
+                raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
+        else:
+            header_length_value = None
+        decoded, response = await dataplane.infer(
+            name, version, "v2-rest", lambda _: v2_json.decode_request(body, header_length_value)
+        )
+        content, json_length = v2_json.encode_response(response, decoded)
+        if json_length is None:
+            return Response(content, media_type=JSON)
+        return Response(
+            content, media_type=OCTET, headers={v2_json.HEADER_LENGTH: str(json_length)}
+        )
+
+    async def v1_predict(request: Request) -> Response:
+        name = request.path_params["name"]
+        version = request.path_params.get("version")
+        body = await read_body(request, max_request_size)
+        formats: list[v1.Format] = []
+
+        def decode(endpoint: Any) -> Any:
+            decoded, fmt = v1.decode_request(body, endpoint.model.inputs)
+            formats.append(fmt)
+            return decoded
+
+        _, response = await dataplane.infer(name, version, "v1-rest", decode)
+        return json_response(v1.encode_response(response, formats[0]))
+
+    async def v1_explain(request: Request) -> Response:
+        name = request.path_params["name"]
+        dataplane.registry.get(name, request.path_params.get("version"))
+        return error_response(501, f"model {name!r} has no explainer")
+
+    async def v2_server_metadata(request: Request) -> Response:
+        return json_response(dataplane.server_metadata())
+
+    async def live(request: Request) -> Response:
+        return json_response({"live": dataplane.live})
+
+    async def ready(request: Request) -> Response:
+        is_ready = dataplane.ready
+        return json_response({"ready": is_ready}, 200 if is_ready else 503)
+
+    async def model_metadata(request: Request) -> Response:
+        params = request.path_params
+        return json_response(dataplane.model_metadata(params["name"], params.get("version")))
+
+    async def model_ready(request: Request) -> Response:
+        params = request.path_params
+        is_ready = dataplane.model_ready(params["name"], params.get("version"))
+        return json_response({"name": params["name"], "ready": is_ready}, 200 if is_ready else 503)
+
+    async def model_list(request: Request) -> Response:
+        return json_response({"models": dataplane.registry.names()})
+
+    async def v1_status(request: Request) -> Response:
+        params = request.path_params
+        name = params["name"]
+        entries = dataplane.registry.entries(name)
+        if params.get("version"):
+            entries = [dataplane.registry.entry(name, params["version"])]
+        elif not entries:
+            dataplane.registry.entry(name)  # raises 404
+        is_ready = any(e.state.value == "READY" for e in entries)
+        return json_response(
+            {
+                "name": name,
+                "ready": is_ready,
+                "model_version_status": [_tf_status(e) for e in entries],
+            }
+        )
+
+    async def repository_index(request: Request) -> Response:
+        body = await read_body(request, max_request_size)
+        options = v2_json.parse_json_object(body) if body.strip() else {}
+        ready_only = options.get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise InvalidInput("'ready' must be a boolean")
+        return json_response(dataplane.index(ready_only))
+
+    async def repository_load(request: Request) -> Response:
+        name = check_model_name(request.path_params["name"])
+        await read_body(request, max_request_size)
+        await dataplane.load(name)
+        return json_response({"name": name, "load": True})
+
+    async def repository_unload(request: Request) -> Response:
+        name = check_model_name(request.path_params["name"])
+        await read_body(request, max_request_size)
+        await dataplane.unload(name)
+        return json_response({"name": name, "unload": True})
+
+    async def metrics(request: Request) -> Response:
+        return Response(dataplane.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    m = "/v2/models/{name}"
+    mv = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route(f"{m}/infer", v2_infer, methods=["POST"]),
+        Route(f"{mv}/infer", v2_infer, methods=["POST"]),
+        Route("/v1/models/{name}:predict", v1_predict, methods=["POST"]),
+        Route("/v1/models/{name}/versions/{version}:predict", v1_predict, methods=["POST"]),
+        Route("/v1/models/{name}:explain", v1_explain, methods=["POST"]),
+        Route("/v1/models/{name}/versions/{version}:explain", v1_explain, methods=["POST"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2", v2_server_metadata, methods=["GET"]),
+        Route("/v2/models", model_list, methods=["GET"]),
+        Route(m, model_metadata, methods=["GET"]),
+        Route(mv, model_metadata, methods=["GET"]),
+        Route(f"{m}/ready", model_ready, methods=["GET"]),
+        Route(f"{mv}/ready", model_ready, methods=["GET"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
+        Route("/v1/models", model_list, methods=["GET"]),
+        Route("/v1/models/{name}", v1_status, methods=["GET"]),
+        Route("/v1/models/{name}/versions/{version}", v1_status, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+    async def shoal_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ShoalError)
+        return error_response(exc.http_status, str(exc))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={ShoalError: shoal_error, HTTPException: http_error, Exception: unexpected},
+    )
+
+
+def _tf_status(entry: Any) -> dict[str, Any]:
+    """TensorFlow Serving's GetModelStatus shape."""
+    state = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING"}.get(
+        entry.state.value, "END"
+    )
+    return {
+        "version": entry.version,
+        "state": state,
+        "status": {"error_code": "OK" if state == "AVAILABLE" else "UNAVAILABLE",
+                   "error_message": entry.reason},
+    }

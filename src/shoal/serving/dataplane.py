@@ -1,0 +1,101 @@
+"""What both transports call: readiness, metadata, repository operations and inference.
+
+Inference is observed here, once, for every protocol: the in-flight gauge, the request
+counter and latency histogram, and a structured log line for each failed request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from .. import __version__
+from ..errors import ModelFailure, ShoalError
+from ..observe import logging as log
+from ..observe.metrics import Metrics
+from ..repository.manager import ModelRepository
+from ..types import InferenceRequest, InferenceResponse
+from .endpoint import Endpoint, ModelState
+from .registry import Registry
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "parameters"]
+
+Decoder = Callable[[Endpoint], InferenceRequest]
+
+
+class DataPlane:
+    def __init__(self, registry: Registry, repository: ModelRepository, metrics: Metrics) -> None:
+        self.registry = registry
+        self.repository = repository
+        self.metrics = metrics
+        self.startup_complete = False
+        self.draining = False
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        if not self.startup_complete or self.draining:
+            return False
+        return self.registry.any_ready() or not self.repository.names()
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "shoal", "version": __version__, "extensions": EXTENSIONS}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        metadata = self.registry.get(name, version).metadata()
+        if not version:
+            metadata["versions"] = [
+                e.version for e in self.registry.entries(name) if e.state is ModelState.READY
+            ]
+        return metadata
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        entry = self.registry.entry(name, version)
+        return entry.state is ModelState.READY and not self.draining
+
+    async def infer(
+        self, name: str, version: str | None, protocol: str, decode: Decoder
+    ) -> tuple[InferenceRequest, InferenceResponse]:
+        started = time.perf_counter()
+        self.metrics.request_started(name)
+        served_version = version or ""
+        try:
+            endpoint = self.registry.get(name, version)
+            served_version = endpoint.version
+            request = decode(endpoint)
+            request.model_name = name
+            request.model_version = served_version
+            response = await endpoint.infer(request)
+        except ShoalError as exc:
+            self._failed(name, served_version, protocol, exc, started)
+            raise
+        except Exception as exc:
+            error = ModelFailure(f"internal error: {type(exc).__name__}: {exc}")
+            self._failed(name, served_version, protocol, error, started)
+            raise error from exc
+        self.metrics.request_finished(
+            name, served_version, protocol, "success", time.perf_counter() - started
+        )
+        return request, response
+
+    def _failed(
+        self, name: str, version: str, protocol: str, error: ShoalError, started: float
+    ) -> None:
+        seconds = time.perf_counter() - started
+        self.metrics.request_finished(name, version, protocol, str(error.http_status), seconds)
+        level = logging.ERROR if error.http_status >= 500 else logging.WARNING
+        log.event("request_failed", level, model=name, version=version, protocol=protocol,
+                  status=error.http_status, error=str(error), seconds=round(seconds, 6))
+
+    async def load(self, name: str) -> list[str]:
+        return await self.repository.load(name)
+
+    async def unload(self, name: str) -> None:
+        await self.repository.unload(name)
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return self.repository.index(ready_only)

@@ -1,0 +1,186 @@
+"""Endpoints: the one interface the transports see.
+
+An endpoint answers ``await infer(request)`` and describes itself with ``metadata()``. A
+:class:`ModelEndpoint` is one loaded model version; later, graphs, canary splits, mirrors
+and remote servers implement the same interface, so every protocol reaches them unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from enum import Enum
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..datatypes import numpy_dtype
+from ..errors import InvalidInput, ModelFailure, ShoalError, Unavailable
+from ..model import Model
+from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
+from .executor import Executor
+
+
+class ModelState(str, Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
+
+
+class Endpoint(Protocol):
+    name: str
+    version: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    def metadata(self) -> dict[str, Any]: ...
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
+
+
+DEFAULT_OUTPUT = "output-0"
+
+
+class ModelEndpoint:
+    """Runs one model version: validate inputs, run its stages off the loop, shape the answer."""
+
+    def __init__(self, model: Model, executor: Executor) -> None:
+        self.model = model
+        self.name = model.name
+        self.version = model.version
+        self.executor = executor
+        self.state = ModelState.READY
+        self._stages = [
+            getattr(model, stage)
+            for stage in ("preprocess", "predict", "postprocess")
+            if stage == "predict" or getattr(type(model), stage) is not getattr(Model, stage)
+        ]
+        self._all_sync = not any(inspect.iscoroutinefunction(s) for s in self._stages)
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.model.platform,
+            "inputs": [s.to_dict() for s in self.model.inputs],
+            "outputs": [s.to_dict() for s in self.model.outputs],
+        }
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        if self.state is not ModelState.READY:
+            raise Unavailable(f"model {self.name!r} version {self.version} is not ready")
+        request.inputs = conform_inputs(request.inputs, self.model.inputs, self.name)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            if self._all_sync:
+                result = await self.executor.run(self._run_stages, request)
+            else:
+                result = request
+                for stage in self._stages:
+                    if inspect.iscoroutinefunction(stage):
+                        result = await stage(result)
+                    else:
+                        result = await self.executor.run(stage, result)
+                    if stage.__name__ == "predict":
+                        result = self._to_response(result)
+        except ShoalError:
+            raise
+        except Exception as exc:
+            raise ModelFailure(f"model {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+        return self._finish(request, result)
+
+    async def drained(self) -> None:
+        """Wait until requests already running on this instance have finished."""
+        await self._idle.wait()
+
+    def _run_stages(self, request: InferenceRequest) -> Any:
+        result: Any = request
+        for stage in self._stages:
+            result = stage(result)
+            if stage.__name__ == "predict":
+                result = self._to_response(result)
+        return result
+
+    def _to_response(self, result: Any) -> InferenceResponse:
+        if isinstance(result, InferenceResponse):
+            return result
+        if isinstance(result, Tensor):
+            return InferenceResponse([result])
+        if isinstance(result, dict):
+            return InferenceResponse([Tensor.from_numpy(k, v) for k, v in result.items()])
+        if isinstance(result, (list, tuple)) and result and all(isinstance(t, Tensor) for t in result):
+            return InferenceResponse(list(result))
+        name = self.model.outputs[0].name if len(self.model.outputs) == 1 else DEFAULT_OUTPUT
+        return InferenceResponse([Tensor.from_numpy(name, np.asarray(result))])
+
+    def _finish(self, request: InferenceRequest, response: Any) -> InferenceResponse:
+        if not isinstance(response, InferenceResponse):
+            raise ModelFailure(
+                f"model {self.name!r}: postprocess returned {type(response).__name__}, "
+                "not an InferenceResponse"
+            )
+        if request.outputs is not None:
+            produced = {t.name: t for t in response.outputs}
+            missing = [o.name for o in request.outputs if o.name not in produced]
+            if missing:
+                raise InvalidInput(
+                    f"model {self.name!r} has no output {missing[0]!r}; it produced "
+                    f"{sorted(produced)}"
+                )
+            response.outputs = [produced[o.name] for o in request.outputs]
+        response.model_name = self.name
+        response.model_version = self.version
+        response.id = request.id
+        return response
+
+
+def conform_inputs(inputs: list[Tensor], specs: list[TensorSpec], model: str) -> list[Tensor]:
+    """Match inputs to the declared ones, check shapes, cast datatypes where it is lossless."""
+    if not specs:
+        return inputs
+    if len(specs) == 1 and len(inputs) == 1:
+        return [_conform(inputs[0], specs[0], model)]
+    by_name = {s.name: s for s in specs}
+    for tensor in inputs:
+        if tensor.name not in by_name:
+            raise InvalidInput(
+                f"model {model!r} has no input {tensor.name!r}; it expects {sorted(by_name)}"
+            )
+    missing = set(by_name) - {t.name for t in inputs}
+    if missing:
+        raise InvalidInput(f"model {model!r} is missing input(s) {sorted(missing)}")
+    return [_conform(t, by_name[t.name], model) for t in inputs]
+
+
+def _conform(tensor: Tensor, spec: TensorSpec, model: str) -> Tensor:
+    if len(tensor.shape) != len(spec.shape) or any(
+        want != -1 and got != want for got, want in zip(tensor.shape, spec.shape)
+    ):
+        raise InvalidInput(
+            f"input {tensor.name!r} has shape {list(tensor.shape)}; model {model!r} expects "
+            f"{list(spec.shape)} (-1 is any size)"
+        )
+    if tensor.datatype == spec.datatype:
+        return tensor
+    target = numpy_dtype(spec.datatype)
+    if spec.datatype == "BYTES" or not np.can_cast(tensor.data.dtype, target, "safe"):
+        raise InvalidInput(
+            f"input {tensor.name!r} is {tensor.datatype} but model {model!r} expects "
+            f"{spec.datatype}, and {tensor.datatype} does not convert to it without loss"
+        )
+    data = tensor.data.astype(target)
+    return Tensor(tensor.name, spec.datatype, tensor.shape, data, tensor.parameters)

@@ -1,0 +1,20 @@
+"""Server settings: one object that the CLI, environment variables and Python callers fill."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass(slots=True)
+class ServerSettings:
+    repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    max_request_size: int = 64 * MiB
+    drain_timeout: float = 30.0
+    log_level: str = "info"
+    model_threads: int | None = None
