@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import InvalidInput, PayloadTooLarge, ShoalError
+from ..errors import InvalidInput, PayloadTooLarge, ShoalError, Unavailable
 from ..observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..protocol import v1, v2_json
 from ..repository.layout import check_model_name
@@ -98,8 +98,9 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> Starlette:
         return json_response({"live": dataplane.live})
 
     async def ready(request: Request) -> Response:
-        is_ready = dataplane.ready
-        return json_response({"ready": is_ready}, 200 if is_ready else 503)
+        if not dataplane.ready:
+            raise Unavailable(f"server is not ready: {dataplane.not_ready_reason()}")
+        return json_response({"ready": True})
 
     async def model_metadata(request: Request) -> Response:
         params = request.path_params
@@ -107,8 +108,10 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> Starlette:
 
     async def model_ready(request: Request) -> Response:
         params = request.path_params
-        is_ready = dataplane.model_ready(params["name"], params.get("version"))
-        return json_response({"name": params["name"], "ready": is_ready}, 200 if is_ready else 503)
+        dataplane.registry.get(params["name"], params.get("version"))  # 404 / 503 with reason
+        if dataplane.draining:
+            raise Unavailable("server is shutting down")
+        return json_response({"name": params["name"], "ready": True})
 
     async def model_list(request: Request) -> Response:
         return json_response({"models": dataplane.registry.names()})

@@ -42,6 +42,13 @@ class DataPlane:
             return False
         return self.registry.any_ready() or not self.repository.names()
 
+    def not_ready_reason(self) -> str:
+        if self.draining:
+            return "shutting down"
+        if not self.startup_complete:
+            return "still loading models"
+        return "no model is ready"
+
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "shoal", "version": __version__, "extensions": EXTENSIONS}
 
