@@ -29,7 +29,11 @@ class Tensor:
     @classmethod
     def from_numpy(cls, name: str, array: Any, parameters: Parameters | None = None) -> Tensor:
         """Wrap any array-like; str elements become UTF-8 BYTES."""
+        given = array
         array = np.asarray(array)
+        if array.dtype.kind == "S" and not isinstance(given, np.ndarray):
+            # numpy's fixed-width bytes dtype drops trailing NUL bytes: keep the originals.
+            array = np.array(given, dtype=object)
         if array.dtype.kind == "U":
             array = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array)
         elif array.dtype.kind == "S":

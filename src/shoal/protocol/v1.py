@@ -14,10 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..datatypes import numpy_dtype
 from ..errors import InvalidInput
 from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
-from .v2_json import json_data, parse_json_object
+from .v2_json import json_data, json_numbers, parse_json_object
 
 Format = Literal["row", "columnar"]
 DEFAULT_INPUT = "input-0"
@@ -65,8 +64,10 @@ def _tensor(name: str, value: Any, datatype: str | None) -> Tensor:
     if _contains_text(value):
         array = _bytes_array(value, name)
         return Tensor(name, "BYTES", tuple(array.shape), array)
+    if datatype and datatype != "BYTES":
+        return Tensor.from_numpy(name, json_numbers(value, datatype, name))
     try:
-        array = np.array(value, dtype=numpy_dtype(datatype) if datatype else None)
+        array = np.array(value)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"input {name!r}: {exc}") from None
     if array.dtype.kind not in "biuf":
@@ -96,9 +97,13 @@ def _bytes_array(value: Any, name: str) -> np.ndarray:
         raise InvalidInput(f"input {name!r}: mixes strings with other values")
 
     try:
-        return np.array(convert(value), dtype=object)
+        array = np.array(convert(value), dtype=object)
     except ValueError:
-        raise InvalidInput(f"input {name!r}: rows have different lengths") from None
+        array = None
+    # With dtype=object numpy keeps ragged rows as list elements instead of failing.
+    if array is None or any(isinstance(item, list) for item in array.reshape(-1)):
+        raise InvalidInput(f"input {name!r}: rows have different lengths")
+    return array
 
 
 def encode_response(response: InferenceResponse, fmt: Format) -> dict[str, Any]:
@@ -121,9 +126,9 @@ def _value(tensor: Tensor) -> Any:
 
 
 def _row_count(outputs: list[Tensor]) -> int:
-    counts = {t.shape[0] if t.shape else 1 for t in outputs}
-    if len(counts) != 1:
+    counts = {t.shape[0] if t.shape else None for t in outputs}
+    if len(counts) != 1 or None in counts:
         raise InvalidInput(
-            "the model's outputs have different batch sizes; use the columnar format ('inputs')"
+            "the model's outputs do not share one batch size; use the columnar format ('inputs')"
         )
     return counts.pop()

@@ -112,8 +112,19 @@ def _typed_contents(item: Any, datatype: str, shape: tuple[int, ...]) -> np.ndar
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
+    dtype = numpy_dtype(datatype)
+    if dtype.kind in "iu" and dtype.itemsize < 4 and count:
+        # INT8/16 and UINT8/16 travel in 32-bit fields; numpy would wrap 300 to 44 silently.
+        wide = np.array(values, dtype=np.int64)
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidInput(
+                f"input {item.name!r}: a value is out of range for {datatype} "
+                f"({info.min} to {info.max})"
+            )
+        return wide.astype(dtype).reshape(shape)
     try:
-        return np.array(values, dtype=numpy_dtype(datatype)).reshape(shape)
+        return np.array(values, dtype=dtype).reshape(shape)
     except OverflowError as exc:
         raise InvalidInput(f"input {item.name!r}: {exc}") from None
 
@@ -163,6 +174,7 @@ def request_to_proto(request: InferenceRequest, raw: bool = True) -> pb.ModelInf
         id=request.id or "",
     )
     parameters_to_proto(message.parameters, request.parameters)
+    raw = raw or any(t.datatype == "FP16" for t in request.inputs)
     for tensor in request.inputs:
         item = message.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         parameters_to_proto(item.parameters, tensor.parameters)

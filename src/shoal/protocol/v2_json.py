@@ -126,14 +126,60 @@ def json_data_to_array(data: Any, datatype: str, shape: tuple[int, ...], name: s
             else:
                 raise InvalidInput(f"input {name!r}: BYTES elements must be strings in JSON")
         return array.reshape(shape)
-    dtype = numpy_dtype(datatype)
-    try:
-        array = np.array(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidInput(f"input {name!r}: data is not valid {datatype}: {exc}") from None
+    array = json_numbers(data, datatype, name)
     if array.size != count:
         raise _length_error(name, array.size, shape, count)
     return array.reshape(shape)
+
+
+def json_numbers(data: Any, datatype: str, name: str) -> np.ndarray:
+    """JSON numbers or booleans as ``datatype``, refusing values the conversion would change.
+
+    ``np.array(data, dtype=...)`` alone would truncate 1.7 to 1, wrap -1 to 255, read null
+    as NaN and parse "1.5" from a string: a model must see exactly what the client sent.
+    """
+    dtype = numpy_dtype(datatype)
+    try:
+        array = np.array(data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"input {name!r}: data is not valid {datatype}: {exc}") from None
+    if not array.size:
+        return array.astype(dtype)
+    kind = array.dtype.kind
+    if dtype.kind == "b":
+        if kind != "b":
+            raise InvalidInput(f"input {name!r}: {datatype} data must be true or false")
+    elif dtype.kind == "f":
+        if kind not in "iuf":
+            raise InvalidInput(f"input {name!r}: {datatype} data must be numbers")
+    elif kind == "f":
+        # numpy widens integers beyond INT64 (or mixed with 3.0) to float64: convert exactly.
+        return _exact_integers(data, dtype, datatype, name).reshape(array.shape)
+    elif kind not in "iu":
+        raise InvalidInput(f"input {name!r}: {datatype} data must be integers")
+    else:
+        _check_range(int(array.min()), int(array.max()), dtype, datatype, name)
+    return array.astype(dtype, copy=False)
+
+
+def _exact_integers(data: Any, dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
+    values = []
+    for value in _flatten(data):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if type(value) is not int:
+            raise InvalidInput(f"input {name!r}: {datatype} data must be integers")
+        values.append(value)
+    _check_range(min(values), max(values), dtype, datatype, name)
+    return np.array(values, dtype=dtype)
+
+
+def _check_range(low: int, high: int, dtype: np.dtype, datatype: str, name: str) -> None:
+    info = np.iinfo(dtype)
+    if low < info.min or high > info.max:
+        raise InvalidInput(
+            f"input {name!r}: a value is out of range for {datatype} ({info.min} to {info.max})"
+        )
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -180,13 +226,18 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
     return outputs
 
 
-def wants_binary(request: InferenceRequest | None) -> tuple[bool, set[str]]:
-    """(all outputs binary?, names of outputs asked for in binary)."""
+def wants_binary(request: InferenceRequest | None) -> tuple[bool, dict[str, bool]]:
+    """(binary by default?, each requested output's own ``binary_data`` choice).
+
+    ``binary_data_output`` sets the default; an output's ``binary_data`` overrides it.
+    """
     if request is None:
-        return False, set()
+        return False, {}
     everything = bool(request.parameters.get("binary_data_output", False))
     named = {
-        o.name for o in request.outputs or () if o.parameters.get("binary_data", everything)
+        o.name: bool(o.parameters["binary_data"])
+        for o in request.outputs or ()
+        if "binary_data" in o.parameters
     }
     return everything, named
 
@@ -195,7 +246,7 @@ def encode_response(
     response: InferenceResponse, request: InferenceRequest | None = None
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header length when binary outputs follow it."""
-    everything, binary_names = wants_binary(request)
+    everything, binary_choice = wants_binary(request)
     outputs = []
     chunks: list[bytes] = []
     for tensor in response.outputs:
@@ -205,7 +256,7 @@ def encode_response(
             "shape": tensor.shape,
         }
         parameters = dict(tensor.parameters)
-        if everything or tensor.name in binary_names:
+        if binary_choice.get(tensor.name, everything):
             raw = v2_binary.encode_tensor_bytes(tensor.data, tensor.datatype)
             parameters["binary_data_size"] = len(raw)
             chunks.append(raw)
