@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import InvalidInput
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_VERSION = re.compile(r"^(0|[1-9][0-9]*)$")  # ASCII, no leading zeros: "01" is not a version
 
 
 def check_model_name(name: str) -> str:
@@ -35,6 +36,6 @@ def model_names(root: Path) -> list[str]:
 def version_dirs(model_dir: Path) -> dict[int, Path]:
     """Version number -> folder; the implicit version 1 when there are no version folders."""
     versions = {
-        int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()
+        int(p.name): p for p in model_dir.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name)
     }
     return versions or {1: model_dir}

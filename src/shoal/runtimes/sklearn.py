@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from typing import Any
 
 import joblib
 import numpy as np

@@ -9,21 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import InvalidInput, PayloadTooLarge, ShoalError, Unavailable
+from ..errors import InvalidInput, ShoalError, Unavailable
 from ..observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..protocol import v1, v2_json
+from ..protocol import v2_json
 from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
+from . import infer_asgi
 
 JSON = "application/json"
-OCTET = "application/octet-stream"
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -31,61 +30,14 @@ def json_response(value: Any, status: int = 200) -> Response:
 
 
 def error_response(status: int, message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), status, media_type=JSON)
+    return Response(infer_asgi.error_body(message), status, media_type=JSON)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) anything over ``limit`` before buffering it."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await infer_asgi.read_body(request.scope, request.receive, limit)
 
 
-def build_app(dataplane: DataPlane, max_request_size: int) -> Starlette:
-    async def v2_infer(request: Request) -> Response:
-        name = request.path_params["name"]
-        version = request.path_params.get("version")
-        body = await read_body(request, max_request_size)
-        header_length = request.headers.get(v2_json.HEADER_LENGTH)
-        if header_length is not None:
-            try:
-                header_length_value: int | None = int(header_length)
-            except ValueError:
-                raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
-        else:
-            header_length_value = None
-        decoded, response = await dataplane.infer(
-            name, version, "v2-rest", lambda _: v2_json.decode_request(body, header_length_value)
-        )
-        content, json_length = v2_json.encode_response(response, decoded)
-        if json_length is None:
-            return Response(content, media_type=JSON)
-        return Response(
-            content, media_type=OCTET, headers={v2_json.HEADER_LENGTH: str(json_length)}
-        )
-
-    async def v1_predict(request: Request) -> Response:
-        name = request.path_params["name"]
-        version = request.path_params.get("version")
-        body = await read_body(request, max_request_size)
-        formats: list[v1.Format] = []
-
-        def decode(endpoint: Any) -> Any:
-            decoded, fmt = v1.decode_request(body, endpoint.model.inputs)
-            formats.append(fmt)
-            return decoded
-
-        _, response = await dataplane.infer(name, version, "v1-rest", decode)
-        return json_response(v1.encode_response(response, formats[0]))
-
+def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.InferenceASGI:
     async def v1_explain(request: Request) -> Response:
         name = request.path_params["name"]
         dataplane.registry.get(name, request.path_params.get("version"))
@@ -159,10 +111,6 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> Starlette:
     m = "/v2/models/{name}"
     mv = "/v2/models/{name}/versions/{version}"
     routes = [
-        Route(f"{m}/infer", v2_infer, methods=["POST"]),
-        Route(f"{mv}/infer", v2_infer, methods=["POST"]),
-        Route("/v1/models/{name}:predict", v1_predict, methods=["POST"]),
-        Route("/v1/models/{name}/versions/{version}:predict", v1_predict, methods=["POST"]),
         Route("/v1/models/{name}:explain", v1_explain, methods=["POST"]),
         Route("/v1/models/{name}/versions/{version}:explain", v1_explain, methods=["POST"]),
         Route("/v2/health/live", live, methods=["GET"]),
@@ -193,10 +141,11 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> Starlette:
     async def unexpected(request: Request, exc: Exception) -> Response:
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={ShoalError: shoal_error, HTTPException: http_error, Exception: unexpected},
     )
+    return infer_asgi.InferenceASGI(dataplane, max_request_size, app)
 
 
 def _tf_status(entry: Any) -> dict[str, Any]:

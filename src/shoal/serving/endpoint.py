@@ -116,6 +116,12 @@ class ModelEndpoint:
         return result
 
     def _to_response(self, result: Any) -> InferenceResponse:
+        try:
+            return self._as_response(result)
+        except ShoalError as exc:  # the model returned something no protocol can carry
+            raise ModelFailure(f"model {self.name!r} returned an unusable result: {exc}") from exc
+
+    def _as_response(self, result: Any) -> InferenceResponse:
         if isinstance(result, InferenceResponse):
             return result
         if isinstance(result, Tensor):
@@ -153,7 +159,12 @@ def conform_inputs(inputs: list[Tensor], specs: list[TensorSpec], model: str) ->
     if not specs:
         return inputs
     if len(specs) == 1 and len(inputs) == 1:
-        return [_conform(inputs[0], specs[0], model)]
+        # A one-input model takes its input under any name (clients say "input-0", "x", ...);
+        # the model sees it under the name it declared.
+        tensor = _conform(inputs[0], specs[0], model)
+        if tensor.name != specs[0].name:
+            tensor = Tensor(specs[0].name, tensor.datatype, tensor.shape, tensor.data, tensor.parameters)
+        return [tensor]
     by_name = {s.name: s for s in specs}
     for tensor in inputs:
         if tensor.name not in by_name:

@@ -1,0 +1,137 @@
+"""The inference routes as a bare ASGI app, in front of the Starlette app.
+
+``POST .../infer`` and ``:predict`` are the hot path: matching them by hand and reading the
+body straight from ASGI skips Starlette's router, request object and middleware stack, which
+cost more per request than the rest of the server's own work. Everything else (health,
+metadata, repository, metrics) is routed by Starlette as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from ..errors import InvalidInput, ModelFailure, PayloadTooLarge, ShoalError
+from ..protocol import v1, v2_json
+from ..serving.dataplane import DataPlane
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_HEADER_LENGTH = v2_json.HEADER_LENGTH.encode()
+
+
+def match_infer_path(path: str) -> tuple[str, str, str | None] | None:
+    """(protocol, model, version) for an inference path, else None."""
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        parts = path[len("/v2/models/") : -len("/infer")].split("/")
+        if len(parts) == 1 and parts[0]:
+            return "v2", parts[0], None
+        if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+            return "v2", parts[0], parts[2]
+        return None
+    if path.startswith("/v1/models/") and path.endswith(":predict"):
+        parts = path[len("/v1/models/") : -len(":predict")].split("/")
+        if len(parts) == 1 and parts[0]:
+            return "v1", parts[0], None
+        if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+            return "v1", parts[0], parts[2]
+    return None
+
+
+class InferenceASGI:
+    def __init__(self, dataplane: DataPlane, max_request_size: int, fallback: ASGIApp) -> None:
+        self.dataplane = dataplane
+        self.limit = max_request_size
+        self.fallback = fallback
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        route = match_infer_path(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self.fallback(scope, receive, send)
+        elif scope["method"] == "POST":
+            await self._infer(route, scope, receive, send)
+        else:
+            message = f"Method Not Allowed: {scope['method']} {scope['path']}"
+            await send({"type": "http.response.start", "status": 405,
+                        "headers": [*_JSON_HEADERS, (b"allow", b"POST")]})
+            await send({"type": "http.response.body", "body": error_body(message)})
+
+    async def _infer(self, route: tuple[str, str, str | None], scope: dict, receive: Any, send: Any) -> None:
+        protocol, name, version = route
+        try:
+            body = await read_body(scope, receive, self.limit)
+            if protocol == "v2":
+                content, headers = await self._v2(name, version, body, scope)
+            else:
+                content, headers = await self._v1(name, version, body)
+            status = 200
+        except ShoalError as exc:
+            status, content, headers = exc.http_status, error_body(str(exc)), _JSON_HEADERS
+        except Exception as exc:  # a bug of ours: still an answer, never a dropped connection
+            error = ModelFailure(f"internal error: {type(exc).__name__}: {exc}")
+            status, content, headers = 500, error_body(str(error)), _JSON_HEADERS
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _v2(self, name: str, version: str | None, body: bytes, scope: dict) -> tuple[bytes, list]:
+        header_length = _header_length(scope)
+        request, response = await self.dataplane.infer(
+            name, version, "v2-rest", lambda _: v2_json.decode_request(body, header_length)
+        )
+        content, json_length = v2_json.encode_response(response, request)
+        if json_length is None:
+            return content, _JSON_HEADERS
+        return content, [
+            (b"content-type", b"application/octet-stream"),
+            (_HEADER_LENGTH, str(json_length).encode()),
+        ]
+
+    async def _v1(self, name: str, version: str | None, body: bytes) -> tuple[bytes, list]:
+        formats: list[v1.Format] = []
+
+        def decode(endpoint: Any) -> Any:
+            request, fmt = v1.decode_request(body, endpoint.model.inputs)
+            formats.append(fmt)
+            return request
+
+        _, response = await self.dataplane.infer(name, version, "v1-rest", decode)
+        return v2_json.dumps(v1.encode_response(response, formats[0])), _JSON_HEADERS
+
+
+def _header_length(scope: dict) -> int | None:
+    for key, value in scope["headers"]:
+        if key == _HEADER_LENGTH:
+            try:
+                return int(value)
+            except ValueError:
+                raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
+    return None
+
+
+async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
+    """The whole body, refusing (413) anything over ``limit`` before buffering it."""
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(
+                f"request body of {value.decode()} bytes exceeds the {limit}-byte limit"
+            )
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
