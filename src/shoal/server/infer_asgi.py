@@ -22,21 +22,18 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _HEADER_LENGTH = v2_json.HEADER_LENGTH.encode()
 
 
+_ROUTES = (("v2", "/v2/models/", "/infer"), ("v1", "/v1/models/", ":predict"))
+
+
 def match_infer_path(path: str) -> tuple[str, str, str | None] | None:
-    """(protocol, model, version) for an inference path, else None."""
-    if path.startswith("/v2/models/") and path.endswith("/infer"):
-        parts = path[len("/v2/models/") : -len("/infer")].split("/")
-        if len(parts) == 1 and parts[0]:
-            return "v2", parts[0], None
-        if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
-            return "v2", parts[0], parts[2]
-        return None
-    if path.startswith("/v1/models/") and path.endswith(":predict"):
-        parts = path[len("/v1/models/") : -len(":predict")].split("/")
-        if len(parts) == 1 and parts[0]:
-            return "v1", parts[0], None
-        if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
-            return "v1", parts[0], parts[2]
+    """(protocol, model, version) for ``{prefix}{m}[/versions/{v}]{suffix}``, else None."""
+    for protocol, prefix, suffix in _ROUTES:
+        if path.startswith(prefix) and path.endswith(suffix):
+            parts = path[len(prefix) : -len(suffix)].split("/")
+            if len(parts) == 1 and parts[0]:
+                return protocol, parts[0], None
+            if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+                return protocol, parts[0], parts[2]
     return None
 
 
