@@ -8,6 +8,7 @@ optional extra fails that one model's load with the ``pip install`` line that fi
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,21 @@ def detect_runtime(folders: list[Path]) -> str:
     raise LoadError(f"no model artifact found (looked for {known}) and model.yaml names no runtime")
 
 
+#: Models load on several threads at once. Two threads importing parts of one framework can
+#: see it half-initialised ("cannot import name 'clone' from partially initialized module
+#: 'sklearn.base'"), so whatever imports (creating the model, which imports the runtime or a
+#: user's model.py, and unpickling, which imports the pickled classes' modules) holds this lock.
+IMPORT_LOCK = threading.RLock()
+
+
 def create_model(
+    name: str, version: str, version_dir: Path, model_dir: Path, config: ModelConfig
+) -> Model:
+    with IMPORT_LOCK:
+        return _create_model(name, version, version_dir, model_dir, config)
+
+
+def _create_model(
     name: str, version: str, version_dir: Path, model_dir: Path, config: ModelConfig
 ) -> Model:
     runtime_name = config.runtime or detect_runtime([version_dir, model_dir])

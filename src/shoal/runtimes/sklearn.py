@@ -20,6 +20,7 @@ from ..datatypes import datatype_of
 from ..errors import InvalidInput, LoadError
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
+from . import IMPORT_LOCK
 
 ARTIFACTS = ("model.joblib", "model.pkl", "model.pickle")
 METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function", "transform")
@@ -35,7 +36,8 @@ class SKLearnModel(Model):
             raise LoadError(f"no scikit-learn artifact ({', '.join(ARTIFACTS)}) in {self.path}")
         refuse_untrusted(artifact)
         try:
-            self.estimator = joblib.load(artifact)
+            with IMPORT_LOCK:  # unpickling imports the estimator's modules
+                self.estimator = joblib.load(artifact)
         except Exception as exc:
             raise LoadError(f"cannot read {artifact.name}: {type(exc).__name__}: {exc}") from exc
         self.methods = [m for m in METHODS if callable(getattr(self.estimator, m, None))]

@@ -15,9 +15,17 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (``taskset``, cgroup cpusets), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
 class Executor:
     def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads or max(4, (os.cpu_count() or 1) * 2)
+        self.threads = threads or max(4, 2 * usable_cpus())
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="shoal-model")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
