@@ -57,8 +57,17 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--model-threads", envvar="SHOAL_MODEL_THREADS", default=None, type=click.IntRange(1), show_envvar=True,
               help="Threads running blocking model code (default: 2 per core, at least 4).")
+@click.option("--max-batch-size", envvar="SHOAL_MAX_BATCH_SIZE", default=0, show_default=True,
+              type=click.IntRange(0), show_envvar=True,
+              help="Adaptive batching for models whose model.yaml does not say: most rows per "
+                   "predict (0 or 1: off).")
+@click.option("--max-batch-delay-ms", envvar="SHOAL_MAX_BATCH_DELAY_MS", default=0.0,
+              show_default=True, type=click.FloatRange(0), show_envvar=True,
+              help="How long a batch may wait for more requests (0: batch only what queued "
+                   "while the model was busy).")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
-          drain_timeout: float, log_level: str, model_threads: int | None) -> None:
+          drain_timeout: float, log_level: str, model_threads: int | None,
+          max_batch_size: int, max_batch_delay_ms: float) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
     from .server.app import run
 
@@ -66,6 +75,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
         max_request_size=max_request_size, drain_timeout=drain_timeout,
         log_level=log_level.lower(), model_threads=model_threads,
+        max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
     ))
 
 

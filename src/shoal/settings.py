@@ -18,3 +18,5 @@ class ServerSettings:
     drain_timeout: float = 30.0
     log_level: str = "info"
     model_threads: int | None = None
+    max_batch_size: int = 0
+    max_batch_delay_ms: float = 0.0

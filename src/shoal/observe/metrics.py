@@ -7,7 +7,7 @@ the increment itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STATES = ("LOADING", "READY", "UNAVAILABLE")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -41,6 +42,14 @@ class Metrics:
         self.model_state = Gauge(
             "shoal_model_state", "1 for the state each model version is in, 0 for the others.",
             ["model", "version", "state"], registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "shoal_batch_size", "Rows per model execution under adaptive batching.",
+            ["model", "version"], buckets=BATCH_BUCKETS, registry=self.registry,
+        )
+        self.batch_queue_delay = Histogram(
+            "shoal_batch_queue_delay_seconds", "Time requests waited in a batching queue.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -69,6 +78,17 @@ class Metrics:
 
     def model_loaded(self, model: str, version: str, seconds: float) -> None:
         self._child(self.load_duration, model, version).set(seconds)
+
+    def batch_observer(self, model: str, version: str) -> Callable[[int, list[float]], None]:
+        sizes = self.batch_size.labels(model, version)
+        delays = self.batch_queue_delay.labels(model, version)
+
+        def observe(rows: int, waits: list[float]) -> None:
+            sizes.observe(rows)
+            for wait in waits:
+                delays.observe(wait)
+
+        return observe
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,6 +7,8 @@ Example::
     version_policy: {latest: 2}      # or: all, or {specific: [1, 3]}
     inputs:  [{name: features, datatype: FP64, shape: [-1, 4]}]
     outputs: [{name: predict_proba, datatype: FP64, shape: [-1, 3]}]
+    max_batch_size: 32               # adaptive batching (off unless > 1)
+    max_batch_delay_ms: 2
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class ModelConfig(BaseModel):
     version_policy: Literal["all"] | LatestPolicy | SpecificPolicy = LatestPolicy(latest=1)
     inputs: list[TensorConfig] = Field(default_factory=list)
     outputs: list[TensorConfig] = Field(default_factory=list)
+    max_batch_size: int | None = Field(default=None, ge=0)
+    """Adaptive batching: most rows merged into one predict; 0 or 1 turns it off. None: the
+    server's --max-batch-size."""
+    max_batch_delay_ms: float | None = Field(default=None, ge=0)
+    """How long a batch may wait for more requests after its first; None: the server's default."""
 
     def select_versions(self, available: list[int]) -> list[int]:
         """The versions to serve, as TF Serving's and Triton's version policies choose."""

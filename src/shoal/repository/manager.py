@@ -18,16 +18,25 @@ from ..errors import LoadError, ModelNotFound, ShoalError
 from ..observe import logging as log
 from ..observe.metrics import Metrics
 from ..runtimes import create_model
+from ..serving.batcher import BatchSettings
 from ..serving.endpoint import ModelEndpoint, ModelState
 from ..serving.executor import Executor
 from ..serving.registry import Registry, VersionEntry
-from .config import read_config
+from .config import ModelConfig, read_config
 from .layout import check_model_name, model_names, version_dirs
 
 
 class ModelRepository:
-    def __init__(self, root: Path, registry: Registry, executor: Executor, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        root: Path,
+        registry: Registry,
+        executor: Executor,
+        metrics: Metrics,
+        batching: BatchSettings = BatchSettings(0),
+    ) -> None:
         self.root = root.resolve()
+        self.default_batching = batching
         self.registry = registry
         self.executor = executor
         self.metrics = metrics
@@ -78,7 +87,7 @@ class ModelRepository:
             return wanted
 
     async def _load_version(
-        self, name: str, version: str, version_dir: Path, model_dir: Path, config: Any
+        self, name: str, version: str, version_dir: Path, model_dir: Path, config: ModelConfig
     ) -> None:
         previous = next((e for e in self.registry.entries(name) if e.version == version), None)
         if previous is None or previous.state is not ModelState.READY:
@@ -98,12 +107,26 @@ class ModelRepository:
                 self._failed(name, version, error)
             raise error from exc
         seconds = time.perf_counter() - started
-        self._record(name, VersionEntry(version, ModelState.READY, "", ModelEndpoint(model, self.executor)))
+        endpoint = ModelEndpoint(
+            model, self.executor, self._batching(config),
+            self.metrics.batch_observer(name, version),
+        )
+        self._record(name, VersionEntry(version, ModelState.READY, "", endpoint))
         self.metrics.model_loaded(name, version, seconds)
         log.event("model_loaded", model=name, version=version, runtime=model.platform,
                   seconds=round(seconds, 4))
         if previous is not None and previous.endpoint is not None:
             await self._release(previous)
+
+    def _batching(self, config: ModelConfig) -> BatchSettings:
+        default = self.default_batching
+        size = default.max_batch_size if config.max_batch_size is None else config.max_batch_size
+        delay = (
+            default.max_batch_delay
+            if config.max_batch_delay_ms is None
+            else config.max_batch_delay_ms / 1000
+        )
+        return BatchSettings(size, delay)
 
     async def unload(self, name: str) -> None:
         check_model_name(name)

@@ -22,6 +22,7 @@ import uvicorn
 from ..observe import logging as log
 from ..observe.metrics import Metrics
 from ..repository.manager import ModelRepository
+from ..serving.batcher import BatchSettings
 from ..serving.dataplane import DataPlane
 from ..serving.executor import Executor
 from ..serving.registry import Registry
@@ -45,7 +46,8 @@ class ShoalServer:
         self.registry = Registry()
         self.executor = Executor(settings.model_threads)
         self.repository = ModelRepository(
-            settings.repository, self.registry, self.executor, self.metrics
+            settings.repository, self.registry, self.executor, self.metrics,
+            BatchSettings(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
         )
         self.dataplane = DataPlane(self.registry, self.repository, self.metrics)
         self.app = build_app(self.dataplane, settings.max_request_size)

@@ -18,6 +18,7 @@ from ..datatypes import numpy_dtype
 from ..errors import InvalidInput, ModelFailure, ShoalError, Unavailable
 from ..model import Model
 from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
+from .batcher import BatchObserver, Batcher, BatchSettings
 from .executor import Executor
 
 
@@ -46,7 +47,13 @@ DEFAULT_OUTPUT = "output-0"
 class ModelEndpoint:
     """Runs one model version: validate inputs, run its stages off the loop, shape the answer."""
 
-    def __init__(self, model: Model, executor: Executor) -> None:
+    def __init__(
+        self,
+        model: Model,
+        executor: Executor,
+        batching: BatchSettings | None = None,
+        observe_batch: BatchObserver | None = None,
+    ) -> None:
         self.model = model
         self.name = model.name
         self.version = model.version
@@ -61,6 +68,11 @@ class ModelEndpoint:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.batcher = (
+            Batcher(self._execute, batching, observe_batch)
+            if batching is not None and batching.enabled
+            else None
+        )
 
     @property
     def ready(self) -> bool:
@@ -82,6 +94,19 @@ class ModelEndpoint:
         self._in_flight += 1
         self._idle.clear()
         try:
+            if self.batcher is not None:
+                result = await self.batcher.submit(request)
+            else:
+                result = await self._execute(request)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+        return self._finish(request, result)
+
+    async def _execute(self, request: InferenceRequest) -> InferenceResponse:
+        """Run the model's stages on one (possibly merged) request."""
+        try:
             if self._all_sync:
                 result = await self.executor.run(self._run_stages, request)
             else:
@@ -97,11 +122,12 @@ class ModelEndpoint:
             raise
         except Exception as exc:
             raise ModelFailure(f"model {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
-        return self._finish(request, result)
+        if not isinstance(result, InferenceResponse):
+            raise ModelFailure(
+                f"model {self.name!r}: postprocess returned {type(result).__name__}, "
+                "not an InferenceResponse"
+            )
+        return result
 
     async def drained(self) -> None:
         """Wait until requests already running on this instance have finished."""
@@ -133,12 +159,7 @@ class ModelEndpoint:
         name = self.model.outputs[0].name if len(self.model.outputs) == 1 else DEFAULT_OUTPUT
         return InferenceResponse([Tensor.from_numpy(name, np.asarray(result))])
 
-    def _finish(self, request: InferenceRequest, response: Any) -> InferenceResponse:
-        if not isinstance(response, InferenceResponse):
-            raise ModelFailure(
-                f"model {self.name!r}: postprocess returned {type(response).__name__}, "
-                "not an InferenceResponse"
-            )
+    def _finish(self, request: InferenceRequest, response: InferenceResponse) -> InferenceResponse:
         if request.outputs is not None:
             produced = {t.name: t for t in response.outputs}
             missing = [o.name for o in request.outputs if o.name not in produced]

@@ -1,0 +1,192 @@
+"""Adaptive batching: concurrent requests to one model version run as one ``predict``.
+
+Requests queue while the model is busy; when it is free, everything compatible that waited
+(up to ``max_batch_size`` rows) is merged along the first axis, run once, and split back. A
+batch also waits up to ``max_batch_delay`` after its first request for more to arrive (0: never
+wait, batch only what piled up). Requests are merged only when their inputs have the same
+names, datatypes and non-batch dimensions, and the same parameters and requested outputs.
+
+Split rule: an output whose first dimension equals the batch's total row count is sliced back
+row by row; any other output (no batch axis, e.g. a scalar summary) goes whole to every request
+of the batch. A batch that fails fails only its own requests; a cancelled request leaves the
+queue before it reaches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Hashable
+
+import numpy as np
+import orjson
+
+from ..types import InferenceRequest, InferenceResponse, Tensor
+
+Runner = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
+BatchObserver = Callable[[int, list[float]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    max_batch_size: int
+    max_batch_delay: float = 0.0  # seconds
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 1
+
+
+@dataclass(slots=True)
+class _Waiting:
+    request: InferenceRequest
+    key: Hashable
+    rows: int
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def batch_rows(request: InferenceRequest) -> int | None:
+    """The batch size shared by every input, or None when the request cannot be batched."""
+    sizes = {t.shape[0] if t.shape else None for t in request.inputs}
+    if len(sizes) != 1:
+        return None
+    rows = sizes.pop()
+    return rows if rows else None
+
+
+def batch_key(request: InferenceRequest) -> Hashable:
+    tensors = tuple(
+        (t.name, t.datatype, t.shape[1:], _frozen(t.parameters)) for t in request.inputs
+    )
+    outputs = None if request.outputs is None else tuple(
+        (o.name, _frozen(o.parameters)) for o in request.outputs
+    )
+    return tensors, outputs, _frozen(request.parameters)
+
+
+def _frozen(parameters: dict[str, Any]) -> bytes:
+    return orjson.dumps(parameters, option=orjson.OPT_SORT_KEYS) if parameters else b""
+
+
+def merge(requests: list[InferenceRequest]) -> InferenceRequest:
+    first = requests[0]
+    inputs = [
+        Tensor(
+            tensor.name,
+            tensor.datatype,
+            (sum(r.inputs[i].shape[0] for r in requests), *tensor.shape[1:]),
+            np.concatenate([r.inputs[i].data for r in requests], axis=0),
+            tensor.parameters,
+        )
+        for i, tensor in enumerate(first.inputs)
+    ]
+    return InferenceRequest(
+        inputs=inputs,
+        parameters=first.parameters,
+        outputs=first.outputs,
+        model_name=first.model_name,
+        model_version=first.model_version,
+    )
+
+
+def split(response: InferenceResponse, rows: list[int]) -> list[InferenceResponse]:
+    total = sum(rows)
+    bounds = np.cumsum([0, *rows])
+    parts: list[InferenceResponse] = [
+        InferenceResponse([], response.model_name, response.model_version, None, dict(response.parameters))
+        for _ in rows
+    ]
+    for tensor in response.outputs:
+        batched = bool(tensor.shape) and tensor.shape[0] == total
+        for index, part in enumerate(parts):
+            if batched:
+                start, stop = int(bounds[index]), int(bounds[index + 1])
+                part.outputs.append(
+                    Tensor(tensor.name, tensor.datatype, (stop - start, *tensor.shape[1:]),
+                           tensor.data[start:stop], tensor.parameters)
+                )
+            else:
+                part.outputs.append(tensor)
+    return parts
+
+
+class Batcher:
+    def __init__(
+        self, run: Runner, settings: BatchSettings, observe: BatchObserver | None = None
+    ) -> None:
+        self._run = run
+        self.settings = settings
+        self._observe = observe
+        self._queue: deque[_Waiting] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def submit(self, request: InferenceRequest) -> InferenceResponse:
+        rows = batch_rows(request)
+        if rows is None or rows >= self.settings.max_batch_size:
+            return await self._run(request)
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Waiting(request, batch_key(request), rows, future))
+        self._arrived.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._dispatch())
+        return await future
+
+    async def _dispatch(self) -> None:
+        while self._queue:
+            batch = await self._next_batch()
+            if batch:
+                await self._execute(batch)
+
+    async def _next_batch(self) -> list[_Waiting]:
+        first = self._queue[0]
+        deadline = first.enqueued + self.settings.max_batch_delay
+        while self._rows_waiting(first.key) < self.settings.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        batch: list[_Waiting] = []
+        rows = 0
+        kept: deque[_Waiting] = deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():  # cancelled by its client: never reaches the model
+                continue
+            if item.key == first.key and rows + item.rows <= self.settings.max_batch_size:
+                batch.append(item)
+                rows += item.rows
+            else:
+                kept.append(item)
+        self._queue = kept
+        return batch
+
+    def _rows_waiting(self, key: Hashable) -> int:
+        return sum(item.rows for item in self._queue if item.key == key)
+
+    async def _execute(self, batch: list[_Waiting]) -> None:
+        started = time.perf_counter()
+        if self._observe is not None:
+            self._observe(sum(i.rows for i in batch), [started - i.enqueued for i in batch])
+        try:
+            if len(batch) == 1:
+                results = [await self._run(batch[0].request)]
+            else:
+                response = await self._run(merge([item.request for item in batch]))
+                results = split(response, [item.rows for item in batch])
+        except Exception as exc:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, result in zip(batch, results):
+            if not item.future.done():
+                item.future.set_result(result)
+
