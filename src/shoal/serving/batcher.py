@@ -15,6 +15,7 @@ queue before it reaches the model.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Awaitable, Callable, Hashable
 import numpy as np
 import orjson
 
+from ..observe import logging as log
 from ..types import InferenceRequest, InferenceResponse, Tensor
 
 Runner = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
@@ -129,19 +131,35 @@ class Batcher:
         if rows is None or rows >= self.settings.max_batch_size:
             return await self._run(request)
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(request, batch_key(request), rows, future))
-        self._arrived.set()
+        waiting = _Waiting(request, batch_key(request), rows, future)
         if self._task is None or self._task.done():
+            # A fresh event per dispatcher: an asyncio.Event binds to the loop it first waits
+            # on, and nothing waits on the old one once its dispatcher has finished.
+            self._arrived = asyncio.Event()
             self._task = asyncio.create_task(self._dispatch())
-        return await future
+        self._queue.append(waiting)
+        self._arrived.set()
+        return await waiting.future
 
     async def _dispatch(self) -> None:
-        while self._queue:
-            batch = await self._next_batch()
-            if batch:
-                await self._execute(batch)
+        try:
+            while self._queue:
+                batch = await self._next_batch()
+                if batch:
+                    await self._execute(batch)
+        finally:
+            # Only reached with waiters left when this task was cancelled or broke: never
+            # leave a request waiting on a dispatcher that is gone.
+            while self._queue:
+                item = self._queue.popleft()
+                if not item.future.done():
+                    item.future.cancel()
 
     async def _next_batch(self) -> list[_Waiting]:
+        while self._queue and self._queue[0].future.done():  # cancelled before its turn
+            self._queue.popleft()
+        if not self._queue:
+            return []
         first = self._queue[0]
         deadline = first.enqueued + self.settings.max_batch_delay
         while self._rows_waiting(first.key) < self.settings.max_batch_size:
@@ -151,7 +169,7 @@ class Batcher:
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 break
         batch: list[_Waiting] = []
         rows = 0
@@ -169,18 +187,35 @@ class Batcher:
         return batch
 
     def _rows_waiting(self, key: Hashable) -> int:
-        return sum(item.rows for item in self._queue if item.key == key)
+        return sum(
+            item.rows for item in self._queue if item.key == key and not item.future.done()
+        )
 
     async def _execute(self, batch: list[_Waiting]) -> None:
         started = time.perf_counter()
         if self._observe is not None:
-            self._observe(sum(i.rows for i in batch), [started - i.enqueued for i in batch])
+            try:
+                self._observe(sum(i.rows for i in batch), [started - i.enqueued for i in batch])
+            except Exception as exc:  # metrics never fail requests
+                log.event("batch_observer_failed", logging.WARNING, error=repr(exc))
         try:
             if len(batch) == 1:
                 results = [await self._run(batch[0].request)]
             else:
                 response = await self._run(merge([item.request for item in batch]))
                 results = split(response, [item.rows for item in batch])
+        except asyncio.CancelledError:
+            # The runner's own work was cancelled (a thread pool cancelling its futures at
+            # shutdown) or this dispatcher was: the batch's requests end as unbatched ones
+            # would. A cancelled dispatcher stops, cancelling the requests still queued.
+            for item in batch:
+                if not item.future.done():
+                    item.future.cancel()
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+            if cancelling is None or cancelling():
+                raise
+            return
         except Exception as exc:
             for item in batch:
                 if not item.future.done():
@@ -189,4 +224,3 @@ class Batcher:
         for item, result in zip(batch, results):
             if not item.future.done():
                 item.future.set_result(result)
-
