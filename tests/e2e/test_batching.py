@@ -24,7 +24,7 @@ from .models import custom, sklearn_iris
 from .process import ShoalProcess
 
 # Doubles its input and reports, per row, how many rows the predict it ran in had.
-# A batch holding the poison value fails as a whole.
+# Any batch holding the poison value raises, so the server must rerun its neighbours alone.
 DOUBLER = """
     import time
     import numpy as np
@@ -274,11 +274,11 @@ def test_concurrent_requests_over_every_protocol_are_batched_and_split_correctly
     assert delta(before, after, "shoal_batch_size_sum", "iris") == sum(len(x) for x in irises)
     assert delta(before, after, "shoal_batch_queue_delay_seconds_count", "iris") == len(irises)
     assert 0 < delta(before, after, "shoal_batch_size_count", "iris") <= len(irises)
-    # (The manager creates the histograms' children for every model at load: solo's stay at 0.)
-    assert all(value == 0 for (_, model), value in after.items() if model == "solo")
+    # solo has batching off: no batch histograms at all.
+    assert not [key for key in after if key[1] == "solo"]
 
 
-def test_a_poisoned_batch_fails_only_the_requests_it_holds(
+def test_a_poison_value_fails_only_its_own_request(
     served: tuple[ShoalProcess, LogisticRegression], stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
     server, iris = served
@@ -286,7 +286,7 @@ def test_a_poisoned_batch_fails_only_the_requests_it_holds(
     poison = features(rng, 1)
     poison[0, 1] = -999
     jobs: list[tuple[str, str, np.ndarray]] = [("poison", "doubler", poison)]
-    jobs += [("maybe", "doubler", features(rng, 1)) for _ in range(10)]  # may share its batch
+    jobs += [("neighbour", "doubler", features(rng, 1)) for _ in range(10)]  # may share its batch
     jobs += [("safe", "doubler", features(rng, 1, width=5)) for _ in range(3)]  # never can
     jobs += [("safe", "iris", iris_sample(rng, 2)) for _ in range(3)]
     calls = [
@@ -296,18 +296,13 @@ def test_a_poisoned_batch_fails_only_the_requests_it_holds(
     answers = burst(calls)
 
     assert answers[0].status == 500 and "poison in batch" in answers[0].text, answers[0]
-    casualties = 0
     for (kind, model, x), answer in zip(jobs[1:], answers[1:]):
-        if kind == "maybe" and answer.status == 500:
-            assert "poison in batch" in answer.text, answer
-            casualties += 1
-            continue
+        # A merged batch that fails is rerun one request at a time: neighbours still succeed.
         assert answer.status == 200, (kind, model, answer)
         if model == "iris":
             np.testing.assert_array_equal(answer.outputs["predict"], iris.predict(x))
         else:
             np.testing.assert_array_equal(answer.outputs["y"], x * 2)
-    assert casualties <= 7  # at most the rest of one batch of 8 rows
 
     # The model keeps serving once the poisoned batch is gone.
     x = features(rng, 2)

@@ -107,10 +107,9 @@ class ModelRepository:
                 self._failed(name, version, error)
             raise error from exc
         seconds = time.perf_counter() - started
-        endpoint = ModelEndpoint(
-            model, self.executor, self._batching(config),
-            self.metrics.batch_observer(name, version),
-        )
+        batching = self._batching(config)
+        observer = self.metrics.batch_observer(name, version) if batching.enabled else None
+        endpoint = ModelEndpoint(model, self.executor, batching, observer)
         self._record(name, VersionEntry(version, ModelState.READY, "", endpoint))
         self.metrics.model_loaded(name, version, seconds)
         log.event("model_loaded", model=name, version=version, runtime=model.platform,

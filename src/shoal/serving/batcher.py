@@ -8,8 +8,9 @@ names, datatypes and non-batch dimensions, and the same parameters and requested
 
 Split rule: an output whose first dimension equals the batch's total row count is sliced back
 row by row; any other output (no batch axis, e.g. a scalar summary) goes whole to every request
-of the batch. A batch that fails fails only its own requests; a cancelled request leaves the
-queue before it reaches the model.
+of the batch. A merged batch that fails is rerun one request at a time, so only the requests
+that fail on their own fail (one request's bad values never fail its neighbours); a cancelled
+request leaves the queue before it reaches the model.
 """
 
 from __future__ import annotations
@@ -217,10 +218,33 @@ class Batcher:
                 raise
             return
         except Exception as exc:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
+            else:
+                await self._isolate(batch)
             return
         for item, result in zip(batch, results):
             if not item.future.done():
                 item.future.set_result(result)
+
+    async def _isolate(self, batch: list[_Waiting]) -> None:
+        """A merged batch failed: run its requests one by one, so only the culprit fails."""
+        for item in batch:
+            if item.future.done():
+                continue
+            try:
+                result = await self._run(item.request)
+            except asyncio.CancelledError:
+                if not item.future.done():
+                    item.future.cancel()
+                raise
+            except Exception as exc:
+                self._fail(item, exc)
+            else:
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    @staticmethod
+    def _fail(item: _Waiting, exc: BaseException) -> None:
+        if not item.future.done():
+            item.future.set_exception(exc)
