@@ -71,6 +71,7 @@ PROTOCOL_LABELS = {
 }
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
+CEILING_BATCHES = (1, 32)  # rows per in-process predict call for the model ceiling
 NP_TYPES = {"INT64": "<i8", "INT32": "<i4", "FP64": "<f8", "FP32": "<f4", "BOOL": "?", "UINT8": "u1"}
 
 
@@ -93,6 +94,7 @@ class ServerSpec:
     models: tuple[str, ...] = MODEL_NAMES  # ("-",) for a baseline that has no model
     ready: str = "http"  # "http": /v2/health/ready + each model's ready; "grpc": ServerReady
     baseline: bool = False
+    batch_metrics: bool = False  # Shoal: read shoal_batch_size from /metrics around each row
     notes: str = ""
 
 
@@ -100,21 +102,48 @@ def shoal_python() -> str:
     return str(SHOAL_VENV / "bin" / "python")
 
 
+def shoal_command(layout: str) -> Callable[[Ports], list[str]]:
+    return lambda p: [str(SHOAL_VENV / "bin" / "shoal"), "serve", str(MODELS / layout),
+                      "--http-port", str(p.http), "--grpc-port", str(p.grpc), *SHOAL_ARGS]
+
+
+def mlserver_command(layout: str) -> Callable[[Ports], list[str]]:
+    return lambda p: [str(WORK / "venv-mlserver" / "bin" / "mlserver"), "start", str(MODELS / layout)]
+
+
+def mlserver_env(p: Ports) -> dict[str, str]:
+    return {"MLSERVER_HTTP_PORT": str(p.http), "MLSERVER_GRPC_PORT": str(p.grpc),
+            "MLSERVER_METRICS_PORT": str(p.metrics), "MLSERVER_HOST": "127.0.0.1"}
+
+
+CEILING = "model-ceiling"  # not a server: the estimator's own predict, in-process (ceiling.py)
+
+
 SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         ServerSpec(
             "shoal",
-            lambda p: [str(SHOAL_VENV / "bin" / "shoal"), "serve", str(MODELS / "shoal"),
-                       "--http-port", str(p.http), "--grpc-port", str(p.grpc), *SHOAL_ARGS],
-            notes="defaults (info log level: no per-request log lines)",
+            shoal_command("shoal"),
+            batch_metrics=True,  # nothing to read unless --shoal-args turns batching on
+            notes="defaults (info log level: no per-request log lines; no batching)",
+        ),
+        ServerSpec(
+            "shoal-batch",
+            shoal_command("shoal-batch"),
+            batch_metrics=True,
+            notes="defaults plus adaptive batching in each model.yaml: max_batch_size 32, max_batch_delay_ms 2",
         ),
         ServerSpec(
             "mlserver",
-            lambda p: [str(WORK / "venv-mlserver" / "bin" / "mlserver"), "start", str(MODELS / "mlserver")],
-            env=lambda p: {"MLSERVER_HTTP_PORT": str(p.http), "MLSERVER_GRPC_PORT": str(p.grpc),
-                           "MLSERVER_METRICS_PORT": str(p.metrics), "MLSERVER_HOST": "127.0.0.1"},
-            notes="defaults: parallel_workers=1 (inference in one worker process), metrics on",
+            mlserver_command("mlserver"), env=mlserver_env,
+            notes="defaults: parallel_workers=1 (inference in one worker process), metrics on; no batching",
+        ),
+        ServerSpec(
+            "mlserver-batch",
+            mlserver_command("mlserver-batch"), env=mlserver_env,
+            notes="defaults plus adaptive batching in each model-settings.json: max_batch_size 32, "
+                  "max_batch_time 0.002 (s)",
         ),
         ServerSpec(
             "kserve",
@@ -143,6 +172,7 @@ SERVERS: dict[str, ServerSpec] = {
         ),
     )
 }
+RUN_ORDER = (CEILING, *SERVERS)  # the default full run, in this order
 
 
 def free_port() -> int:
@@ -419,10 +449,12 @@ class Measurement:
     ok: int = 0
     errors: int = 0
     note: str = ""
+    batch_mean: float | None = None  # rows per predict in the measured window (shoal_batch_size)
+    batches: int | None = None  # predict calls in the measured window
 
 
 def h2load(protocol: str, port: int, request: Payload, concurrency: int, duration: float, warmup: float,
-           expected_bytes: int, tmp: Path) -> Measurement:
+           expected_bytes: int, tmp: Path, before_measure: Callable[[], None] | None = None) -> Measurement:
     body_file = tmp / "body.bin"
     body_file.write_bytes(request.body)
     log_file = tmp / "requests.log"
@@ -448,6 +480,8 @@ def h2load(protocol: str, port: int, request: Payload, concurrency: int, duratio
         rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", done.stdout)
         if rate:
             requests = max(10 * concurrency, int(float(rate.group(1)) * duration))
+    if before_measure is not None:
+        before_measure()
     done = run_h2load(base + ["-n", str(requests), f"--log-file={log_file}", url], 20 * duration + 60)
     if isinstance(done, str):
         result.note = done
@@ -511,6 +545,45 @@ def read_latencies(log_file: Path) -> np.ndarray:
     return latencies[(statuses >= 200) & (statuses < 300)].astype(np.float64)
 
 
+# --------------------------------------------------------------------------- batching and ceiling
+
+
+def batch_counts(port: int, model: str) -> tuple[float, float] | None:
+    """(count, sum) of Shoal's shoal_batch_size histogram for one model, from GET /metrics."""
+    try:
+        status, _, body = http_request(port, "GET", "/metrics", timeout=5)
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    count = total = 0.0
+    for line in body.decode(errors="replace").splitlines():
+        match = re.match(r'shoal_batch_size_(count|sum)\{([^}]*)\} (\S+)$', line)
+        if match and f'model="{model}"' in match.group(2):
+            if match.group(1) == "count":
+                count += float(match.group(3))
+            else:
+                total += float(match.group(3))
+    return count, total
+
+
+def measure_ceiling(args: argparse.Namespace, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The estimator's own predict, in a subprocess pinned to the server CPU (ceiling.py)."""
+    models = [m for m in MODEL_NAMES if not args.models or m in args.models]
+    command = ["taskset", "-c", SERVER_CPU, shoal_python(), str(HERE / "ceiling.py"),
+               "--models", ",".join(models), "--batch", ",".join(str(b) for b in CEILING_BATCHES),
+               "--duration", f"{args.duration:g}", "--warmup", f"{max(args.warmup, 0.5):g}"]
+    timeout = len(models) * len(CEILING_BATCHES) * (args.duration + args.warmup + 5) + 60
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"ceiling.py failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    for r in results:
+        say(f"  {r['model']} predict on {r['batch']} row(s): {r['rows_per_s']:,.0f} rows/s, "
+            f"p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us per call")
+    return results
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -567,11 +640,22 @@ def run_server(spec: ServerSpec, args: argparse.Namespace, row: np.ndarray, expe
                     measurements.append(Measurement(spec.name, model, protocol, 0, note=note))
                     continue
                 for concurrency in args.concurrency:
-                    m = h2load(protocol, port, request, concurrency, args.duration, args.warmup, size, tmp)
+                    before: list[tuple[float, float] | None] = []
+                    hook = None
+                    if spec.batch_metrics:
+                        def hook(before=before, port=running.ports.http, model=model) -> None:
+                            before.append(batch_counts(port, model))
+                    m = h2load(protocol, port, request, concurrency, args.duration, args.warmup, size, tmp, hook)
                     m.server, m.model = spec.name, model
+                    if spec.batch_metrics and before and before[0] is not None:
+                        after = batch_counts(running.ports.http, model)
+                        if after is not None and after[0] > before[0][0]:
+                            m.batches = int(after[0] - before[0][0])
+                            m.batch_mean = (after[1] - before[0][1]) / (after[0] - before[0][0])
                     measurements.append(m)
+                    batching = f", {m.batch_mean:.1f} rows/predict" if m.batch_mean is not None else ""
                     say(f"  {model} {protocol} c={concurrency}: {fmt(m.rps, 0)} req/s, p50 {fmt(m.p50_ms, 2)} ms, "
-                        f"p99 {fmt(m.p99_ms, 2)} ms, {m.errors} errors {m.note}")
+                        f"p99 {fmt(m.p99_ms, 2)} ms{batching}, {m.errors} errors {m.note}")
                 try:  # still answering correctly after the load?
                     check(protocol, running.ports.http, request, running.ports.grpc)
                 except (CheckFailed, OSError) as exc:
@@ -600,25 +684,43 @@ def ratio_line(label: str, a: float | None, b: float | None, unit: str = "x") ->
     return f"| {label} | {a / b:.2f}{unit} |"
 
 
-def report(results: list[Measurement], startups: list[Startup], args: argparse.Namespace) -> str:
+def report(results: list[Measurement], startups: list[Startup], args: argparse.Namespace,
+           ceiling: list[dict[str, Any]] | None = None, context: dict[str, str] | None = None) -> str:
+    ceiling = ceiling or []
+    context = context or {}
+    revision = context.get("shoal_before", "unknown")
+    if context.get("shoal_after", revision) != revision:
+        revision += f" at the start, {context['shoal_after']} at the end (Shoal's source changed during the run)"
     lines = [
         "# Shoal benchmark results", "",
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} · {machine()} · servers on CPU {SERVER_CPU}, "
         f"h2load on CPU {LOADGEN_CPU} · {args.warmup:g}s warm-up + {args.duration:g}s per row · "
         "one-row FP64 requests, shape [1, 20]", "",
-        "req/s counts successful responses only; errors = non-2xx, failed streams, and gRPC responses "
-        "without a message. p50/p99 are over successful requests in the measured window.", "",
-        "| server | model | protocol | concurrency | req/s | p50 ms | p99 ms | errors |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        (f"Shoal at {revision}. Load average (1/5/15 min) before the run {context.get('load_before', 'unknown')}, "
+         f"after it {context.get('load_after', 'unknown')}."), "",
+        ("req/s counts successful responses only; errors = non-2xx, failed streams, and gRPC responses "
+         "without a message. p50/p99 are over successful requests in the measured window. rows/predict: "
+         "mean rows per model execution in the measured window, from Shoal's shoal_batch_size histogram "
+         "(Shoal with batching only; MLServer exposes no batch-size metric). model-ceiling rows: the estimator's "
+         f"`predict` called in-process on CPU {SERVER_CPU} (benchmarks/ceiling.py); req/s there is rows/s and "
+         "p50/p99 are per `predict` call."), "",
+        "| server | model | protocol | concurrency | req/s | p50 ms | p99 ms | rows/predict | errors |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    for r in ceiling:
+        lines.append(f"| {CEILING} | {r['model']} | in-process predict, {r['batch']} row{'s' if r['batch'] > 1 else ''} "
+                     f"| - | {r['rows_per_s']:,.0f} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | "
+                     f"{r['batch']} | - |")
     for m in results:
         label = PROTOCOL_LABELS[m.protocol]
         if m.concurrency == 0:
-            lines.append(f"| {m.server} | {m.model} | {label} | - | n/a | n/a | n/a | {m.note.removeprefix('n/a: ')} |")
+            lines.append(f"| {m.server} | {m.model} | {label} | - | n/a | n/a | n/a | | "
+                         f"{m.note.removeprefix('n/a: ')} |")
             continue
         errors = str(m.errors) + (f" ({m.note.strip()})" if m.note.strip() else "")
+        batch = f"{m.batch_mean:.1f}" if m.batch_mean is not None else ""
         lines.append(f"| {m.server} | {m.model} | {label} | {m.concurrency} | {fmt(m.rps, 0)} | "
-                     f"{fmt(m.p50_ms, 2)} | {fmt(m.p99_ms, 2)} | {errors} |")
+                     f"{fmt(m.p50_ms, 2)} | {fmt(m.p99_ms, 2)} | {batch} | {errors} |")
 
     lines += ["", "## Startup and memory", "",
               f"Startup: process start until /v2/health/ready and every model's ready endpoint answer 200 "
@@ -641,6 +743,13 @@ def report(results: list[Measurement], startups: list[Startup], args: argparse.N
     def rps(server: str, model: str, protocol: str, c: int) -> float | None:
         m = find(results, server, model, protocol, c)
         return m.rps if m else None
+
+    def p99(server: str, model: str, protocol: str, c: int) -> float | None:
+        m = find(results, server, model, protocol, c)
+        return m.p99_ms if m else None
+
+    def ceiling_of(model: str, batch: int) -> float | None:
+        return next((r["rows_per_s"] for r in ceiling if r["model"] == model and r["batch"] == batch), None)
 
     c = max(args.concurrency)
     by_server = {s.server: s for s in startups if s.startup_s}
@@ -673,13 +782,61 @@ def report(results: list[Measurement], startups: list[Startup], args: argparse.N
               ratio_line("Shoal / KServe RSS after ready (lower is better)", rss_of("shoal"), rss_of("kserve")),
               ratio_line("Shoal / MLServer RSS after ready (lower is better)", rss_of("shoal"), rss_of("mlserver")),
               ]
+    lines += ["", "### With adaptive batching (max batch size 32, max delay 2 ms)", "",
+              "| comparison | ratio |", "| --- | ---: |",
+              ratio_line(f"shoal-batch / mlserver-batch throughput, V2 REST JSON, forest, c={c}",
+                         rps("shoal-batch", "forest", "v2-json", c), rps("mlserver-batch", "forest", "v2-json", c)),
+              ratio_line(f"shoal-batch / mlserver-batch throughput, V2 REST JSON, logreg, c={c}",
+                         rps("shoal-batch", "logreg", "v2-json", c), rps("mlserver-batch", "logreg", "v2-json", c)),
+              ratio_line(f"shoal-batch / mlserver-batch throughput, V2 gRPC, forest, c={c}",
+                         rps("shoal-batch", "forest", "v2-grpc", c), rps("mlserver-batch", "forest", "v2-grpc", c)),
+              ratio_line(f"shoal-batch / mlserver-batch throughput, V2 gRPC, logreg, c={c}",
+                         rps("shoal-batch", "logreg", "v2-grpc", c), rps("mlserver-batch", "logreg", "v2-grpc", c)),
+              ratio_line(f"shoal-batch / mlserver-batch p99 latency, V2 REST JSON, forest, c={c} (lower is better)",
+                         p99("shoal-batch", "forest", "v2-json", c), p99("mlserver-batch", "forest", "v2-json", c)),
+              ratio_line(f"shoal-batch forest V2 REST JSON c={c} / model ceiling (predict on 32 rows)",
+                         rps("shoal-batch", "forest", "v2-json", c), ceiling_of("forest", 32)),
+              ratio_line(f"mlserver-batch forest V2 REST JSON c={c} / model ceiling (predict on 32 rows)",
+                         rps("mlserver-batch", "forest", "v2-json", c), ceiling_of("forest", 32)),
+              ratio_line(f"shoal forest V2 REST JSON c={c} (no batching) / model ceiling (predict on 1 row)",
+                         rps("shoal", "forest", "v2-json", c), ceiling_of("forest", 1)),
+              ratio_line(f"shoal-batch / shoal throughput, V2 REST JSON, forest, c={c}",
+                         rps("shoal-batch", "forest", "v2-json", c), rps("shoal", "forest", "v2-json", c)),
+              ratio_line(f"shoal-batch V2 REST JSON (logreg) / bare uvicorn baseline throughput, c={c}",
+                         rps("shoal-batch", "logreg", "v2-json", c), rps("baseline-uvicorn", "-", "v2-json", c)),
+              ratio_line(f"shoal-batch gRPC (logreg) / bare grpc.aio baseline throughput, c={c}",
+                         rps("shoal-batch", "logreg", "v2-grpc", c), rps("baseline-grpc", "-", "v2-grpc", c)),
+              ]
     lines += ["", "## Server settings", ""]
     for name in args.only:
-        extra = f" (with `{' '.join(SHOAL_ARGS)}`)" if name == "shoal" and SHOAL_ARGS else ""
+        if name == CEILING:
+            lines.append(f"- **{CEILING}**: `taskset -c {SERVER_CPU} python benchmarks/ceiling.py`: joblib-loaded "
+                         f"estimator, `predict` in a loop on the first 1 / 32 training rows, {args.duration:g}s "
+                         "measured after a warm-up")
+            continue
+        extra = f" (with `{' '.join(SHOAL_ARGS)}`)" if name.startswith("shoal") and SHOAL_ARGS else ""
         lines.append(f"- **{name}**: {SERVERS[name].notes}{extra}")
     errors = sum(m.errors for m in results)
     lines += ["", f"Total errored requests: {errors}.", ""]
     return "\n".join(lines)
+
+
+def shoal_revision() -> str:
+    """Shoal's commit, and whether src/ differs from it (the servers import src/ when they start)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], check=True,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + (" with uncommitted changes in src/" if dirty else "")
+
+
+def load_average() -> str:
+    with contextlib.suppress(OSError):
+        return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "unknown"
 
 
 def machine() -> str:
@@ -700,8 +857,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per row (default 5)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per row (default 2)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (default 1,8,32)")
-    parser.add_argument("--only", default=",".join(SERVERS),
-                        help=f"comma-separated servers to run (default all: {','.join(SERVERS)})")
+    parser.add_argument("--only", default=",".join(RUN_ORDER),
+                        help=f"comma-separated servers to run (default all: {','.join(RUN_ORDER)}; "
+                             f"{CEILING} is the in-process predict ceiling, not a server)")
     parser.add_argument("--models", default="", help="comma-separated models (default logreg,forest)")
     parser.add_argument("--protocols", default="", help=f"comma-separated protocols ({','.join(PROTOCOLS)})")
     parser.add_argument("--startup-runs", type=int, default=3, help="starts per server for startup time (default 3)")
@@ -721,8 +879,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.models = [m for m in args.models.split(",") if m]
     args.protocols = [p for p in args.protocols.split(",") if p]
     for name in args.only:
-        if name not in SERVERS:
-            parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+        if name not in RUN_ORDER:
+            parser.error(f"unknown server {name!r}; choose from {', '.join(RUN_ORDER)}")
     for name in args.models:
         if name not in MODEL_NAMES:
             parser.error(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
@@ -742,9 +900,12 @@ def preflight(args: argparse.Namespace) -> None:
         problems.append("needs CPUs 0 and 1 (server on one, load generator on the other)")
     if not (MODELS / "_artifacts" / "logreg.joblib").is_file():
         problems.append("no models: run .venv/bin/python benchmarks/make_models.py")
-    for name, path in (("mlserver", WORK / "venv-mlserver" / "bin" / "mlserver"),
-                       ("kserve", WORK / "venv-kserve" / "bin" / "python")):
-        if name in args.only and not path.exists():
+    for name in args.only:
+        if name in SERVERS and not SERVERS[name].baseline and not (MODELS / name).is_dir():
+            problems.append(f"no {MODELS / name}: run .venv/bin/python benchmarks/make_models.py")
+    for names, path in ((("mlserver", "mlserver-batch"), WORK / "venv-mlserver" / "bin" / "mlserver"),
+                        (("kserve",), WORK / "venv-kserve" / "bin" / "python")):
+        if set(names) & set(args.only) and not path.exists():
             problems.append(f"{path} is missing: run benchmarks/setup.sh")
     if problems:
         raise SystemExit("cannot run:\n  " + "\n  ".join(problems))
@@ -765,8 +926,19 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Measurement] = []
     startups: list[Startup] = []
     began = time.monotonic()
+    context = {"shoal_before": shoal_revision(), "load_before": load_average()}
+    ceiling: list[dict[str, Any]] = []
+    ceiling_failed = False
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         for name in args.only:
+            if name == CEILING:
+                say(f"{CEILING}: the estimators' own predict, in-process on CPU {SERVER_CPU}")
+                try:
+                    ceiling = measure_ceiling(args, say)
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    say(f"{CEILING}: FAILED: {exc}")
+                    ceiling_failed = True
+                continue
             spec = SERVERS[name]
             try:
                 measurements, startup = run_server(spec, args, row, expected, Path(tmp), say)
@@ -776,18 +948,22 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results += measurements
             startups.append(startup)
-    text = report(results, startups, args)
+    context.update(shoal_after=shoal_revision(), load_after=load_average())
+    text = report(results, startups, args, ceiling, context)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     args.output.with_suffix(".json").write_text(json.dumps({
         "measurements": [dataclasses.asdict(m) for m in results],
         "startup": [dataclasses.asdict(s) for s in startups],
+        "model_ceiling": ceiling,
+        "context": context,
         "settings": {"duration": args.duration, "warmup": args.warmup, "concurrency": args.concurrency,
                      "startup_runs": args.startup_runs, "machine": machine()},
     }, indent=1))
     print(text)
     say(f"wrote {args.output} ({time.monotonic() - began:.0f}s)")
-    return 1 if any(m.errors for m in results) or any(not s.startup_s for s in startups) else 0
+    failed = any(m.errors for m in results) or any(not s.startup_s for s in startups) or ceiling_failed
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
