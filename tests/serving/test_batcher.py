@@ -641,3 +641,34 @@ def test_batched_answers_equal_running_alone(workload: tuple[int, list[tuple[np.
     ran = np.concatenate([c.inputs[0].data.reshape(-1) for c in model.calls])
     sent = np.concatenate([x.reshape(-1) for x, _ in items])
     assert sorted(ran.tolist()) == sorted(sent.tolist())
+
+
+def test_a_lone_client_stops_paying_the_batch_delay() -> None:
+    """After a run of one-request batches, requests run at once (every 16th still probes)."""
+
+    async def main() -> None:
+        model = FakeModel()
+        batcher = Batcher(model, BatchSettings(8, max_batch_delay=0.1))
+        started = time.perf_counter()
+        for i in range(40):
+            assert_answer(await batcher.submit(request_of(rows_of(1, i))), rows_of(1, i))
+        # 40 full waits would take 4 s; a few early ones and the probes take well under 2 s.
+        assert time.perf_counter() - started < 2.0
+        assert model.sizes == [1] * 40
+
+    run(main(), timeout=10)
+
+
+def test_a_burst_runs_once_arrivals_stop_not_at_the_deadline() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        batcher = Batcher(model, BatchSettings(64, max_batch_delay=0.5))
+        await asyncio.gather(*(batcher.submit(request_of(rows_of(1, i))) for i in range(40)))
+        started = time.perf_counter()
+        answers = await asyncio.gather(*(batcher.submit(request_of(rows_of(1, i))) for i in range(4)))
+        assert time.perf_counter() - started < 0.25  # the deadline was 0.5 s away
+        for i, answer in enumerate(answers):
+            assert_answer(answer, rows_of(1, i))
+        assert model.sizes[-1] == 4
+
+    run(main(), timeout=10)

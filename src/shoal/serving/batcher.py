@@ -3,7 +3,8 @@
 Requests queue while the model is busy; when it is free, everything compatible that waited
 (up to ``max_batch_size`` rows) is merged along the first axis, run once, and split back. A
 batch also waits up to ``max_batch_delay`` after its first request for more to arrive (0: never
-wait, batch only what piled up). Requests are merged only when their inputs have the same
+wait, batch only what piled up). The wait adapts to traffic: it is skipped while recent
+batches held one request each, and ends early once arrivals stop. Requests are merged only when their inputs have the same
 names, datatypes and non-batch dimensions, and the same parameters and requested outputs.
 
 Split rule: an output whose first dimension equals the batch's total row count is sliced back
@@ -126,6 +127,11 @@ class Batcher:
         self._queue: deque[_Waiting] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # What recent traffic looked like, to wait only when waiting can pay off (see _wait).
+        self._typical_rows = float(settings.max_batch_size)
+        self._typical_gap = settings.max_batch_delay
+        self._last_arrival = 0.0
+        self._batches = 0
 
     async def submit(self, request: InferenceRequest) -> InferenceResponse:
         rows = batch_rows(request)
@@ -139,8 +145,15 @@ class Batcher:
             self._arrived = asyncio.Event()
             self._task = asyncio.create_task(self._dispatch())
         self._queue.append(waiting)
+        self._note_arrival(waiting.enqueued)
         self._arrived.set()
         return await waiting.future
+
+    def _note_arrival(self, now: float) -> None:
+        gap = now - self._last_arrival
+        self._last_arrival = now
+        if gap < self.settings.max_batch_delay:
+            self._typical_gap += 0.1 * (gap - self._typical_gap)
 
     async def _dispatch(self) -> None:
         try:
@@ -162,16 +175,8 @@ class Batcher:
         if not self._queue:
             return []
         first = self._queue[0]
-        deadline = first.enqueued + self.settings.max_batch_delay
-        while self._rows_waiting(first.key) < self.settings.max_batch_size:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-                break
+        if self._worth_waiting():
+            await self._wait(first)
         batch: list[_Waiting] = []
         rows = 0
         kept: deque[_Waiting] = deque()
@@ -185,7 +190,33 @@ class Batcher:
             else:
                 kept.append(item)
         self._queue = kept
+        self._batches += 1
+        self._typical_rows += 0.2 * (rows - self._typical_rows)
         return batch
+
+    def _worth_waiting(self) -> bool:
+        """Waiting pays off only under concurrency. When recent batches held one request
+        each (a single client, or light traffic), run at once, and only every 16th batch
+        waits, to notice when traffic picks up again."""
+        if self.settings.max_batch_delay <= 0:
+            return False
+        return self._typical_rows >= 1.5 or self._batches % 16 == 0
+
+    async def _wait(self, first: _Waiting) -> None:
+        """Until the batch is full, ``max_batch_delay`` after its first request, or arrivals
+        stop: no request for three typical gaps between arrivals (a burst of closed-loop
+        clients has arrived, and nobody else will until they are answered)."""
+        deadline = first.enqueued + self.settings.max_batch_delay
+        quiet = max(50e-6, 3 * self._typical_gap)
+        while self._rows_waiting(first.key) < self.settings.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), min(remaining, quiet))
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                return
 
     def _rows_waiting(self, key: Hashable) -> int:
         return sum(
