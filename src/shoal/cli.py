@@ -65,9 +65,18 @@ def main() -> None:
               show_default=True, type=click.FloatRange(0), show_envvar=True,
               help="How long a batch may wait for more requests (0: batch only what queued "
                    "while the model was busy).")
+@click.option("--max-inflight", envvar="SHOAL_MAX_INFLIGHT", default=0, show_default=True,
+              type=click.IntRange(0), show_envvar=True,
+              help="Requests in flight per model version before new ones get 503 with "
+                   "Retry-After (gRPC: RESOURCE_EXHAUSTED); 0: no limit.")
+@click.option("--request-timeout", envvar="SHOAL_REQUEST_TIMEOUT", default=0.0, show_default=True,
+              type=click.FloatRange(0), show_envvar=True,
+              help="Seconds a request may take at its model before a 504 (gRPC: "
+                   "DEADLINE_EXCEEDED); 0: none.")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
           drain_timeout: float, log_level: str, model_threads: int | None,
-          max_batch_size: int, max_batch_delay_ms: float) -> None:
+          max_batch_size: int, max_batch_delay_ms: float, max_inflight: int,
+          request_timeout: float) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
     from .server.app import run
 
@@ -76,6 +85,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         max_request_size=max_request_size, drain_timeout=drain_timeout,
         log_level=log_level.lower(), model_threads=model_threads,
         max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
+        max_inflight=max_inflight, request_timeout=request_timeout,
     ))
 
 

@@ -19,6 +19,11 @@ class ShoalError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra REST response headers that come with this error."""
+        return {}
+
     def __str__(self) -> str:
         return self.message
 
@@ -45,6 +50,22 @@ class Unavailable(ShoalError):
 
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class Overloaded(Unavailable):
+    """A model's in-flight limit is reached: come back shortly (503 + Retry-After)."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry_after = 1
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class DeadlineExceeded(ShoalError):
+    http_status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class NotSupported(ShoalError):

@@ -20,3 +20,5 @@ class ServerSettings:
     model_threads: int | None = None
     max_batch_size: int = 0
     max_batch_delay_ms: float = 0.0
+    max_inflight: int = 0
+    request_timeout: float = 0.0

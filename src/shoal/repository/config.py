@@ -9,6 +9,8 @@ Example::
     outputs: [{name: predict_proba, datatype: FP64, shape: [-1, 3]}]
     max_batch_size: 32               # adaptive batching (off unless > 1)
     max_batch_delay_ms: 2
+    max_inflight: 64                 # overload protection: 503 + Retry-After beyond it
+    timeout: 5                       # seconds; 504 beyond it (a request header may override)
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ class ModelConfig(BaseModel):
     server's --max-batch-size."""
     max_batch_delay_ms: float | None = Field(default=None, ge=0)
     """How long a batch may wait for more requests after its first; None: the server's default."""
+    max_inflight: int | None = Field(default=None, ge=0)
+    """Requests in flight (running or queued) before new ones get 503 / RESOURCE_EXHAUSTED;
+    0: no limit; None: the server's --max-inflight."""
+    timeout: float | None = Field(default=None, ge=0)
+    """Seconds a request may take before it gets 504 / DEADLINE_EXCEEDED; 0: none; None: the
+    server's --request-timeout."""
 
     def select_versions(self, available: list[int]) -> list[int]:
         """The versions to serve, as TF Serving's and Triton's version policies choose."""

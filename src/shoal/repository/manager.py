@@ -21,6 +21,7 @@ from ..runtimes import create_model
 from ..serving.batcher import BatchSettings
 from ..serving.endpoint import ModelEndpoint, ModelState
 from ..serving.executor import Executor
+from ..serving.limits import Limits
 from ..serving.registry import Registry, VersionEntry
 from .config import ModelConfig, read_config
 from .layout import check_model_name, model_names, version_dirs
@@ -34,9 +35,11 @@ class ModelRepository:
         executor: Executor,
         metrics: Metrics,
         batching: BatchSettings = BatchSettings(0),
+        limits: Limits = Limits(),
     ) -> None:
         self.root = root.resolve()
         self.default_batching = batching
+        self.default_limits = limits
         self.registry = registry
         self.executor = executor
         self.metrics = metrics
@@ -109,7 +112,7 @@ class ModelRepository:
         seconds = time.perf_counter() - started
         batching = self._batching(config)
         observer = self.metrics.batch_observer(name, version) if batching.enabled else None
-        endpoint = ModelEndpoint(model, self.executor, batching, observer)
+        endpoint = ModelEndpoint(model, self.executor, batching, observer, self._limits(config))
         self._record(name, VersionEntry(version, ModelState.READY, "", endpoint))
         self.metrics.model_loaded(name, version, seconds)
         log.event("model_loaded", model=name, version=version, runtime=model.platform,
@@ -126,6 +129,13 @@ class ModelRepository:
             else config.max_batch_delay_ms / 1000
         )
         return BatchSettings(size, delay)
+
+    def _limits(self, config: ModelConfig) -> Limits:
+        default = self.default_limits
+        return Limits(
+            default.max_inflight if config.max_inflight is None else config.max_inflight,
+            default.timeout if config.timeout is None else config.timeout,
+        )
 
     async def unload(self, name: str) -> None:
         check_model_name(name)

@@ -25,6 +25,7 @@ from ..repository.manager import ModelRepository
 from ..serving.batcher import BatchSettings
 from ..serving.dataplane import DataPlane
 from ..serving.executor import Executor
+from ..serving.limits import Limits
 from ..serving.registry import Registry
 from ..settings import ServerSettings
 from . import grpc as grpc_transport
@@ -48,6 +49,7 @@ class ShoalServer:
         self.repository = ModelRepository(
             settings.repository, self.registry, self.executor, self.metrics,
             BatchSettings(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
+            Limits(settings.max_inflight, settings.request_timeout),
         )
         self.dataplane = DataPlane(self.registry, self.repository, self.metrics)
         self.app = build_app(self.dataplane, settings.max_request_size)

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 
-from ..errors import ShoalError, InvalidInput
+from ..errors import InvalidInput, ShoalError
 from ..protocol import v2_grpc
 from ..protocol.grpc_gen import grpc_service_pb2 as pb
 from ..protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
@@ -65,14 +65,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await _guard(context, call)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return await _guard(context, lambda: self._infer(request))
+        return await _guard(context, lambda: self._infer(request, context.time_remaining()))
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, deadline: float | None = None
+    ) -> pb.ModelInferResponse:
         _, response = await self.dataplane.infer(
             request.model_name,
             request.model_version or None,
             "v2-grpc",
             lambda _: v2_grpc.decode_request(request),
+            deadline=deadline if deadline is None else max(deadline, 1e-6),
         )
         return v2_grpc.encode_response(response, raw=bool(request.raw_input_contents))
 

@@ -19,6 +19,7 @@ from ..serving.dataplane import DataPlane
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+TIMEOUT_HEADER = "Shoal-Timeout"
 _HEADER_LENGTH = v2_json.HEADER_LENGTH.encode()
 
 
@@ -62,10 +63,11 @@ class InferenceASGI:
             if protocol == "v2":
                 content, headers = await self._v2(name, version, body, scope)
             else:
-                content, headers = await self._v1(name, version, body)
+                content, headers = await self._v1(name, version, body, scope)
             status = 200
         except ShoalError as exc:
-            status, content, headers = exc.http_status, error_body(str(exc)), _JSON_HEADERS
+            status, content = exc.http_status, error_body(str(exc))
+            headers = _JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
         except Exception as exc:  # a bug of ours: still an answer, never a dropped connection
             error = ModelFailure(f"internal error: {type(exc).__name__}: {exc}")
             status, content, headers = 500, error_body(str(error)), _JSON_HEADERS
@@ -75,7 +77,8 @@ class InferenceASGI:
     async def _v2(self, name: str, version: str | None, body: bytes, scope: dict) -> tuple[bytes, list]:
         header_length = _header_length(scope)
         request, response = await self.dataplane.infer(
-            name, version, "v2-rest", lambda _: v2_json.decode_request(body, header_length)
+            name, version, "v2-rest", lambda _: v2_json.decode_request(body, header_length),
+            _timeout(scope),
         )
         content, json_length = v2_json.encode_response(response, request)
         if json_length is None:
@@ -85,7 +88,7 @@ class InferenceASGI:
             (_HEADER_LENGTH, str(json_length).encode()),
         ]
 
-    async def _v1(self, name: str, version: str | None, body: bytes) -> tuple[bytes, list]:
+    async def _v1(self, name: str, version: str | None, body: bytes, scope: dict) -> tuple[bytes, list]:
         formats: list[v1.Format] = []
 
         def decode(endpoint: Any) -> Any:
@@ -93,8 +96,25 @@ class InferenceASGI:
             formats.append(fmt)
             return request
 
-        _, response = await self.dataplane.infer(name, version, "v1-rest", decode)
+        _, response = await self.dataplane.infer(name, version, "v1-rest", decode, _timeout(scope))
         return v2_json.dumps(v1.encode_response(response, formats[0])), _JSON_HEADERS
+
+
+_TIMEOUT = TIMEOUT_HEADER.lower().encode()
+
+
+def _timeout(scope: dict) -> float | None:
+    """Seconds from the ``Shoal-Timeout`` header, overriding the model's timeout."""
+    for key, value in scope["headers"]:
+        if key == _TIMEOUT:
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = -1.0
+            if not seconds > 0 or seconds == float("inf"):
+                raise InvalidInput(f"{TIMEOUT_HEADER} must be a positive number of seconds")
+            return seconds
+    return None
 
 
 def _header_length(scope: dict) -> int | None:

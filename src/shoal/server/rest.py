@@ -132,7 +132,9 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.Inferen
 
     async def shoal_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ShoalError)
-        return error_response(exc.http_status, str(exc))
+        response = error_response(exc.http_status, str(exc))
+        response.headers.update(exc.headers)
+        return response
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -65,7 +65,13 @@ class DataPlane:
         return entry.state is ModelState.READY and not self.draining
 
     async def infer(
-        self, name: str, version: str | None, protocol: str, decode: Decoder
+        self,
+        name: str,
+        version: str | None,
+        protocol: str,
+        decode: Decoder,
+        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> tuple[InferenceRequest, InferenceResponse]:
         started = time.perf_counter()
         self.metrics.request_started(name)
@@ -76,7 +82,7 @@ class DataPlane:
             request = decode(endpoint)
             request.model_name = name
             request.model_version = served_version
-            response = await endpoint.infer(request)
+            response = await endpoint.infer(request, timeout, deadline)
         except ShoalError as exc:
             self._failed(name, served_version, protocol, exc, started)
             raise

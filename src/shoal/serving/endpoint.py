@@ -15,11 +15,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..datatypes import numpy_dtype
-from ..errors import InvalidInput, ModelFailure, ShoalError, Unavailable
+from ..errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelFailure,
+    Overloaded,
+    ShoalError,
+    Unavailable,
+)
 from ..model import Model
 from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
 from .batcher import BatchObserver, Batcher, BatchSettings
 from .executor import Executor
+from .limits import Limits
 
 
 class ModelState(str, Enum):
@@ -53,8 +61,10 @@ class ModelEndpoint:
         executor: Executor,
         batching: BatchSettings | None = None,
         observe_batch: BatchObserver | None = None,
+        limits: Limits = Limits(),
     ) -> None:
         self.model = model
+        self.limits = limits
         self.name = model.name
         self.version = model.version
         self.executor = executor
@@ -87,17 +97,39 @@ class ModelEndpoint:
             "outputs": [s.to_dict() for s in self.model.outputs],
         }
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(
+        self,
+        request: InferenceRequest,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> InferenceResponse:
+        """``timeout`` (seconds, from the client) replaces the model's own time limit;
+        ``deadline`` (seconds left before the client gives up, e.g. a gRPC deadline) caps it."""
         if self.state is not ModelState.READY:
             raise Unavailable(f"model {self.name!r} version {self.version} is not ready")
         request.inputs = conform_inputs(request.inputs, self.model.inputs, self.name)
+        limit = self.limits.max_inflight
+        if limit and self._in_flight >= limit:
+            raise Overloaded(
+                f"model {self.name!r} version {self.version} has {limit} requests in flight, "
+                "its limit; retry shortly"
+            )
+        timeout = timeout or self.limits.timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline) if timeout else deadline
         self._in_flight += 1
         self._idle.clear()
         try:
-            if self.batcher is not None:
-                result = await self.batcher.submit(request)
+            work = self.batcher.submit(request) if self.batcher is not None else self._execute(request)
+            if timeout:
+                try:
+                    result = await asyncio.wait_for(work, timeout)
+                except asyncio.TimeoutError:
+                    raise DeadlineExceeded(
+                        f"model {self.name!r} did not answer within {timeout:g} s"
+                    ) from None
             else:
-                result = await self._execute(request)
+                result = await work
         finally:
             self._in_flight -= 1
             if not self._in_flight:
