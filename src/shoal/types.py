@@ -8,7 +8,7 @@ BYTES tensors hold an object array of ``bytes`` elements in the tensor's shape.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -62,6 +62,9 @@ class InferenceRequest:
     outputs: list[RequestedOutput] | None = None
     model_name: str = ""
     model_version: str | None = None
+    #: Set by a transport that can tell when the client has gone away; a request waiting in a
+    #: batching queue whose client is gone is dropped before it reaches the model.
+    client_gone: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
 
     def input(self, name: str) -> Tensor:
         for tensor in self.inputs:

@@ -15,6 +15,22 @@ from shoal.protocol.grpc_gen import grpc_service_pb2 as pb
 from shoal.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 
 from .models import SLOW, custom
+
+# Counts every row that reaches predict, so a test can tell whether a request ever ran.
+COUNTING = """
+    import time
+    import numpy as np
+    from shoal import Model
+
+    class Counting(Model):
+        seen = 0
+
+        def predict(self, request):
+            x = request.as_numpy()
+            time.sleep(float(request.parameters.get("sleep", 0)))
+            Counting.seen += x.shape[0]
+            return {"seen": np.full(x.shape[0], Counting.seen, dtype=np.int64)}
+"""
 from .process import ShoalProcess
 
 
@@ -35,6 +51,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShoalProcess]:
     custom(root / "capped", SLOW, "runtime: custom\nmax_inflight: 2\n")
     custom(root / "bounded", SLOW, "runtime: custom\ntimeout: 0.3\n")
     custom(root / "server_default", SLOW)
+    custom(root / "counting", COUNTING, "runtime: custom\nmax_batch_size: 4\n")
     server = ShoalProcess(root, "--request-timeout", "5", "--max-inflight", "50")
     server.wait_ready()
     yield server
@@ -99,3 +116,18 @@ def test_grpc_deadline_is_the_timeout(limited: ShoalProcess) -> None:
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "did not answer" in info.value.details()  # the server's answer, not the client's
         assert stub.ModelInfer(grpc_request("server_default", 0), timeout=5).outputs
+
+
+def test_a_rest_client_that_disconnects_leaves_the_batching_queue(limited: ShoalProcess) -> None:
+    url = f"{limited.url}/v2/models/counting/infer"
+    with ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(httpx.post, url, json=body(0.6), timeout=10)  # holds the model
+        time.sleep(0.2)
+        with pytest.raises(httpx.TimeoutException):  # queued behind it, then gives up
+            httpx.post(url, json=body(0), timeout=0.1)
+        assert busy.result().status_code == 200
+    after = httpx.post(url, json=body(0), timeout=10).json()
+    # Two rows reached predict (the busy request and this one), not three.
+    assert after["outputs"][0]["data"] == [2]
+    metrics = httpx.get(f"{limited.url}/metrics").text
+    assert 'model="counting",outcome="cancelled"' in metrics.replace('protocol="v2-rest",', "")

@@ -8,6 +8,7 @@ metadata, repository, metrics) is routed by Starlette as usual.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -15,6 +16,7 @@ import orjson
 from ..errors import InvalidInput, ModelFailure, PayloadTooLarge, ShoalError
 from ..protocol import v1, v2_json
 from ..serving.dataplane import DataPlane
+from ..types import InferenceRequest
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
@@ -61,10 +63,14 @@ class InferenceASGI:
         try:
             body = await read_body(scope, receive, self.limit)
             if protocol == "v2":
-                content, headers = await self._v2(name, version, body, scope)
+                content, headers = await self._v2(name, version, body, scope, receive)
             else:
-                content, headers = await self._v1(name, version, body, scope)
+                content, headers = await self._v1(name, version, body, scope, receive)
             status = 200
+        except asyncio.CancelledError:
+            if _client_gone(receive)():
+                return  # dropped from a batching queue: nobody left to answer
+            raise
         except ShoalError as exc:
             status, content = exc.http_status, error_body(str(exc))
             headers = _JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
@@ -74,11 +80,19 @@ class InferenceASGI:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
-    async def _v2(self, name: str, version: str | None, body: bytes, scope: dict) -> tuple[bytes, list]:
+    async def _v2(
+        self, name: str, version: str | None, body: bytes, scope: dict, receive: Any
+    ) -> tuple[bytes, list]:
         header_length = _header_length(scope)
+        gone = _client_gone(receive)
+
+        def decode(_: Any) -> InferenceRequest:
+            request = v2_json.decode_request(body, header_length)
+            request.client_gone = gone
+            return request
+
         request, response = await self.dataplane.infer(
-            name, version, "v2-rest", lambda _: v2_json.decode_request(body, header_length),
-            _timeout(scope),
+            name, version, "v2-rest", decode, _timeout(scope)
         )
         content, json_length = v2_json.encode_response(response, request)
         if json_length is None:
@@ -88,16 +102,34 @@ class InferenceASGI:
             (_HEADER_LENGTH, str(json_length).encode()),
         ]
 
-    async def _v1(self, name: str, version: str | None, body: bytes, scope: dict) -> tuple[bytes, list]:
+    async def _v1(
+        self, name: str, version: str | None, body: bytes, scope: dict, receive: Any
+    ) -> tuple[bytes, list]:
         formats: list[v1.Format] = []
+        gone = _client_gone(receive)
 
         def decode(endpoint: Any) -> Any:
             request, fmt = v1.decode_request(body, endpoint.model.inputs)
+            request.client_gone = gone
             formats.append(fmt)
             return request
 
         _, response = await self.dataplane.infer(name, version, "v1-rest", decode, _timeout(scope))
         return v2_json.dumps(v1.encode_response(response, formats[0])), _JSON_HEADERS
+
+
+def _never() -> bool:
+    return False
+
+
+def _client_gone(receive: Any) -> Callable[[], bool]:
+    """A free check of whether the client disconnected. ASGI has none short of awaiting
+    ``receive()`` in another task, which costs more per request than the rest of the hot path;
+    uvicorn's request cycle (``receive``'s owner) records it as ``disconnected``."""
+    cycle = getattr(receive, "__self__", None)
+    if cycle is None or not hasattr(cycle, "disconnected"):
+        return _never
+    return lambda: cycle.disconnected
 
 
 _TIMEOUT = TIMEOUT_HEADER.lower().encode()

@@ -117,6 +117,17 @@ def split(response: InferenceResponse, rows: list[int]) -> list[InferenceRespons
     return parts
 
 
+def _abandoned(item: _Waiting) -> bool:
+    """Cancelled, or its client disconnected (the waiter is then cancelled too)."""
+    if item.future.done():
+        return True
+    gone = item.request.client_gone
+    if gone is not None and gone():
+        item.future.cancel()
+        return True
+    return False
+
+
 class Batcher:
     def __init__(
         self, run: Runner, settings: BatchSettings, observe: BatchObserver | None = None
@@ -170,7 +181,7 @@ class Batcher:
                     item.future.cancel()
 
     async def _next_batch(self) -> list[_Waiting]:
-        while self._queue and self._queue[0].future.done():  # cancelled before its turn
+        while self._queue and _abandoned(self._queue[0]):  # cancelled before its turn
             self._queue.popleft()
         if not self._queue:
             return []
@@ -182,7 +193,7 @@ class Batcher:
         kept: deque[_Waiting] = deque()
         while self._queue:
             item = self._queue.popleft()
-            if item.future.done():  # cancelled by its client: never reaches the model
+            if _abandoned(item):  # cancelled by its client: never reaches the model
                 continue
             if item.key == first.key and rows + item.rows <= self.settings.max_batch_size:
                 batch.append(item)

@@ -6,6 +6,7 @@ counter and latency histogram, and a structured log line for each failed request
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Callable
@@ -85,6 +86,11 @@ class DataPlane:
             response = await endpoint.infer(request, timeout, deadline)
         except ShoalError as exc:
             self._failed(name, served_version, protocol, exc, started)
+            raise
+        except asyncio.CancelledError:  # the client went away (gRPC cancel, REST disconnect)
+            self.metrics.request_finished(
+                name, served_version, protocol, "cancelled", time.perf_counter() - started
+            )
             raise
         except Exception as exc:
             error = ModelFailure(f"internal error: {type(exc).__name__}: {exc}")
