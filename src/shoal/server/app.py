@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -104,6 +105,9 @@ class ShoalServer:
 
     async def _load(self) -> None:
         await self.repository.load_all()
+        # Everything alive now (modules, models) lives as long as the process: keep it out of
+        # the garbage collector's scans, which otherwise walk it on every full collection.
+        gc.freeze()
         self.dataplane.startup_complete = True
         ready = [n for n in self.registry.names() if any(e.endpoint for e in self.registry.entries(n))]
         log.event("ready", models=len(self.registry.names()), ready=len(ready))
