@@ -48,8 +48,3 @@ def datatype_of(array: np.ndarray) -> str:
         return _KIND_SIZE_TO_DATATYPE[(kind, array.dtype.itemsize)]
     except KeyError:
         raise InvalidInput(f"numpy dtype {array.dtype} has no V2 datatype") from None
-
-
-def element_size(datatype: str) -> int:
-    """Bytes per element on the wire; 0 for BYTES, whose elements vary in length."""
-    return 0 if datatype == "BYTES" else NUMPY_DTYPES[datatype].itemsize

@@ -16,7 +16,7 @@ import pytest
 from shoal.protocol.grpc_gen import grpc_service_pb2 as pb
 from shoal.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 
-from .models import SLOW, SLOW_LOAD, custom, iris_rows, sklearn_iris, write
+from .models import SLOW, SLOW_LOAD, custom, iris_rows, sklearn_iris
 from .process import ShoalProcess
 
 

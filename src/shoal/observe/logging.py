@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import Any
 
 import orjson
@@ -40,7 +39,3 @@ def configure(level: str = "info") -> None:
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     if logger.isEnabledFor(level):
         logger.log(level, name, extra={"fields": fields})
-
-
-def now() -> float:
-    return time.perf_counter()

@@ -29,7 +29,12 @@ class Registry:
         self._models: dict[str, dict[str, VersionEntry]] = {}
 
     def set(self, name: str, entry: VersionEntry) -> None:
-        self._models.setdefault(name, {})[entry.version] = entry
+        versions = self._models.get(name, {})
+        versions[entry.version] = entry
+        # Kept newest first, so a request without a version finds its entry without sorting.
+        self._models[name] = dict(
+            sorted(versions.items(), key=lambda item: version_key(item[0]), reverse=True)
+        )
 
     def remove(self, name: str, version: str) -> VersionEntry | None:
         versions = self._models.get(name, {})
@@ -39,8 +44,7 @@ class Registry:
         return entry
 
     def entries(self, name: str) -> list[VersionEntry]:
-        versions = self._models.get(name, {})
-        return [versions[v] for v in sorted(versions, key=version_key)]
+        return list(reversed(self._models.get(name, {}).values()))
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -65,13 +69,12 @@ class Registry:
             except KeyError:
                 raise ModelNotFound(
                     f"model {name!r} has no version {version!r}; served: "
-                    f"{sorted(versions, key=version_key)}"
+                    f"{[e.version for e in self.entries(name)]}"
                 ) from None
-        ordered = sorted(versions, key=version_key, reverse=True)
-        for v in ordered:
-            if versions[v].state is ModelState.READY:
-                return versions[v]
-        return versions[ordered[0]]
+        for candidate in versions.values():
+            if candidate.state is ModelState.READY:
+                return candidate
+        return next(iter(versions.values()))
 
     def any_ready(self) -> bool:
         return any(
