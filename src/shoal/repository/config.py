@@ -11,6 +11,8 @@ Example::
     max_batch_delay_ms: 2
     max_inflight: 64                 # overload protection: 503 + Retry-After beyond it
     timeout: 5                       # seconds; 504 beyond it (a request header may override)
+    workers: 2                       # run the model in 2 worker processes (GIL-bound models)
+    url: http://triton:8000          # served by a remote V2 server (runtime: triton)
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ class ModelConfig(BaseModel):
     timeout: float | None = Field(default=None, ge=0)
     """Seconds a request may take before it gets 504 / DEADLINE_EXCEEDED; 0: none; None: the
     server's --request-timeout."""
+    workers: int | None = Field(default=None, ge=0)
+    """Worker processes running this model's code (for GIL-bound models); 0: in the server
+    process; None: the server's --workers."""
+    url: str | None = None
+    """A remote V2 server (Triton, another Shoal, ...) that serves this model: the ``triton``
+    runtime forwards to it. Options (``protocol``, ``timeout``, ``retries``) go in
+    ``parameters``."""
 
     def select_versions(self, available: list[int]) -> list[int]:
         """The versions to serve, as TF Serving's and Triton's version policies choose."""

@@ -25,11 +25,26 @@ class Runtime:
     artifacts: tuple[str, ...]
 
 
+#: Detection order matters where artifacts overlap: ``model.bst`` is XGBoost's unless
+#: ``model.yaml`` says ``runtime: lightgbm``.
 RUNTIMES: dict[str, Runtime] = {
     "sklearn": Runtime(
         "shoal.runtimes.sklearn", "SKLearnModel", "sklearn",
         ("model.joblib", "model.pkl", "model.pickle"),
     ),
+    "xgboost": Runtime(
+        "shoal.runtimes.xgboost", "XGBoostModel", "xgboost", ("model.json", "model.ubj", "model.bst"),
+    ),
+    "lightgbm": Runtime("shoal.runtimes.lightgbm", "LightGBMModel", "lightgbm", ("model.txt",)),
+    "catboost": Runtime("shoal.runtimes.catboost", "CatBoostModel", "catboost", ("model.cbm",)),
+    "onnx": Runtime("shoal.runtimes.onnx", "ONNXModel", "onnx", ("model.onnx",)),
+    "pytorch": Runtime("shoal.runtimes.pytorch", "PyTorchModel", "pytorch", ("model.pt", "model.pt2")),
+    "tensorflow": Runtime(
+        "shoal.runtimes.tensorflow", "TensorFlowModel", "tensorflow",
+        ("saved_model.pb", "model.keras"),
+    ),
+    "mlflow": Runtime("shoal.runtimes.mlflow", "MLflowModel", "mlflow", ("MLmodel",)),
+    "triton": Runtime("shoal.runtimes.triton", "create", "triton", ()),
     "custom": Runtime("shoal.runtimes.custom", "create", None, ("model.py",)),
 }
 
@@ -61,7 +76,9 @@ def create_model(
 def _create_model(
     name: str, version: str, version_dir: Path, model_dir: Path, config: ModelConfig
 ) -> Model:
-    runtime_name = config.runtime or detect_runtime([version_dir, model_dir])
+    runtime_name = config.runtime or ("triton" if config.url else None) or detect_runtime(
+        [version_dir, model_dir]
+    )
     runtime = RUNTIMES.get(runtime_name)
     if runtime is None:
         raise LoadError(
