@@ -10,9 +10,6 @@ sets ``parameters.method``.
 
 from __future__ import annotations
 
-import stat
-from pathlib import Path
-
 import joblib
 import numpy as np
 
@@ -21,6 +18,8 @@ from ..errors import InvalidInput, LoadError
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
 from . import IMPORT_LOCK
+from .tabular import features
+from .trust import refuse_untrusted
 
 ARTIFACTS = ("model.joblib", "model.pkl", "model.pickle")
 METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function", "transform")
@@ -58,8 +57,8 @@ class SKLearnModel(Model):
         return wanted
 
     def _input_specs(self) -> list[TensorSpec]:
-        features = getattr(self.estimator, "n_features_in_", None)
-        return [TensorSpec(INPUT_NAME, "FP64", (-1, int(features) if features else -1))]
+        count = getattr(self.estimator, "n_features_in_", None)
+        return [TensorSpec(INPUT_NAME, "FP64", (-1, int(count) if count else -1))]
 
     def _output_spec(self, method: str) -> TensorSpec:
         classes = getattr(self.estimator, "classes_", None)
@@ -80,26 +79,5 @@ class SKLearnModel(Model):
                 raise InvalidInput(
                     f"model {self.name!r} has no output {method!r}; it offers {self.methods}"
                 )
-        features = _features(request)
-        return [Tensor.from_numpy(m, getattr(self.estimator, m)(features)) for m in methods]
-
-
-def _features(request: InferenceRequest) -> np.ndarray:
-    """One input is the feature matrix; several are stacked as columns in request order."""
-    if len(request.inputs) == 1:
-        return request.inputs[0].data
-    columns = [t.data.reshape(t.data.shape[0] if t.data.ndim else 1, -1) for t in request.inputs]
-    try:
-        return np.concatenate(columns, axis=1)
-    except ValueError as exc:
-        raise InvalidInput(f"inputs cannot be stacked as feature columns: {exc}") from None
-
-
-def refuse_untrusted(artifact: Path) -> None:
-    for path in (artifact, artifact.parent):
-        mode = path.stat().st_mode
-        if mode & stat.S_IWOTH and not (path.is_dir() and mode & stat.S_ISVTX):
-            raise LoadError(
-                f"refusing to unpickle {artifact.name}: {path} is world-writable, so anyone could "
-                "have replaced it (loading a pickle runs its code)"
-            )
+        matrix = features(request)
+        return [Tensor.from_numpy(m, getattr(self.estimator, m)(matrix)) for m in methods]
