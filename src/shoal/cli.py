@@ -73,10 +73,18 @@ def main() -> None:
               type=click.FloatRange(0), show_envvar=True,
               help="Seconds a request may take at its model before a 504 (gRPC: "
                    "DEADLINE_EXCEEDED); 0: none.")
+@click.option("--workers", envvar="SHOAL_WORKERS", default=0, show_default=True,
+              type=click.IntRange(0), show_envvar=True,
+              help="Worker processes running each model's code, for GIL-bound Python models "
+                   "(model.yaml `workers:` overrides per model); 0: in the server process.")
+@click.option("--http-workers", envvar="SHOAL_HTTP_WORKERS", default=1, show_default=True,
+              type=click.IntRange(1), show_envvar=True,
+              help="Server processes sharing the HTTP and gRPC ports (SO_REUSEPORT), each "
+                   "with its own copy of the models; /metrics adds them up.")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
           drain_timeout: float, log_level: str, model_threads: int | None,
           max_batch_size: int, max_batch_delay_ms: float, max_inflight: int,
-          request_timeout: float) -> None:
+          request_timeout: float, workers: int, http_workers: int) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
     from .server.app import run
 
@@ -85,7 +93,8 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         max_request_size=max_request_size, drain_timeout=drain_timeout,
         log_level=log_level.lower(), model_threads=model_threads,
         max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
-        max_inflight=max_inflight, request_timeout=request_timeout,
+        max_inflight=max_inflight, request_timeout=request_timeout, workers=workers,
+        http_workers=http_workers,
     ))
 
 

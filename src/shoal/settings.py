@@ -22,3 +22,7 @@ class ServerSettings:
     max_batch_delay_ms: float = 0.0
     max_inflight: int = 0
     request_timeout: float = 0.0
+    workers: int = 0
+    http_workers: int = 1
+    #: Set by the --http-workers supervisor for its server processes: bind with SO_REUSEPORT.
+    reuse_port: bool = False

@@ -3,14 +3,21 @@
 Transports record every request once, through :class:`Metrics`, so REST and gRPC report the
 same series. Label children are cached: looking them up per request would cost more than
 the increment itself.
+
+Under ``--http-workers N`` every server process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, chosen when the module is
+imported) and ``/metrics``, whichever process answers, adds them up: counters and histograms
+sum, in-flight gauges sum over live processes, state and load-time gauges take the maximum.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, multiprocess
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -33,15 +40,15 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "shoal_requests_in_flight", "Inference requests being processed.",
-            ["model"], registry=self.registry,
+            ["model"], registry=self.registry, multiprocess_mode="livesum",
         )
         self.load_duration = Gauge(
             "shoal_model_load_duration_seconds", "Seconds the last load of a model version took.",
-            ["model", "version"], registry=self.registry,
+            ["model", "version"], registry=self.registry, multiprocess_mode="livemax",
         )
         self.model_state = Gauge(
             "shoal_model_state", "1 for the state each model version is in, 0 for the others.",
-            ["model", "version", "state"], registry=self.registry,
+            ["model", "version", "state"], registry=self.registry, multiprocess_mode="livemax",
         )
         self.batch_size = Histogram(
             "shoal_batch_size", "Rows per model execution under adaptive batching.",
@@ -50,6 +57,10 @@ class Metrics:
         self.batch_queue_delay = Histogram(
             "shoal_batch_queue_delay_seconds", "Time requests waited in a batching queue.",
             ["model", "version"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.worker_restarts = Counter(
+            "shoal_worker_restarts", "Model worker processes restarted after they died.",
+            registry=self.registry,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -91,4 +102,8 @@ class Metrics:
         return observe
 
     def exposition(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            combined = CollectorRegistry()
+            multiprocess.MultiProcessCollector(combined)
+            return generate_latest(combined)
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LoadError, ModelNotFound, ShoalError
+from ..model import Model
 from ..observe import logging as log
 from ..observe.metrics import Metrics
 from ..runtimes import create_model
@@ -23,6 +24,8 @@ from ..serving.endpoint import ModelEndpoint, ModelState
 from ..serving.executor import Executor
 from ..serving.limits import Limits
 from ..serving.registry import Registry, VersionEntry
+from ..serving.workers.pool import WorkerPool
+from ..serving.workers.proxy import load_in_workers
 from .config import ModelConfig, read_config
 from .layout import check_model_name, model_names, version_dirs
 
@@ -36,8 +39,12 @@ class ModelRepository:
         metrics: Metrics,
         batching: BatchSettings = BatchSettings(0),
         limits: Limits = Limits(),
+        workers: int = 0,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.root = root.resolve()
+        self.default_workers = workers
+        self.pool = pool
         self.default_batching = batching
         self.default_limits = limits
         self.registry = registry
@@ -96,11 +103,19 @@ class ModelRepository:
         if previous is None or previous.state is not ModelState.READY:
             self._record(name, VersionEntry(version, ModelState.LOADING))
         started = time.perf_counter()
+        workers = self.default_workers if config.workers is None else config.workers
         try:
-            model = await self.executor.run(
-                create_model, name, version, version_dir, model_dir, config
-            )
-            await self._call(model.load)
+            if workers:
+                if self.pool is None:
+                    raise LoadError("this server runs models in-process only (no worker pool)")
+                model: Model = await load_in_workers(
+                    self.pool, name, version, version_dir, model_dir, config, workers
+                )
+            else:
+                model = await self.executor.run(
+                    create_model, name, version, version_dir, model_dir, config
+                )
+                await self._call(model.load)
         except Exception as exc:
             error = exc if isinstance(exc, LoadError) else LoadError(f"{type(exc).__name__}: {exc}")
             if previous is not None and previous.state is ModelState.READY:
@@ -116,7 +131,7 @@ class ModelRepository:
         self._record(name, VersionEntry(version, ModelState.READY, "", endpoint))
         self.metrics.model_loaded(name, version, seconds)
         log.event("model_loaded", model=name, version=version, runtime=model.platform,
-                  seconds=round(seconds, 4))
+                  workers=workers, seconds=round(seconds, 4))
         if previous is not None and previous.endpoint is not None:
             await self._release(previous)
 

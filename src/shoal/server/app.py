@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 import uvicorn
@@ -28,6 +28,7 @@ from ..serving.dataplane import DataPlane
 from ..serving.executor import Executor
 from ..serving.limits import Limits
 from ..serving.registry import Registry
+from ..serving.workers.pool import WorkerPool
 from ..settings import ServerSettings
 from . import grpc as grpc_transport
 from .rest import build_app
@@ -41,16 +42,25 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
+#: Called with (http_port, grpc_port) once both ports listen; prints the startup line unless
+#: a supervisor collects it instead.
+ListeningHook = Callable[[int, int], None]
+
+
 class ShoalServer:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, on_listening: ListeningHook | None = None) -> None:
         self.settings = settings
+        self.on_listening = on_listening
         self.metrics = Metrics()
         self.registry = Registry()
         self.executor = Executor(settings.model_threads)
+        self.pool = WorkerPool(settings.log_level)
+        self.pool.on_restart = self.metrics.worker_restarts.inc
         self.repository = ModelRepository(
             settings.repository, self.registry, self.executor, self.metrics,
             BatchSettings(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
             Limits(settings.max_inflight, settings.request_timeout),
+            settings.workers, self.pool,
         )
         self.dataplane = DataPlane(self.registry, self.repository, self.metrics)
         self.app = build_app(self.dataplane, settings.max_request_size)
@@ -67,9 +77,11 @@ class ShoalServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
 
-        http_socket = _bind(settings.host, settings.http_port)
+        http_socket = bind(settings.host, settings.http_port, settings.reuse_port)
         self.http_port = http_socket.getsockname()[1]
-        grpc_server = grpc_transport.build_server(self.dataplane, settings.max_request_size)
+        grpc_server = grpc_transport.build_server(
+            self.dataplane, settings.max_request_size, settings.reuse_port
+        )
         try:
             self.grpc_port = grpc_server.add_insecure_port(
                 _grpc_address(settings.host, settings.grpc_port)
@@ -89,7 +101,10 @@ class ShoalServer:
         http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
         while not http_server.started and not http_task.done():
             await asyncio.sleep(0.005)
-        _announce(settings.host, self.http_port, self.grpc_port)
+        if self.on_listening is not None:
+            self.on_listening(self.http_port, self.grpc_port)
+        else:
+            announce(settings.host, self.http_port, self.grpc_port)
 
         loading = asyncio.create_task(self._load())
         await self._stop.wait()
@@ -100,6 +115,7 @@ class ShoalServer:
         await asyncio.gather(
             grpc_server.stop(grace=settings.drain_timeout), http_task, return_exceptions=True
         )
+        await self.pool.close()
         self.executor.shutdown()
         log.event("stopped")
 
@@ -113,10 +129,12 @@ class ShoalServer:
         log.event("ready", models=len(self.registry.names()), ready=len(ready))
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # several server processes share the port; the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -130,20 +148,26 @@ def _grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _announce(host: str, http_port: int, grpc_port: int) -> None:
+def announce(host: str, http_port: int, grpc_port: int, **extra: object) -> None:
     """The machine-readable startup line: scripts and tests read the chosen ports from it."""
     line = {"event": "listening", "host": host, "http_port": http_port, "grpc_port": grpc_port,
-            "pid": os.getpid()}
+            "pid": os.getpid(), **extra}
     sys.stdout.write(orjson.dumps(line).decode() + "\n")
     sys.stdout.flush()
 
 
-def run(settings: ServerSettings) -> None:
+def run(settings: ServerSettings, on_listening: ListeningHook | None = None) -> None:
     """Serve until SIGTERM/SIGINT; the documented Python entry point behind ``shoal serve``."""
     log.configure(settings.log_level)
+    if settings.http_workers > 1 and not settings.reuse_port:
+        from .supervisor import supervise
+
+        supervise(settings)
+        return
+    server = ShoalServer(settings, on_listening)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but not on Windows
-        asyncio.run(ShoalServer(settings).serve())
+        asyncio.run(server.serve())
     else:
-        uvloop.run(ShoalServer(settings).serve())
+        uvloop.run(server.serve())

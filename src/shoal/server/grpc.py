@@ -123,12 +123,16 @@ def _model_name(request: Any) -> str:
     return check_model_name(name)
 
 
-def build_server(dataplane: DataPlane, max_message_size: int) -> grpc.aio.Server:
+def build_server(
+    dataplane: DataPlane, max_message_size: int, reuse_port: bool = False
+) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_size),
             ("grpc.max_send_message_length", max_message_size),
-            ("grpc.so_reuseport", 0),
+            # Off unless several server processes share the port on purpose: then a port
+            # already in use is an error, not a silent second listener.
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
