@@ -216,3 +216,17 @@ def test_model_failure_is_internal_and_counted(server: ShoalProcess, predictions
     ]
     assert any('model="boom"' in line and 'outcome="500"' in line for line in counted)
     assert any('model="iris"' in line and 'outcome="success"' in line for line in counted)
+
+
+def test_shoal_codec_shares_a_process_with_tensorflow_serving_api() -> None:
+    """Both register ``tensorflow.*`` messages; Shoal's private pool keeps them apart."""
+    from shoal.protocol import tfs_grpc
+    from shoal.protocol.tfs_gen import predict_pb2 as shoal_predict_pb2
+
+    rows = iris_rows(2)
+    sent = predict_request("iris", {"input-0": rows, "flag": tf.make_tensor_proto([True])})
+    parsed = shoal_predict_pb2.PredictRequest.FromString(sent.SerializeToString())
+    request = tfs_grpc.decode_predict_request(parsed, ["input-0", "flag"])
+    assert [t.name for t in request.inputs] == ["input-0", "flag"]
+    np.testing.assert_array_equal(request.inputs[0].data, rows)
+    assert request.inputs[1].data.tolist() == [True]
