@@ -136,4 +136,7 @@ def build_server(
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    from . import tfs_grpc  # TF Serving's services; that module builds on this one's _guard
+
+    tfs_grpc.add_to_server(dataplane, server)
     return server
