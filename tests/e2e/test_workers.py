@@ -182,3 +182,15 @@ def test_sigterm_drains_worker_requests_and_leaves_no_process(repository: Path) 
     assert process.stop() == 0
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_one_worker_models_spread_over_the_pool(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        custom(tmp_path / name, PID, "runtime: custom\nworkers: 1\n")
+    process = ShoalProcess(tmp_path, "--workers", "2")
+    try:
+        process.wait_ready()
+        assert pid_of(infer(process.url, "a", [1.0])) != pid_of(infer(process.url, "b", [1.0]))
+        assert len(children(process.listening["pid"]) - {process.listening["pid"]}) >= 2
+    finally:
+        assert process.stop() == 0

@@ -54,7 +54,7 @@ class ShoalServer:
         self.metrics = Metrics()
         self.registry = Registry()
         self.executor = Executor(settings.model_threads)
-        self.pool = WorkerPool(settings.log_level)
+        self.pool = WorkerPool(settings.log_level, settings.workers)
         self.pool.on_restart = self.metrics.worker_restarts.inc
         self.repository = ModelRepository(
             settings.repository, self.registry, self.executor, self.metrics,

@@ -151,8 +151,10 @@ class WorkerProcess:
 class WorkerPool:
     """All worker processes of one server; processes start when a model first needs them."""
 
-    def __init__(self, log_level: str = "info") -> None:
+    def __init__(self, log_level: str = "info", size: int = 0) -> None:
         self.log_level = log_level
+        #: Processes to spread models over (--workers); more start when a model asks for more.
+        self.size = size
         self.workers: list[WorkerProcess] = []
         self.placements: dict[str, list[WorkerProcess]] = {}
         self.closing = False
@@ -169,21 +171,23 @@ class WorkerPool:
 
     async def load(self, spec: LoadSpec, count: int) -> Any:
         """Load a model into ``count`` workers; returns what the first worker reported."""
-        await self._ensure(count)
+        await self._ensure(max(count, self.size))
         chosen = sorted(self.workers, key=lambda w: (len(w.models), w.index))[:count]
+        for worker in chosen:  # claimed now, so models loading at the same time spread out
+            worker.models[spec[0]] = spec
         results = await asyncio.gather(
             *(w.call("load", spec) for w in chosen), return_exceptions=True
         )
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
+            for worker in chosen:
+                worker.models.pop(spec[0], None)
             loaded = [w for w, r in zip(chosen, results) if not isinstance(r, BaseException)]
             await asyncio.gather(*(w.call("unload", spec[0]) for w in loaded),
                                  return_exceptions=True)
             if isinstance(failure, LoadError):
                 raise failure
             raise LoadError(str(failure)) from failure
-        for worker in chosen:
-            worker.models[spec[0]] = spec
         self.placements[spec[0]] = chosen
         return results[0]
 
