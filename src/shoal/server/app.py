@@ -95,7 +95,7 @@ class ShoalServer:
         config = uvicorn.Config(
             self.app, lifespan="off", log_level="warning", access_log=False, http="httptools",
             loop="none", timeout_graceful_shutdown=int(settings.drain_timeout) or 1,
-            server_header=False,
+            server_header=False, proxy_headers=False,  # Shoal never reads client addresses
         )
         http_server = _UvicornServer(config)
         http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
