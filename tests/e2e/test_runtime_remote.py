@@ -39,8 +39,8 @@ PARAMS = """
 PROTOCOLS = ["http", "grpc"]
 
 
-def serve(root: Path) -> ShoalProcess:
-    process = ShoalProcess(root)
+def serve(root: Path, *args: str) -> ShoalProcess:
+    process = ShoalProcess(root, *args)
     try:
         process.wait_ready()
     except BaseException:
@@ -55,6 +55,11 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
+def fixed_ports() -> tuple[str, ...]:
+    """For the remote that a test kills and starts again where it was."""
+    return ("--http-port", str(closed_port()), "--grpc-port", str(closed_port()))
+
+
 def remote_model(root: Path, name: str, url: str, **parameters: object) -> None:
     write(root / name / "model.yaml", json.dumps({"url": url, "parameters": parameters}))
 
@@ -66,18 +71,19 @@ def address(process: ShoalProcess, protocol: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def remotes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ShoalProcess, ShoalProcess]]:
-    """The remote that stays up, and one that a test kills."""
+def remotes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    """The remote that stays up, one that a test kills, and how to start that one again."""
     root = tmp_path_factory.mktemp("remote")
     sklearn_iris(root / "iris")
     custom(root / "params", PARAMS)
     doomed_root = tmp_path_factory.mktemp("doomed")
     sklearn_iris(doomed_root / "iris")
+    doomed_args = (doomed_root, *fixed_ports())
     with ThreadPoolExecutor(2) as pool:  # start both at once: startup is mostly imports
-        started = [pool.submit(serve, root), pool.submit(serve, doomed_root)]
+        started = [pool.submit(serve, root), pool.submit(serve, *doomed_args)]
     try:
         remote, doomed = (future.result() for future in started)
-        yield remote, doomed
+        yield remote, doomed, doomed_args
     finally:
         for future in started:
             if future.exception() is None:
@@ -85,15 +91,15 @@ def remotes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ShoalPro
 
 
 @pytest.fixture(scope="module")
-def remote(remotes: tuple[ShoalProcess, ShoalProcess]) -> ShoalProcess:
+def remote(remotes: tuple) -> ShoalProcess:
     return remotes[0]
 
 
 @pytest.fixture(scope="module")
 def front(
-    remotes: tuple[ShoalProcess, ShoalProcess], tmp_path_factory: pytest.TempPathFactory
+    remotes: tuple, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ShoalProcess]:
-    remote, doomed = remotes
+    remote, doomed, _ = remotes
     root = tmp_path_factory.mktemp("front")
     for protocol in PROTOCOLS:
         remote_model(root, f"iris-{protocol}", address(remote, protocol), model_name="iris")
@@ -214,7 +220,7 @@ def test_failed_loads_name_the_reason(front: ShoalProcess) -> None:
 
 
 def test_killed_remote_is_a_quick_503_and_the_rest_keeps_serving(
-    remotes: tuple[ShoalProcess, ShoalProcess], front: ShoalProcess
+    remotes: tuple, front: ShoalProcess
 ) -> None:
     body = iris_body(iris_rows(1))
     for protocol in PROTOCOLS:
@@ -230,3 +236,14 @@ def test_killed_remote_is_a_quick_503_and_the_rest_keeps_serving(
     assert infer(front, "local", body).status_code == 200
     assert infer(front, "iris-http", body).status_code == 200
     assert httpx.get(f"{front.url}/v2/health/ready").status_code == 200
+
+    # The remote comes back where it was: its models answer again, with no reload.
+    revived = serve(*remotes[2])
+    try:
+        for protocol in PROTOCOLS:
+            deadline = time.monotonic() + 10
+            while infer(front, f"doomed-{protocol}", body).status_code != 200:
+                assert time.monotonic() < deadline, f"doomed-{protocol} did not recover"
+                time.sleep(0.1)
+    finally:
+        revived.stop()

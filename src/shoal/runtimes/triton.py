@@ -115,7 +115,7 @@ class TritonModel(Model):
 
     @property
     def where(self) -> str:
-        """How errors name the remote model: ``model 'iris' at http://host:8000``."""
+        """How errors name the remote model: ``remote model 'iris' at http://host:8000``."""
         version = f" version {self.remote_version}" if self.remote_version else ""
         return f"remote model {self.remote_name!r}{version} at {self.address}"
 
