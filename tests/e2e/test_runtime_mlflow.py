@@ -22,8 +22,8 @@ from shoal.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 
 from .process import ShoalProcess
 
-# MLflow nudges towards input examples and type hints while saving: not this suite's subject.
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:mlflow")
+# MLflow nudges towards input examples while saving: not this suite's subject.
+pytestmark = pytest.mark.filterwarnings("ignore:.*input example was not provided:UserWarning")
 
 #: Defined in a module of its own, so cloudpickle stores the class by value, as it does for a
 #: class written in a notebook: the server process has no module to import it from.

@@ -23,8 +23,8 @@ from shoal.runtimes import create_model
 from shoal.runtimes.mlflow import MLflowModel
 from shoal.types import InferenceRequest, Tensor, TensorSpec
 
-# MLflow nudges towards input examples and type hints while saving: not this suite's subject.
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:mlflow")
+# MLflow nudges towards input examples while saving: not this suite's subject.
+pytestmark = pytest.mark.filterwarnings("ignore:.*input example was not provided:UserWarning")
 
 
 class Doubler(mlflow.pyfunc.PythonModel):
