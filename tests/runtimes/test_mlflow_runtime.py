@@ -38,6 +38,11 @@ class Echo(mlflow.pyfunc.PythonModel):
         return model_input.assign(k=(params or {}).get("k", 0))
 
 
+class Upper(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return [text.upper() for text in model_input.iloc[:, 0]]
+
+
 class Lengths(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         if isinstance(model_input, dict):
@@ -100,6 +105,15 @@ def test_columns_become_one_input_each_and_params_pass(tmp_path: Path) -> None:
     assert outputs["a"].data.tolist() == [1.0, 2.0]
     assert outputs["s"].datatype == "BYTES" and outputs["s"].data.tolist() == ["x", "h\u00e9"]
     assert outputs["k"].data.tolist() == [7, 7]
+
+
+def test_an_unnamed_text_column(tmp_path: Path) -> None:
+    model = loaded(save_pyfunc(tmp_path / "m", Upper(), infer_signature(["a"], ["A"])))
+    assert model.inputs == [TensorSpec("input-0", "BYTES", (-1,))]
+    assert model.outputs == [TensorSpec("predict", "BYTES", (-1,))]
+    words = np.array([b"x", "\u00e9".encode()], dtype=object)
+    (output,) = model.predict(InferenceRequest([Tensor("input-0", "BYTES", (2,), words)]))
+    assert output.name == "predict" and output.as_strings() == ["X", "\u00c9"]
 
 
 def test_input_the_signature_refuses_is_invalid_input(tmp_path: Path) -> None:

@@ -72,12 +72,13 @@ class MLflowModel(Model):
         self.named_tensors = (
             input_schema is not None and not self.columns and input_schema.has_input_names()
         )
-        self.inputs = self.inputs or _specs(input_schema, DEFAULT_INPUT)
+        signature_inputs = _specs(input_schema, DEFAULT_INPUT)
+        self.inputs = self.inputs or signature_inputs
         self.outputs = self.outputs or _specs(output_schema, DEFAULT_OUTPUT)
         self.text_columns = {
-            c.name for c in (input_schema.inputs if self.columns else ())
-            if c.type == DataType.string
-        }
+            spec.name for spec, column in zip(signature_inputs, input_schema.inputs)
+            if column.type == DataType.string
+        } if self.columns else set()
         params = metadata.get_params_schema()
         self.param_names = {p.name for p in params.params} if params is not None else set()
 
