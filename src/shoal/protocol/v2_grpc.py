@@ -64,8 +64,25 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
         raise InvalidInput(
             f"the request has {len(message.inputs)} inputs but {len(raw)} raw_input_contents"
         )
-    inputs = []
-    for index, item in enumerate(message.inputs):
+    outputs = None
+    if message.outputs:
+        outputs = [
+            RequestedOutput(o.name, parameters_from_proto(o.parameters)) for o in message.outputs
+        ]
+    return InferenceRequest(
+        inputs=_decode_tensors(message.inputs, raw),
+        id=message.id or None,
+        parameters=parameters_from_proto(message.parameters),
+        outputs=outputs,
+        model_name=message.model_name,
+        model_version=message.model_version or None,
+    )
+
+
+def _decode_tensors(items: Any, raw: Any) -> list[Tensor]:
+    """Input or output tensor messages, their data typed or in the matching raw contents."""
+    tensors = []
+    for index, item in enumerate(items):
         name, datatype = item.name, item.datatype
         if not name:
             raise InvalidInput(f"input {index} needs a name")
@@ -81,20 +98,8 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
             data = v2_binary.decode_tensor_bytes(raw[index], datatype, shape, name)
         else:
             data = _typed_contents(item, datatype, shape)
-        inputs.append(Tensor(name, datatype, shape, data, parameters_from_proto(item.parameters)))
-    outputs = None
-    if message.outputs:
-        outputs = [
-            RequestedOutput(o.name, parameters_from_proto(o.parameters)) for o in message.outputs
-        ]
-    return InferenceRequest(
-        inputs=inputs,
-        id=message.id or None,
-        parameters=parameters_from_proto(message.parameters),
-        outputs=outputs,
-        model_name=message.model_name,
-        model_version=message.model_version or None,
-    )
+        tensors.append(Tensor(name, datatype, shape, data, parameters_from_proto(item.parameters)))
+    return tensors
 
 
 def _typed_contents(item: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -188,3 +193,19 @@ def request_to_proto(request: InferenceRequest, raw: bool = True) -> pb.ModelInf
         requested = message.outputs.add(name=output.name)
         parameters_to_proto(requested.parameters, output.parameters)
     return message
+
+
+def decode_response(message: pb.ModelInferResponse) -> InferenceResponse:
+    """The client direction: a remote server's answer, raw or typed, as an InferenceResponse."""
+    raw = message.raw_output_contents
+    if raw and len(raw) != len(message.outputs):
+        raise InvalidInput(
+            f"the response has {len(message.outputs)} outputs but {len(raw)} raw_output_contents"
+        )
+    return InferenceResponse(
+        outputs=_decode_tensors(message.outputs, raw),
+        model_name=message.model_name,
+        model_version=message.model_version or None,
+        id=message.id or None,
+        parameters=parameters_from_proto(message.parameters),
+    )

@@ -32,39 +32,49 @@ def parse_json_object(body: bytes | memoryview, what: str = "request body") -> d
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
+    return request_from_dict(*_split_body(body, header_length))
+
+
+def _split_body(
+    body: bytes, header_length: int | None
+) -> tuple[dict[str, Any], memoryview | None]:
+    """The JSON header and the binary section that follows it (None without the extension)."""
     if header_length is None:
-        header, binary = parse_json_object(body), None
-    else:
-        if header_length < 0 or header_length > len(body):
-            raise InvalidInput(
-                f"Inference-Header-Content-Length is {header_length} but the body has only "
-                f"{len(body)} bytes"
-            )
-        view = memoryview(body)
-        header = parse_json_object(view[:header_length], "JSON header")
-        binary = view[header_length:]
-    return request_from_dict(header, binary)
+        return parse_json_object(body), None
+    if header_length < 0 or header_length > len(body):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length is {header_length} but the body has only "
+            f"{len(body)} bytes"
+        )
+    view = memoryview(body)
+    return parse_json_object(view[:header_length], "JSON header"), view[header_length:]
 
 
 def request_from_dict(header: dict[str, Any], binary: memoryview | None = None) -> InferenceRequest:
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list):
         raise InvalidInput("'inputs' must be a list of tensors")
-    offset = 0
-    inputs = []
-    for position, raw in enumerate(raw_inputs):
-        tensor, offset = _decode_input(raw, position, binary, offset)
-        inputs.append(tensor)
-    if binary is not None and offset != len(binary):
-        raise InvalidInput(
-            f"the body has {len(binary) - offset} bytes of binary data that no input claims"
-        )
     return InferenceRequest(
-        inputs=inputs,
+        inputs=_decode_tensors(raw_inputs, binary),
         id=_optional_str(header.get("id"), "id"),
         parameters=_parameters(header.get("parameters"), "request"),
         outputs=_requested_outputs(header.get("outputs")),
     )
+
+
+def _decode_tensors(
+    raw_tensors: list[Any], binary: memoryview | None, kind: str = "input"
+) -> list[Tensor]:
+    offset = 0
+    tensors = []
+    for position, raw in enumerate(raw_tensors):
+        tensor, offset = _decode_input(raw, position, binary, offset)
+        tensors.append(tensor)
+    if binary is not None and offset != len(binary):
+        raise InvalidInput(
+            f"the body has {len(binary) - offset} bytes of binary data that no {kind} claims"
+        )
+    return tensors
 
 
 def _decode_input(
@@ -303,3 +313,53 @@ def _text(value: Any) -> str:
 
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=_DUMP_OPTIONS)
+
+
+# -- the client direction (remote models) ------------------------------------------------
+
+
+def encode_request(request: InferenceRequest) -> tuple[bytes, int]:
+    """A request body with every input in the binary section, and its JSON header's length.
+
+    Binary inputs skip JSON number formatting on both sides and carry FP16 and arbitrary
+    BYTES, which JSON cannot.
+    """
+    inputs = []
+    chunks: list[bytes] = []
+    for tensor in request.inputs:
+        raw = v2_binary.encode_tensor_bytes(tensor.data, tensor.datatype)
+        chunks.append(raw)
+        inputs.append({
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": tensor.shape,
+            "parameters": {**tensor.parameters, "binary_data_size": len(raw)},
+        })
+    body: dict[str, Any] = {"inputs": inputs}
+    if request.id is not None:
+        body["id"] = request.id
+    if request.parameters:
+        body["parameters"] = request.parameters
+    if request.outputs is not None:
+        body["outputs"] = [
+            {"name": o.name, "parameters": o.parameters} if o.parameters else {"name": o.name}
+            for o in request.outputs
+        ]
+    header = orjson.dumps(body, option=_DUMP_OPTIONS)
+    return b"".join([header, *chunks]), len(header)
+
+
+def decode_response(body: bytes, header_length: int | None = None) -> InferenceResponse:
+    """A V2 response body (JSON outputs, binary outputs or both) as an InferenceResponse."""
+    header, binary = _split_body(body, header_length)
+    raw_outputs = header.get("outputs")
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput("'outputs' must be a list of tensors")
+    version = header.get("model_version")
+    return InferenceResponse(
+        outputs=_decode_tensors(raw_outputs, binary, "output"),
+        model_name=str(header.get("model_name", "")),
+        model_version=None if version is None else str(version),
+        id=_optional_str(header.get("id"), "id"),
+        parameters=_parameters(header.get("parameters"), "response"),
+    )

@@ -26,8 +26,10 @@ class Runtime:
 
 
 #: Detection order matters where artifacts overlap: ``model.bst`` is XGBoost's unless
-#: ``model.yaml`` says ``runtime: lightgbm``.
+#: ``model.yaml`` says ``runtime: lightgbm``. An MLflow folder holds its flavor's artifact
+#: too (``model.pkl``, ``model.onnx``, ...) beside ``MLmodel``, so MLflow is looked for first.
 RUNTIMES: dict[str, Runtime] = {
+    "mlflow": Runtime("shoal.runtimes.mlflow", "MLflowModel", "mlflow", ("MLmodel",)),
     "sklearn": Runtime(
         "shoal.runtimes.sklearn", "SKLearnModel", "sklearn",
         ("model.joblib", "model.pkl", "model.pickle"),
@@ -43,7 +45,6 @@ RUNTIMES: dict[str, Runtime] = {
         "shoal.runtimes.tensorflow", "TensorFlowModel", "tensorflow",
         ("saved_model.pb", "model.keras"),
     ),
-    "mlflow": Runtime("shoal.runtimes.mlflow", "MLflowModel", "mlflow", ("MLmodel",)),
     "triton": Runtime("shoal.runtimes.triton", "create", "triton", ()),
     "custom": Runtime("shoal.runtimes.custom", "create", None, ("model.py",)),
 }
