@@ -7,6 +7,7 @@ the same repository: they must fail to load with a reason while the rest serve.
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -191,8 +192,6 @@ def corrupt(root: Path) -> dict[str, str]:
         folder = root / name
         folder.mkdir()
         if artifact == "saved_model.pb":
-            import shutil
-
             shutil.copytree(root / source / "variables", folder / "variables")
         (folder / artifact).write_bytes(damage((root / source / artifact).read_bytes()))
     return {name: f"cannot read {artifact}" for name, (_, artifact, _) in damaged.items()}

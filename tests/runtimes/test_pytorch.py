@@ -103,6 +103,8 @@ def test_torchscript_many_inputs_by_argument_name(tmp_path: Path) -> None:
     assert np.allclose(result["sum"], expected["sum"].numpy())
     assert np.array_equal(result["prod"], 2 * a)
     assert list(infer(model, {"a": a, "b": b}, outputs=["prod"])) == ["prod"]
+    declared = load(tmp_path, outputs=[TensorSpec("sum", "FP32", (-1, 2))])
+    assert list(infer(declared, {"a": a, "b": b})) == ["sum"]  # declared outputs are the default
     with pytest.raises(InvalidInput, match=r"takes inputs \['a', 'b'\].*lacks \['b'\]"):
         infer(model, {"a": a, "c": b})
 

@@ -147,9 +147,16 @@ def test_keras_sequential_model_and_its_saved_model(built: Built) -> None:
     assert np.allclose(infer(saved, {"input-0": x})[output.name], expected, atol=1e-6)
 
 
-def test_model_yaml_inputs_win(built: Built) -> None:
+def test_model_yaml_metadata_wins_but_cannot_rename(built: Built) -> None:
     declared = [TensorSpec("x", "FP32", (2, 4))]
     assert load(built.root / "sequential", built.runtime, inputs=declared).inputs == declared
+    with pytest.raises(LoadError, match=r"model.yaml inputs \['features'\] do not match"):
+        load(built.root / "sequential", built.runtime, inputs=[TensorSpec("features", "FP32", (-1, 4))])
+    model = built.runtime.TensorFlowModel("m", "1", built.root / "savedmodel", {})
+    model.outputs = [TensorSpec("sum", "FP32", (-1, 2))]
+    model.load()
+    result = infer(model, {"a": np.ones((1, 3), np.float32), "b": np.ones((1, 2), np.float32)})
+    assert list(result) == ["sum"]  # declared outputs are the default
 
 
 def test_device(built: Built) -> None:

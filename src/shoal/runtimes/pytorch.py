@@ -9,7 +9,8 @@ artifact or folder.
 Inputs reach ``forward`` positionally, in the declared order (``model.yaml`` ``inputs``, else
 the order ``forward`` names them); a one-input model takes its input under any name. What
 ``forward`` returns becomes named outputs: a dict by its keys, a tuple or list by the declared
-output names (else ``output-0``, ``output-1``, ...), a tensor as the one output.
+output names (else ``output-0``, ``output-1``, ...), a tensor as the one output. A request
+gets the outputs it names, else the declared ones, else all.
 
 ``parameters.device``: ``cpu`` (default), ``cuda`` or ``cuda:N``. Requests run under
 ``torch.inference_mode()``; inputs become tensors with ``torch.from_numpy`` (no copy, except of
@@ -122,7 +123,7 @@ class PyTorchModel(Model):
         arguments = [self._tensor(t) for t in self._ordered(request)]
         with torch.inference_mode():
             result = self.module(*arguments)
-        wanted = request.requested_output_names
+        wanted = request.requested_output_names or [s.name for s in self.outputs] or None
         return [
             Tensor.from_numpy(name, _numpy(value))
             for name, value in self._named(result)

@@ -22,19 +22,20 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read once, when TensorFlow is imported
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from ..datatypes import datatype_of  # noqa: E402
-from ..errors import InvalidInput, LoadError, ShoalError  # noqa: E402
-from ..model import Model  # noqa: E402
-from ..types import InferenceRequest, Tensor, TensorSpec  # noqa: E402
-from . import IMPORT_LOCK  # noqa: E402
+from ..datatypes import datatype_of
+from ..errors import InvalidInput, LoadError, ShoalError
+from ..model import Model
+from ..types import InferenceRequest, Tensor, TensorSpec
+from . import IMPORT_LOCK
 
 SAVED_MODEL = "saved_model.pb"
 KERAS = "model.keras"
@@ -70,11 +71,15 @@ class TensorFlowModel(Model):
             raise
         except Exception as exc:
             raise LoadError(f"cannot read {artifact}: {_first_line(exc)}") from exc
-        # model.yaml's inputs/outputs (set before load) win. A tensor of unknown rank has no
+        # model.yaml's inputs/outputs (set before load) may restate the model's tensors, not
+        # rename them; declared outputs are the default ones. A tensor of unknown rank has no
         # V2 shape: its metadata comes from model.yaml or is left out (inputs: all or none,
         # as requests are checked against all declared inputs).
+        _check_declared(self.inputs, self.input_names, "inputs", exact=True)
+        _check_declared(self.outputs, self.output_names, "outputs", exact=False)
         if not self.inputs and None not in inputs:
             self.inputs = inputs
+        self.default_outputs = [s.name for s in self.outputs] or self.output_names
         if not self.outputs:
             self.outputs = [s for s in outputs if s is not None]
 
@@ -159,7 +164,7 @@ class TensorFlowModel(Model):
                 result = self._run([tf.constant(a) for a in arrays])
         except tf.errors.InvalidArgumentError as exc:
             raise InvalidInput(f"model {self.name!r} rejected the input: {_first_line(exc)}") from None
-        return [Tensor.from_numpy(n, result[n].numpy()) for n in wanted or self.output_names]
+        return [Tensor.from_numpy(n, result[n].numpy()) for n in wanted or self.default_outputs]
 
     def _ordered(self, request: InferenceRequest) -> list[np.ndarray]:
         """Arrays in the model's input order; a one-input model takes any name."""
@@ -175,6 +180,12 @@ class TensorFlowModel(Model):
     def unload(self) -> None:
         self._run = None  # type: ignore[assignment]
         self.saved_model = self.keras_model = None
+
+
+def _check_declared(declared: list[TensorSpec], names: list[str], kind: str, exact: bool) -> None:
+    given = {s.name for s in declared}
+    if declared and (given - set(names) or (exact and given != set(names))):
+        raise LoadError(f"model.yaml {kind} {sorted(given)} do not match the model's {kind} {names}")
 
 
 def _as_dict(result: Any, names: list[str]) -> dict[str, tf.Tensor]:
