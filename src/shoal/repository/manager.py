@@ -18,7 +18,7 @@ from ..errors import LoadError, ModelNotFound, ShoalError
 from ..model import Model
 from ..observe import logging as log
 from ..observe.metrics import Metrics
-from ..runtimes import create_model
+from ..runtimes import create_model, declare_metadata
 from ..serving.batcher import BatchSettings
 from ..serving.endpoint import ModelEndpoint, ModelState
 from ..serving.executor import Executor
@@ -116,6 +116,7 @@ class ModelRepository:
                     create_model, name, version, version_dir, model_dir, config
                 )
                 await self._call(model.load)
+                declare_metadata(model, config)
         except Exception as exc:
             error = exc if isinstance(exc, LoadError) else LoadError(f"{type(exc).__name__}: {exc}")
             if previous is not None and previous.state is ModelState.READY:

@@ -95,8 +95,18 @@ def _create_model(
         model = factory(name, version, version_dir, config.parameters)
     else:
         model = factory(name, version, version_dir, model_dir, config)
+    declare_metadata(model, config)
+    return model
+
+
+def declare_metadata(model: Model, config: ModelConfig) -> None:
+    """``model.yaml``'s inputs/outputs win over what a runtime reads from its artifact.
+
+    Applied before ``load`` (a runtime whose artifact carries no metadata, like TorchScript,
+    reads them there) and again after it (a runtime that fills them from its artifact must not
+    replace what the user declared).
+    """
     if config.inputs:
         model.inputs = [t.spec() for t in config.inputs]
     if config.outputs:
         model.outputs = [t.spec() for t in config.outputs]
-    return model

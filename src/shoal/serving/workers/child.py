@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 from ...errors import LoadError, ShoalError
 from ...observe import logging as log
 from ...repository.config import ModelConfig
-from ...runtimes import create_model
+from ...runtimes import create_model, declare_metadata
 from ..endpoint import ModelEndpoint
 from . import wire
 
@@ -74,10 +74,10 @@ class Worker:
         self, key: str, name: str, version: str, version_dir: str, model_dir: str,
         config: dict[str, Any],
     ) -> tuple[str, list[Any], list[Any]]:
-        model = create_model(
-            name, version, Path(version_dir), Path(model_dir), ModelConfig.model_validate(config)
-        )
+        settings = ModelConfig.model_validate(config)
+        model = create_model(name, version, Path(version_dir), Path(model_dir), settings)
         self._call(model.load)
+        declare_metadata(model, settings)
         self.endpoints[key] = ModelEndpoint(model, InlineExecutor())  # type: ignore[arg-type]
         return model.platform, model.inputs, model.outputs
 
