@@ -57,7 +57,7 @@ class FakeModel:
         self.fail = fail
         self.yields = yields
 
-    async def __call__(self, request: InferenceRequest) -> InferenceResponse:
+    async def __call__(self, request: InferenceRequest, waited: list[float]) -> InferenceResponse:
         self.calls.append(request)
         self.running.set()
         await self.gate.wait()
@@ -519,7 +519,7 @@ def test_a_runner_cancelled_underneath_fails_its_waiters_instead_of_hanging() ->
     async def main() -> None:
         opened = asyncio.Event()
 
-        async def runner(request: InferenceRequest) -> InferenceResponse:
+        async def runner(request: InferenceRequest, waited: list[float]) -> InferenceResponse:
             calls.append(request.inputs[0].shape[0])
             if len(calls) == 1:
                 await opened.wait()
@@ -578,7 +578,7 @@ def test_a_batcher_works_across_event_loops() -> None:
     """An endpoint built once may be driven by successive ``asyncio.run`` calls (tests do)."""
     model_calls: list[int] = []
 
-    async def runner(request: InferenceRequest) -> InferenceResponse:
+    async def runner(request: InferenceRequest, waited: list[float]) -> InferenceResponse:
         model_calls.append(request.inputs[0].shape[0])
         return rowwise(request)
 

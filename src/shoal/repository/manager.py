@@ -51,6 +51,7 @@ class ModelRepository:
         self.executor = executor
         self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
+        self._configs: dict[str, ModelConfig] = {}
 
     def names(self) -> list[str]:
         return model_names(self.root)
@@ -82,6 +83,7 @@ class ModelRepository:
                 for version in dirs:
                     self._failed(name, str(version), exc)
                 raise
+            self._configs[name] = config
             wanted = [str(v) for v in config.select_versions(list(dirs))]
             errors = []
             for version in wanted:
@@ -135,6 +137,10 @@ class ModelRepository:
                   workers=workers, seconds=round(seconds, 4))
         if previous is not None and previous.endpoint is not None:
             await self._release(previous)
+
+    def loaded_config(self, name: str) -> ModelConfig:
+        """The ``model.yaml`` a model was last loaded with (the defaults if it has none)."""
+        return self._configs.get(name) or ModelConfig()
 
     def _batching(self, config: ModelConfig) -> BatchSettings:
         default = self.default_batching

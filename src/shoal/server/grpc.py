@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from ..errors import InvalidInput, ShoalError
 from ..protocol import v2_grpc
@@ -61,6 +62,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
                 outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
             )
+
+        return await _guard(context, call)
+
+    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+        async def call() -> pb.ModelConfigResponse:
+            config = self.dataplane.model_config(request.name, request.version or None)
+            return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+        return await _guard(context, call)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+        async def call() -> pb.ModelStatisticsResponse:
+            stats = self.dataplane.model_statistics(request.name, request.version or None)
+            return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
         return await _guard(context, call)
 

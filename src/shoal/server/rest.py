@@ -65,6 +65,16 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.Inferen
             raise Unavailable("server is shutting down")
         return json_response({"name": params["name"], "ready": True})
 
+    async def model_config(request: Request) -> Response:
+        params = request.path_params
+        return json_response(dataplane.model_config(params["name"], params.get("version")))
+
+    async def model_stats(request: Request) -> Response:
+        params = request.path_params
+        return json_response(
+            dataplane.model_statistics(params.get("name", ""), params.get("version"))
+        )
+
     async def model_list(request: Request) -> Response:
         return json_response({"models": dataplane.registry.names()})
 
@@ -117,10 +127,15 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.Inferen
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", v2_server_metadata, methods=["GET"]),
         Route("/v2/models", model_list, methods=["GET"]),
+        Route("/v2/models/stats", model_stats, methods=["GET"]),  # before {name} matches it
         Route(m, model_metadata, methods=["GET"]),
         Route(mv, model_metadata, methods=["GET"]),
         Route(f"{m}/ready", model_ready, methods=["GET"]),
         Route(f"{mv}/ready", model_ready, methods=["GET"]),
+        Route(f"{m}/config", model_config, methods=["GET"]),
+        Route(f"{mv}/config", model_config, methods=["GET"]),
+        Route(f"{m}/stats", model_stats, methods=["GET"]),
+        Route(f"{mv}/stats", model_stats, methods=["GET"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),

@@ -29,7 +29,9 @@ import orjson
 from ..observe import logging as log
 from ..types import InferenceRequest, InferenceResponse, Tensor
 
-Runner = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
+#: Runs one (possibly merged) request. The list holds, for each client request it answers,
+#: the seconds that request waited in the queue (one 0.0 for a request that never queued).
+Runner = Callable[[InferenceRequest, list[float]], Awaitable[InferenceResponse]]
 BatchObserver = Callable[[int, list[float]], None]
 
 
@@ -147,7 +149,7 @@ class Batcher:
     async def submit(self, request: InferenceRequest) -> InferenceResponse:
         rows = batch_rows(request)
         if rows is None or rows >= self.settings.max_batch_size:
-            return await self._run(request)
+            return await self._run(request, [0.0])
         future = asyncio.get_running_loop().create_future()
         waiting = _Waiting(request, batch_key(request), rows, future)
         if self._task is None or self._task.done():
@@ -236,16 +238,17 @@ class Batcher:
 
     async def _execute(self, batch: list[_Waiting]) -> None:
         started = time.perf_counter()
+        waits = [started - i.enqueued for i in batch]
         if self._observe is not None:
             try:
-                self._observe(sum(i.rows for i in batch), [started - i.enqueued for i in batch])
+                self._observe(sum(i.rows for i in batch), waits)
             except Exception as exc:  # metrics never fail requests
                 log.event("batch_observer_failed", logging.WARNING, error=repr(exc))
         try:
             if len(batch) == 1:
-                results = [await self._run(batch[0].request)]
+                results = [await self._run(batch[0].request, waits)]
             else:
-                response = await self._run(merge([item.request for item in batch]))
+                response = await self._run(merge([item.request for item in batch]), waits)
                 results = split(response, [item.rows for item in batch])
         except asyncio.CancelledError:
             # The runner's own work was cancelled (a thread pool cancelling its futures at
@@ -275,7 +278,7 @@ class Batcher:
             if item.future.done():
                 continue
             try:
-                result = await self._run(item.request)
+                result = await self._run(item.request, [time.perf_counter() - item.enqueued])
             except asyncio.CancelledError:
                 if not item.future.done():
                     item.future.cancel()

@@ -15,12 +15,15 @@ from .. import __version__
 from ..errors import ModelFailure, ShoalError
 from ..observe import logging as log
 from ..observe.metrics import Metrics
+from ..protocol import triton_config, triton_stats
 from ..repository.manager import ModelRepository
 from ..types import InferenceRequest, InferenceResponse
 from .endpoint import Endpoint, ModelState
 from .registry import Registry
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "parameters"]
+EXTENSIONS = [
+    "binary_tensor_data", "model_repository", "parameters", "model_configuration", "statistics"
+]
 
 Decoder = Callable[[Endpoint], InferenceRequest]
 
@@ -60,6 +63,38 @@ class DataPlane:
                 e.version for e in self.registry.entries(name) if e.state is ModelState.READY
             ]
         return metadata
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton's model configuration of a ready version (the newest when none is named)."""
+        endpoint = self.registry.get(name, version)
+        batching = endpoint.batching
+        return triton_config.model_config(
+            endpoint.metadata(),
+            batching.max_batch_size if batching is not None else 0,
+            batching.max_batch_delay if batching is not None else 0.0,
+            self.repository.loaded_config(name).version_policy,
+        )
+
+    def model_statistics(self, name: str = "", version: str | None = None) -> dict[str, Any]:
+        """Triton's statistics of every ready version of every model, of one model, or of
+        one version."""
+        if not name:
+            endpoints = [
+                e.endpoint for model in self.registry.names() for e in self.registry.entries(model)
+                if e.state is ModelState.READY and e.endpoint is not None
+            ]
+        elif version:
+            endpoints = [self.registry.get(name, version)]
+        else:
+            endpoints = [
+                e.endpoint for e in self.registry.entries(name)
+                if e.state is ModelState.READY and e.endpoint is not None
+            ] or [self.registry.get(name)]  # none ready: 404 or 503 with the reason
+        return {
+            "model_stats": [
+                triton_stats.model_statistics(e.name, e.version, e.stats) for e in endpoints
+            ]
+        }
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         entry = self.registry.entry(name, version)

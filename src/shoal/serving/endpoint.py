@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 from enum import Enum
-from typing import Any, Protocol
+from time import perf_counter_ns
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -25,9 +26,10 @@ from ..errors import (
 )
 from ..model import Model
 from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
-from .batcher import BatchObserver, Batcher, BatchSettings
+from .batcher import BatchObserver, Batcher, BatchSettings, batch_rows
 from .executor import Executor
 from .limits import Limits
+from .stats import ModelStats
 
 
 class ModelState(str, Enum):
@@ -40,6 +42,10 @@ class ModelState(str, Enum):
 class Endpoint(Protocol):
     name: str
     version: str
+    #: Cumulative request and execution statistics (Triton's statistics extension).
+    stats: ModelStats
+    #: The adaptive batching applied to this endpoint's requests; None when it is off.
+    batching: BatchSettings | None
 
     @property
     def ready(self) -> bool: ...
@@ -50,6 +56,9 @@ class Endpoint(Protocol):
 
 
 DEFAULT_OUTPUT = "output-0"
+
+#: How long a request that reaches the model without queueing waited: not at all.
+NOT_QUEUED = (0.0,)
 
 
 class ModelEndpoint:
@@ -78,10 +87,10 @@ class ModelEndpoint:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.stats = ModelStats()
+        self.batching = batching if batching is not None and batching.enabled else None
         self.batcher = (
-            Batcher(self._execute, batching, observe_batch)
-            if batching is not None and batching.enabled
-            else None
+            Batcher(self._execute, self.batching, observe_batch) if self.batching else None
         )
 
     @property
@@ -105,6 +114,18 @@ class ModelEndpoint:
     ) -> InferenceResponse:
         """``timeout`` (seconds, from the client) replaces the model's own time limit;
         ``deadline`` (seconds left before the client gives up, e.g. a gRPC deadline) caps it."""
+        started = perf_counter_ns()
+        try:
+            response = await self._infer(request, timeout, deadline)
+        except Exception:  # a cancelled request (client gone) is neither a success nor a failure
+            self.stats.failed(started, perf_counter_ns())
+            raise
+        self.stats.succeeded(started, perf_counter_ns())
+        return response
+
+    async def _infer(
+        self, request: InferenceRequest, timeout: float | None, deadline: float | None
+    ) -> InferenceResponse:
         if self.state is not ModelState.READY:
             raise Unavailable(f"model {self.name!r} version {self.version} is not ready")
         request.inputs = conform_inputs(request.inputs, self.model.inputs, self.name)
@@ -136,19 +157,30 @@ class ModelEndpoint:
                 self._idle.set()
         return self._finish(request, result)
 
-    async def _execute(self, request: InferenceRequest) -> InferenceResponse:
-        """Run the model's stages on one (possibly merged) request."""
+    async def _execute(
+        self, request: InferenceRequest, waited: Sequence[float] = NOT_QUEUED
+    ) -> InferenceResponse:
+        """Run the model's stages on one (possibly merged) request that answers
+        ``len(waited)`` client requests, and record the execution's statistics."""
+        handed = perf_counter_ns()
         try:
             if self._all_sync:
-                result = await self.executor.run(self._run_stages, request)
+                result, began, predicting, predicted = await self.executor.run(
+                    self._run_stages, request
+                )
             else:
                 result = request
+                began = predicting = predicted = handed
                 for stage in self._stages:
+                    is_predict = stage.__name__ == "predict"
+                    if is_predict:
+                        predicting = perf_counter_ns()
                     if inspect.iscoroutinefunction(stage):
                         result = await stage(result)
                     else:
                         result = await self.executor.run(stage, result)
-                    if stage.__name__ == "predict":
+                    if is_predict:
+                        predicted = perf_counter_ns()
                         result = self._to_response(result)
         except ShoalError:
             raise
@@ -159,19 +191,38 @@ class ModelEndpoint:
                 f"model {self.name!r}: postprocess returned {type(result).__name__}, "
                 "not an InferenceResponse"
             )
+        # Queue: the time in the batching queue plus the wait for a free model thread. Input:
+        # preprocess; infer: predict; output: shaping predict's result, postprocess, and the
+        # hop back to the event loop.
+        requests = len(waited)
+        self.stats.executed(
+            (batch_rows(request) or 1) if self.batching is not None else 1,
+            requests,
+            int(sum(waited) * 1e9) + (began - handed) * requests,
+            predicting - began,
+            predicted - predicting,
+            perf_counter_ns() - predicted,
+        )
         return result
 
     async def drained(self) -> None:
         """Wait until requests already running on this instance have finished."""
         await self._idle.wait()
 
-    def _run_stages(self, request: InferenceRequest) -> Any:
+    def _run_stages(self, request: InferenceRequest) -> tuple[Any, int, int, int]:
+        """On a model thread: the result, and when the thread began, predict began and
+        predict returned (``perf_counter_ns``), for the statistics."""
+        began = predicting = predicted = perf_counter_ns()
         result: Any = request
         for stage in self._stages:
-            result = stage(result)
             if stage.__name__ == "predict":
+                predicting = perf_counter_ns()
+                result = stage(result)
+                predicted = perf_counter_ns()
                 result = self._to_response(result)
-        return result
+            else:
+                result = stage(result)
+        return result, began, predicting, predicted
 
     def _to_response(self, result: Any) -> InferenceResponse:
         try:
