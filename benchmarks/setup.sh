@@ -23,8 +23,11 @@ if [ ! -x "$shoal_venv/bin/shoal" ]; then
   log "creating Shoal's venv at $shoal_venv"
   [ -x "$shoal_venv/bin/python" ] || "$python" -m venv "$shoal_venv"
   pip_quiet "$shoal_venv/bin/python" -m pip install --quiet --upgrade pip
-  pip_quiet "$shoal_venv/bin/python" -m pip install --quiet -e "$root[all]"
+  pip_quiet "$shoal_venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" -e "$root[all]"
 fi
+# runtime_overhead.py builds its ONNX model with the onnx package (not a runtime dependency).
+"$shoal_venv/bin/python" -c "import onnx" 2>/dev/null ||
+  pip_quiet "$shoal_venv/bin/python" -m pip install --quiet "onnx>=1.15"
 # run.py runs in Shoal's venv: it needs grpcio and Shoal's generated protobuf classes.
 sk_version="$("$shoal_venv/bin/python" -c 'import sklearn; print(sklearn.__version__)')"
 np_version="$("$shoal_venv/bin/python" -c 'import numpy; print(numpy.__version__)')"
