@@ -73,10 +73,14 @@ def main() -> None:
               type=click.FloatRange(0), show_envvar=True,
               help="Seconds a request may take at its model before a 504 (gRPC: "
                    "DEADLINE_EXCEEDED); 0: none.")
+@click.option("--state-dir", envvar="SHOAL_STATE_DIR", default=None, show_envvar=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where graphs keep bandit router state (shared by server processes that "
+                   "point at the same folder) [default: REPOSITORY/.shoal-state].")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
           drain_timeout: float, log_level: str, model_threads: int | None,
           max_batch_size: int, max_batch_delay_ms: float, max_inflight: int,
-          request_timeout: float) -> None:
+          request_timeout: float, state_dir: Path | None) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
     from .server.app import run
 
@@ -85,7 +89,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         max_request_size=max_request_size, drain_timeout=drain_timeout,
         log_level=log_level.lower(), model_threads=model_threads,
         max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
-        max_inflight=max_inflight, request_timeout=request_timeout,
+        max_inflight=max_inflight, request_timeout=request_timeout, state_dir=state_dir,
     ))
 
 

@@ -22,3 +22,5 @@ class ServerSettings:
     max_batch_delay_ms: float = 0.0
     max_inflight: int = 0
     request_timeout: float = 0.0
+    #: Where graphs keep bandit state; None: ``<repository>/.shoal-state``.
+    state_dir: Path | None = None

@@ -63,7 +63,8 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         entry = self.registry.entry(name, version)
-        return entry.state is ModelState.READY and not self.draining
+        ready = entry.state is ModelState.READY and entry.endpoint is not None and entry.endpoint.ready
+        return ready and not self.draining
 
     async def infer(
         self,
