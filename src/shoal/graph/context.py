@@ -90,3 +90,19 @@ def parse_routing(value: Any) -> dict[str, str]:
             raise InvalidInput(f"routing entry {part!r} is not 'node=branch'")
         routing[node.strip()] = branch.strip()
     return routing
+
+
+def response_headers(parameters: dict[str, Any], request_id: str | None) -> list[tuple[bytes, bytes]]:
+    """REST headers for a graph's answer: the routing taken and, for bodies that cannot carry
+    it (V1), the request id. Values that are not plain ASCII stay out of the headers."""
+    headers = []
+    routing = parameters.get(ROUTING_PARAMETER) if parameters else None
+    if isinstance(routing, str) and _header_safe(routing):
+        headers.append((ROUTING_HEADER.lower().encode(), routing.encode()))
+    if request_id is not None and _header_safe(request_id):
+        headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
+    return headers
+
+
+def _header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable()
