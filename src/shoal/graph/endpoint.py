@@ -133,6 +133,9 @@ class GraphEndpoint:
             return self._finish(request, response, call)
         except ShoalError as exc:
             status = exc.http_status
+            # The data plane's request_failed line carries these: which way the request went.
+            exc.log_fields = {"id": call.request_id, "path": call.path,  # type: ignore[attr-defined]
+                              "routing": call.routing}
             raise
         except asyncio.CancelledError:
             status = 499  # the client went away
@@ -141,9 +144,9 @@ class GraphEndpoint:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
-            if log.logger.isEnabledFor(logging.INFO):
-                log.event("graph_request", graph=self.name, id=call.request_id, path=call.path,
-                          routing=call.routing, status=status,
+            if status == 200 and log.logger.isEnabledFor(logging.DEBUG):
+                log.event("graph_request", logging.DEBUG, graph=self.name, id=call.request_id,
+                          path=call.path, routing=call.routing,
                           seconds=round(time.perf_counter() - started, 6))
 
     def _finish(

@@ -270,5 +270,5 @@ def _check_cycles(spec: GraphSpec) -> None:
             visit(ref, path + [name])
         done.add(name)
 
-    for name in spec.nodes:
+    for name in [spec.root, *spec.nodes]:  # from the root first: messages follow the flow
         visit(name, [])

@@ -109,7 +109,8 @@ class DataPlane:
         self.metrics.request_finished(name, version, protocol, str(error.http_status), seconds)
         level = logging.ERROR if error.http_status >= 500 else logging.WARNING
         log.event("request_failed", level, model=name, version=version, protocol=protocol,
-                  status=error.http_status, error=str(error), seconds=round(seconds, 6))
+                  status=error.http_status, error=str(error), seconds=round(seconds, 6),
+                  **getattr(error, "log_fields", {}))  # a graph adds the path it took
 
     async def load(self, name: str) -> list[str]:
         return await self.repository.load(name)
