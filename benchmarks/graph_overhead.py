@@ -16,7 +16,6 @@ Usage: python benchmarks/graph_overhead.py [--requests 20000]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import tempfile
 import textwrap

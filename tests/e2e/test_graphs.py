@@ -183,7 +183,7 @@ def test_graph_over_v1_and_grpc(client: httpx.Client, stub: pb_grpc.GRPCInferenc
     request = pb.ModelInferRequest(model_name="kinds", id="grpc-1")
     tensor = request.inputs.add(name="x", datatype="FP64", shape=[1, 2])
     tensor.contents.fp64_contents.extend([1.0, 2.0])
-    response, call = stub.ModelInfer.with_call(request, metadata=(("x-route", "bandit"),))
+    response = stub.ModelInfer(request, metadata=(("x-route", "bandit"),))
     assert response.id == "grpc-1" and response.model_name == "kinds"
     assert response.parameters["routing"].string_param.startswith("gate=bandit,bandit=")
     assert stub.ModelReady(pb.ModelReadyRequest(name="kinds")).ready

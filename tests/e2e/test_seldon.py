@@ -66,7 +66,7 @@ def test_ndarray_and_tensor_to_a_model(client: httpx.Client) -> None:
     assert body["data"] == {"names": [], "ndarray": [0, 2]}
     assert body["meta"]["puid"] == "p-1" and body["meta"]["tags"] == {"team": "x"}
     tensor = client.post("/api/v1.0/predictions", headers={"Seldon-Model": "iris"},
-                         json={"data": {"tensor": {"shape": [2, 4], "values": sum(ROWS, [])}}})
+                         json={"data": {"tensor": {"shape": [2, 4], "values": [v for row in ROWS for v in row]}}})
     assert tensor.json()["data"]["tensor"] == {"shape": [2], "values": [0.0, 2.0]}
     assert len(tensor.json()["meta"]["puid"]) == 32  # generated when the client sends none
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shoal.graph.bandits import UCB1, EpsilonGreedy, Policy, ThompsonSampling, make_policy
+from shoal.graph.bandits import (
+    UCB1,
+    EpsilonGreedy,
+    Policy,
+    ThompsonSampling,
+    make_policy,
+)
 from shoal.graph.state import BanditStore
 
 TRUE_REWARDS = np.array([0.2, 0.5, 0.8])

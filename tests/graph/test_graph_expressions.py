@@ -28,7 +28,7 @@ def test_parameters() -> None:
 
 
 def test_headers_are_built_only_when_read() -> None:
-    headers = lambda: {"x-group": "beta"}  # noqa: E731
+    headers = lambda: {"x-group": "beta"}
     assert Expression('headers."x-group" == \'beta\'').holds(request(), headers)
 
 

@@ -20,7 +20,7 @@ def test_a_valid_graph_parses_with_step_shorthand() -> None:
     spec = parse_graph(graph(root={"kind": "sequence", "steps": ["a", {"node": "b", "map": {"y": "x"}}]}))
     root = spec.nodes["root"]
     assert isinstance(root, SequenceNode)
-    assert root.step_list() == [Step(node="a"), Step(node="b", map={"y": "x"})]
+    assert root.steps == [Step(node="a"), Step(node="b", map={"y": "x"})]
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,10 @@ directory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,18 @@ from .nodes.sequence import Sequence, SequenceStep
 from .nodes.transformer import Transform
 from .plugins import ClassLoader, Combiner, Router
 from .spec import (
-    BanditNode, EnsembleNode, GraphSpec, ModelNode, PythonClass, RemoteNode, RouterNode,
-    SequenceNode, SplitterNode, SwitchNode, TransformerNode, read_graph,
+    BanditNode,
+    EnsembleNode,
+    GraphSpec,
+    ModelNode,
+    PythonClass,
+    RemoteNode,
+    RouterNode,
+    SequenceNode,
+    SplitterNode,
+    SwitchNode,
+    TransformerNode,
+    read_graph,
 )
 from .state import BanditStore
 
@@ -124,7 +135,7 @@ class _Builder:
             return Transform(name, observe, model, child, env.executor)
         if isinstance(spec, SequenceNode):
             steps = [SequenceStep(self.node(s.node), s.input == "request", s.map)
-                     for s in spec.step_list()]
+                     for s in spec.steps]
             return Sequence(name, observe, steps)
         if isinstance(spec, EnsembleNode):
             members = [self.node(c) for c in spec.children]

@@ -7,7 +7,8 @@ keeps every output, renamed ``<child>.<output>`` (KServe's ensemble merges the s
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

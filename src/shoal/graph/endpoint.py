@@ -20,7 +20,14 @@ from ..errors import DeadlineExceeded, InvalidInput, ShoalError, Unavailable
 from ..observe import logging as log
 from ..serving.endpoint import ModelEndpoint, ModelState, conform_inputs
 from ..types import InferenceRequest, InferenceResponse, TensorSpec
-from .context import HEADERS, ROUTING_PARAMETER, Call, format_routing, new_request_id, parse_routing
+from .context import (
+    HEADERS,
+    ROUTING_PARAMETER,
+    Call,
+    format_routing,
+    new_request_id,
+    parse_routing,
+)
 from .metrics import GraphMetrics
 from .nodes.base import GraphNode
 from .nodes.model import ModelCall

@@ -13,7 +13,8 @@ expressions that mention them.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jmespath
 from jmespath.exceptions import JMESPathError

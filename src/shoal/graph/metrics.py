@@ -6,7 +6,7 @@ sum of rewards (so a dashboard divides the two for each arm's mean reward).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 

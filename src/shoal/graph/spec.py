@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -80,15 +80,15 @@ class Step(_Strict):
 
 class SequenceNode(_Strict):
     kind: Literal["sequence"]
-    steps: list[Union[str, Step]] = Field(min_length=1)
+    steps: list[Step] = Field(min_length=1)
+    """Node names, or ``{node, map, input}`` for a step that needs more."""
 
-    @field_validator("steps")
+    @field_validator("steps", mode="before")
     @classmethod
-    def _steps(cls, steps: list[str | Step]) -> list[str | Step]:
-        return [Step(node=s) if isinstance(s, str) else s for s in steps]
-
-    def step_list(self) -> list[Step]:
-        return [s for s in self.steps if isinstance(s, Step)]
+    def _shorthand(cls, steps: Any) -> Any:
+        if isinstance(steps, list):
+            return [{"node": s} if isinstance(s, str) else s for s in steps]
+        return steps
 
 
 class EnsembleNode(_Strict):
@@ -138,8 +138,7 @@ class RouterNode(PythonClass):
 
 
 Node = Annotated[
-    Union[ModelNode, RemoteNode, TransformerNode, SequenceNode, EnsembleNode, SwitchNode,
-          SplitterNode, BanditNode, RouterNode],
+    ModelNode | RemoteNode | TransformerNode | SequenceNode | EnsembleNode | SwitchNode | SplitterNode | BanditNode | RouterNode,
     Field(discriminator="kind"),
 ]
 
@@ -158,7 +157,7 @@ def children(node: Any) -> list[str]:
     if isinstance(node, TransformerNode):
         return [node.child] if node.child else []
     if isinstance(node, SequenceNode):
-        return [s.node for s in node.step_list()]
+        return [s.node for s in node.steps]
     if isinstance(node, EnsembleNode):
         return list(node.children)
     if isinstance(node, SwitchNode):

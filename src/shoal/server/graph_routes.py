@@ -17,7 +17,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import InvalidInput, ShoalError
-from ..graph.context import HEADERS, ROUTING_PARAMETER, new_request_id, parse_routing, response_headers
+from ..graph.context import (
+    HEADERS,
+    ROUTING_PARAMETER,
+    new_request_id,
+    parse_routing,
+    response_headers,
+)
 from ..graph.endpoint import GraphEndpoint, declared_inputs
 from ..protocol import seldon, v2_json
 from ..serving.dataplane import DataPlane
@@ -88,7 +94,7 @@ def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
             routing = response.parameters.get(ROUTING_PARAMETER)
             if routing and isinstance(endpoint, GraphEndpoint):
                 meta.routing = endpoint.routing_indices(parse_routing(routing))
-            headers = dict((k.decode(), v.decode()) for k, v in response_headers(response.parameters, None))
+            headers = {k.decode(): v.decode() for k, v in response_headers(response.parameters, None)}
             return _json(seldon.encode_response(response, message.kind, meta), headers=headers)
         except ShoalError as exc:
             return _seldon_error(exc)

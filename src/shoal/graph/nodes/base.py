@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import inspect
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ...errors import ModelFailure, ShoalError
 from ...serving.executor import Executor

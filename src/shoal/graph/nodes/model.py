@@ -6,7 +6,7 @@ up at once and a graph never holds on to a retired instance.
 
 from __future__ import annotations
 
-from ...errors import ModelNotFound, ShoalError
+from ...errors import ShoalError
 from ...serving.registry import Registry
 from ...types import InferenceRequest, InferenceResponse, RequestedOutput, TensorSpec
 from ..context import Call
@@ -39,7 +39,7 @@ class ModelCall(GraphNode):
     def unready_reason(self) -> str | None:
         try:
             self.registry.get(self.model, self.version)
-        except (ModelNotFound, ShoalError) as exc:
+        except ShoalError as exc:
             return str(exc)
         return None
 

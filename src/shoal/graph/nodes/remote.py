@@ -15,7 +15,13 @@ import grpc
 import httpx
 import orjson
 
-from ...errors import DeadlineExceeded, InvalidInput, ModelFailure, ShoalError, Unavailable
+from ...errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelFailure,
+    ShoalError,
+    Unavailable,
+)
 from ...protocol import v1, v2_binary, v2_grpc, v2_json
 from ...protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from ...types import InferenceRequest, InferenceResponse, Tensor

@@ -10,7 +10,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -198,9 +199,9 @@ class CustomRouter(RoutingNode):
         choice = await call_user(self.executor, self.name, self.plugin.route, copy)
         if isinstance(choice, str) and choice in self._index:
             return self._index[choice]
-        if isinstance(choice, (int, np.integer)) and not isinstance(choice, bool):
-            if 0 <= choice < len(self.branches):
-                return int(choice)
+        integer = isinstance(choice, (int, np.integer)) and not isinstance(choice, bool)
+        if integer and 0 <= choice < len(self.branches):
+            return int(choice)
         raise ModelFailure(
             f"router {self.name!r}: route() returned {choice!r}; expected an arm index "
             f"(0 to {len(self.branches) - 1}) or one of {self.branch_names}"
