@@ -13,6 +13,7 @@ import joblib
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,6 +26,8 @@ def build(repository: Path) -> list[Path]:
         # Two versions of one classifier: version 2 is the one served by default.
         repository / "iris" / "1" / "model.joblib": lambda: LogisticRegression(max_iter=200, C=0.1),
         repository / "iris" / "2" / "model.joblib": lambda: LogisticRegression(max_iter=500),
+        # A deliberately weak classifier: the example graph's bandit learns to avoid it.
+        repository / "iris-stump" / "model.joblib": lambda: DecisionTreeClassifier(max_depth=1),
         repository / "diabetes" / "model.joblib": lambda: RandomForestRegressor(
             n_estimators=20, max_depth=6, random_state=0
         ),

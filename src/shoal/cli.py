@@ -81,10 +81,15 @@ def main() -> None:
               type=click.IntRange(1), show_envvar=True,
               help="Server processes sharing the HTTP and gRPC ports (SO_REUSEPORT), each "
                    "with its own copy of the models; /metrics adds them up.")
+@click.option("--state-dir", envvar="SHOAL_STATE_DIR", default=None, show_envvar=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where graphs keep bandit router state (shared by server processes that "
+                   "point at the same folder) [default: REPOSITORY/.shoal-state].")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
           drain_timeout: float, log_level: str, model_threads: int | None,
           max_batch_size: int, max_batch_delay_ms: float, max_inflight: int,
-          request_timeout: float, workers: int, http_workers: int) -> None:
+          request_timeout: float, workers: int, http_workers: int,
+          state_dir: Path | None) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
     from .server.app import run
 
@@ -94,7 +99,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         log_level=log_level.lower(), model_threads=model_threads,
         max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
         max_inflight=max_inflight, request_timeout=request_timeout, workers=workers,
-        http_workers=http_workers,
+        http_workers=http_workers, state_dir=state_dir,
     ))
 
 

@@ -26,3 +26,5 @@ class ServerSettings:
     http_workers: int = 1
     #: Set by the --http-workers supervisor for its server processes: bind with SO_REUSEPORT.
     reuse_port: bool = False
+    #: Where graphs keep bandit state; None: ``<repository>/.shoal-state``.
+    state_dir: Path | None = None

@@ -16,6 +16,10 @@ from typing import Any
 
 from ..errors import LoadError, ModelNotFound, ShoalError
 from ..model import Model
+from ..graph.build import GraphEnvironment, load_graph
+from ..graph.endpoint import GraphEndpoint
+from ..graph.metrics import GraphMetrics
+from ..graph.spec import GRAPH_FILE
 from ..observe import logging as log
 from ..observe.metrics import Metrics
 from ..runtimes import create_model, declare_metadata
@@ -41,6 +45,7 @@ class ModelRepository:
         limits: Limits = Limits(),
         workers: int = 0,
         pool: WorkerPool | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.root = root.resolve()
         self.default_workers = workers
@@ -52,12 +57,24 @@ class ModelRepository:
         self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
         self._configs: dict[str, ModelConfig] = {}
+        self.graphs = GraphEnvironment(
+            registry, executor, GraphMetrics(metrics.registry),
+            (state_dir or self.root / ".shoal-state").resolve(), self.names, self.is_graph,
+        )
 
     def names(self) -> list[str]:
         return model_names(self.root)
 
+    def is_graph(self, name: str) -> bool:
+        return (self.root / name / GRAPH_FILE).is_file()
+
     async def load_all(self) -> None:
-        await asyncio.gather(*(self._load_reporting(name) for name in self.names()))
+        # Graphs load after plain models, so the models they call are there to check.
+        names = self.names()
+        graphs = [name for name in names if self.is_graph(name)]
+        models = [name for name in names if name not in graphs]
+        await asyncio.gather(*(self._load_reporting(name) for name in models))
+        await asyncio.gather(*(self._load_reporting(name) for name in graphs))
 
     async def _load_reporting(self, name: str) -> None:
         try:
@@ -76,6 +93,9 @@ class ModelRepository:
         """Load (or reload) a model's versions per its policy; returns the versions now ready."""
         model_dir = self._model_dir(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
+            if self.is_graph(name):
+                await self._load_graph(name, model_dir)
+                return ["1"]
             dirs = version_dirs(model_dir)
             try:
                 config = read_config(model_dir)
@@ -141,6 +161,32 @@ class ModelRepository:
     def loaded_config(self, name: str) -> ModelConfig:
         """The ``model.yaml`` a model was last loaded with (the defaults if it has none)."""
         return self._configs.get(name) or ModelConfig()
+    async def _load_graph(self, name: str, folder: Path) -> None:
+        """A graph folder: one version, ``1``; a failed reload keeps the previous graph."""
+        previous = next(iter(self.registry.entries(name)), None)
+        if previous is None or previous.state is not ModelState.READY:
+            self._record(name, VersionEntry("1", ModelState.LOADING))
+        started = time.perf_counter()
+        try:
+            endpoint = await load_graph(name, folder, self.graphs)
+        except Exception as exc:
+            error = exc if isinstance(exc, LoadError) else LoadError(f"{type(exc).__name__}: {exc}")
+            if previous is not None and previous.state is ModelState.READY:
+                log.event("model_reload_failed", logging.ERROR, model=name, version="1",
+                          reason=str(error), serving="previous instance")
+            else:
+                self._failed(name, "1", error)
+            raise error from exc
+        seconds = time.perf_counter() - started
+        for entry in self.registry.entries(name):
+            if entry.version != "1":
+                await self._retire(name, entry)
+        self._record(name, VersionEntry("1", ModelState.READY, "", endpoint))
+        self.metrics.model_loaded(name, "1", seconds)
+        log.event("model_loaded", model=name, version="1", runtime="graph",
+                  nodes=len(endpoint.nodes), seconds=round(seconds, 4))
+        if previous is not None and previous.endpoint is not None and previous.version == "1":
+            await self._release(previous)
 
     def _batching(self, config: ModelConfig) -> BatchSettings:
         default = self.default_batching
@@ -182,6 +228,8 @@ class ModelRepository:
             except Exception as exc:
                 log.event("model_unload_failed", logging.ERROR, model=entry.endpoint.name,
                           version=entry.version, reason=f"{type(exc).__name__}: {exc}")
+        elif isinstance(entry.endpoint, GraphEndpoint):
+            await entry.endpoint.close()
 
     async def _call(self, fn: Any) -> Any:
         if inspect.iscoroutinefunction(fn):

@@ -60,7 +60,7 @@ class ShoalServer:
             settings.repository, self.registry, self.executor, self.metrics,
             BatchSettings(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
             Limits(settings.max_inflight, settings.request_timeout),
-            settings.workers, self.pool,
+            settings.workers, self.pool, state_dir=settings.state_dir,
         )
         self.dataplane = DataPlane(self.registry, self.repository, self.metrics)
         self.app = build_app(self.dataplane, settings.max_request_size)

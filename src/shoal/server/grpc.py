@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import json_format
 
 from ..errors import InvalidInput, ShoalError
+from ..graph.context import HEADERS as REQUEST_HEADERS
 from ..protocol import v2_grpc
 from ..protocol.grpc_gen import grpc_service_pb2 as pb
 from ..protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
@@ -80,6 +81,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await _guard(context, call)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        REQUEST_HEADERS.set(context.invocation_metadata)  # read only by graph conditions
         return await _guard(context, lambda: self._infer(request, context.time_remaining()))
 
     async def _infer(

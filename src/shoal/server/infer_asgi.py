@@ -14,6 +14,9 @@ from typing import Any, Awaitable, Callable
 import orjson
 
 from ..errors import InvalidInput, ModelFailure, PayloadTooLarge, ShoalError
+from ..graph.context import HEADERS as REQUEST_HEADERS
+from ..graph.context import response_headers
+from ..graph.endpoint import GraphEndpoint, declared_inputs
 from ..protocol import v1, v2_json
 from ..serving.dataplane import DataPlane
 from ..types import InferenceRequest
@@ -62,6 +65,7 @@ class InferenceASGI:
         protocol, name, version = route
         try:
             body = await read_body(scope, receive, self.limit)
+            REQUEST_HEADERS.set(scope["headers"])  # for graph conditions on headers
             if protocol == "v2":
                 content, headers = await self._v2(name, version, body, scope, receive)
             else:
@@ -96,8 +100,10 @@ class InferenceASGI:
         )
         content, json_length = v2_json.encode_response(response, request)
         if json_length is None:
+            if response.parameters:  # a graph's routing, as a header too
+                return content, _JSON_HEADERS + response_headers(response.parameters, None)
             return content, _JSON_HEADERS
-        return content, [
+        return content, [*response_headers(response.parameters, None),
             (b"content-type", b"application/octet-stream"),
             (_HEADER_LENGTH, str(json_length).encode()),
         ]
@@ -107,15 +113,20 @@ class InferenceASGI:
     ) -> tuple[bytes, list]:
         formats: list[v1.Format] = []
         gone = _client_gone(receive)
+        graph = []
 
         def decode(endpoint: Any) -> Any:
-            request, fmt = v1.decode_request(body, endpoint.model.inputs)
+            request, fmt = v1.decode_request(body, declared_inputs(endpoint))
             request.client_gone = gone
             formats.append(fmt)
+            graph.append(isinstance(endpoint, GraphEndpoint))
             return request
 
         _, response = await self.dataplane.infer(name, version, "v1-rest", decode, _timeout(scope))
-        return v2_json.dumps(v1.encode_response(response, formats[0])), _JSON_HEADERS
+        content = v2_json.dumps(v1.encode_response(response, formats[0]))
+        if graph[0]:  # V1 bodies have no id or parameters: the graph's go in headers
+            return content, _JSON_HEADERS + response_headers(response.parameters, response.id)
+        return content, _JSON_HEADERS
 
 
 def _never() -> bool:

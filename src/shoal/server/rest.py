@@ -21,6 +21,7 @@ from ..protocol import v2_json
 from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
 from . import infer_asgi
+from .graph_routes import graph_routes
 
 JSON = "application/json"
 
@@ -143,6 +144,7 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.Inferen
         Route("/v1/models/{name}", v1_status, methods=["GET"]),
         Route("/v1/models/{name}/versions/{version}", v1_status, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *graph_routes(dataplane, max_request_size),
     ]
 
     async def shoal_error(request: Request, exc: Exception) -> Response:

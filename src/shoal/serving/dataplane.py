@@ -98,7 +98,8 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         entry = self.registry.entry(name, version)
-        return entry.state is ModelState.READY and not self.draining
+        ready = entry.state is ModelState.READY and entry.endpoint is not None and entry.endpoint.ready
+        return ready and not self.draining
 
     async def infer(
         self,
@@ -143,7 +144,8 @@ class DataPlane:
         self.metrics.request_finished(name, version, protocol, str(error.http_status), seconds)
         level = logging.ERROR if error.http_status >= 500 else logging.WARNING
         log.event("request_failed", level, model=name, version=version, protocol=protocol,
-                  status=error.http_status, error=str(error), seconds=round(seconds, 6))
+                  status=error.http_status, error=str(error), seconds=round(seconds, 6),
+                  **getattr(error, "log_fields", {}))  # a graph adds the path it took
 
     async def load(self, name: str) -> list[str]:
         return await self.repository.load(name)

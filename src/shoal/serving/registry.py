@@ -57,6 +57,12 @@ class Registry:
             raise Unavailable(
                 f"model {name!r} version {entry.version} is {entry.state.value.lower()}{detail}"
             )
+        if not entry.endpoint.ready:  # a graph is ready only while the models it calls are
+            reason = getattr(entry.endpoint, "unready_reason", lambda: None)()
+            raise Unavailable(
+                f"model {name!r} version {entry.version} is not ready"
+                + (f": {reason}" if reason else "")
+            )
         return entry.endpoint
 
     def entry(self, name: str, version: str | None = None) -> VersionEntry:

@@ -1,0 +1,277 @@
+"""A graph served under its folder's name, like any model: the ``Endpoint`` interface.
+
+``infer`` runs the root node and returns its answer with the routing decisions taken (the
+``routing`` response parameter, ``router=arm,...``) and the request id (the request's own,
+or a new one). Readiness follows the nodes: the graph is ready while every model it calls
+has a ready version. ``feedback`` updates the routers a past request went through, found by
+its routing or, for the last requests this process answered, by its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from typing import Any
+
+from ..errors import DeadlineExceeded, InvalidInput, ShoalError, Unavailable
+from ..observe import logging as log
+from ..serving.endpoint import ModelEndpoint, ModelState, conform_inputs
+from ..types import InferenceRequest, InferenceResponse, TensorSpec
+from .context import (
+    HEADERS,
+    ROUTING_PARAMETER,
+    Call,
+    format_routing,
+    new_request_id,
+    parse_routing,
+)
+from .metrics import GraphMetrics
+from .nodes.base import GraphNode
+from .nodes.model import ModelCall
+from .nodes.routing import RoutingNode
+
+#: How many recent requests' routings a graph remembers for feedback by request id.
+REMEMBERED_REQUESTS = 50_000
+PLATFORM = "graph"
+
+
+class GraphEndpoint:
+    def __init__(
+        self,
+        name: str,
+        root: GraphNode,
+        nodes: dict[str, GraphNode],
+        metrics: GraphMetrics,
+        inputs: list[TensorSpec] | None = None,
+        outputs: list[TensorSpec] | None = None,
+        timeout: float | None = None,
+        version: str = "1",
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.root = root
+        self.nodes = nodes
+        self.metrics = metrics
+        self.timeout = timeout or 0.0
+        self.state = ModelState.READY
+        self.routers = {n: node for n, node in nodes.items() if isinstance(node, RoutingNode)}
+        self._models = [node for node in nodes.values() if isinstance(node, ModelCall)]
+        self._declared_inputs = inputs or []
+        self._declared_outputs = outputs or []
+        self._recent: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- readiness and metadata ------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY and self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        if self.state is not ModelState.READY:
+            return f"graph is {self.state.value.lower()}"
+        for node in self._models:
+            reason = node.unready_reason()
+            if reason is not None:
+                return f"node {node.name!r}: {reason}"
+        return None
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return list(self._declared_inputs) or self.root.inputs()
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return list(self._declared_outputs) or self.root.outputs()
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": PLATFORM,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+        }
+
+    # -- inference -------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        request: InferenceRequest,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> InferenceResponse:
+        """``timeout`` (a client's own limit) replaces the graph's; ``deadline`` caps it."""
+        if self.state is not ModelState.READY:
+            raise Unavailable(f"graph {self.name!r} is {self.state.value.lower()}")
+        started = time.perf_counter()
+        call = Call(
+            self.name, request.id or new_request_id(), client_timeout=timeout,
+            client_gone=request.client_gone, header_source=HEADERS.get(),
+        )
+        limit = timeout or self.timeout
+        if deadline is not None:
+            limit = min(limit, deadline) if limit else deadline
+        if limit:
+            call.deadline_at = time.monotonic() + limit
+        status = 200
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            pinned = request.parameters.get(ROUTING_PARAMETER)
+            if pinned is not None:
+                call.pinned = self._check_routing(parse_routing(pinned))
+            if self._declared_inputs:
+                request.inputs = conform_inputs(request.inputs, self._declared_inputs, self.name)
+            if limit:
+                try:
+                    response = await asyncio.wait_for(self.root.run(call, request), limit)
+                except asyncio.TimeoutError:
+                    raise DeadlineExceeded(
+                        f"graph {self.name!r} did not answer within {limit:g} s"
+                    ) from None
+            else:
+                response = await self.root.run(call, request)
+            return self._finish(request, response, call)
+        except ShoalError as exc:
+            status = exc.http_status
+            # The data plane's request_failed line carries these: which way the request went.
+            exc.log_fields = {"id": call.request_id, "path": call.path,  # type: ignore[attr-defined]
+                              "routing": call.routing}
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+            if status == 200 and log.logger.isEnabledFor(logging.DEBUG):
+                log.event("graph_request", logging.DEBUG, graph=self.name, id=call.request_id,
+                          path=call.path, routing=call.routing,
+                          seconds=round(time.perf_counter() - started, 6))
+
+    def _finish(
+        self, request: InferenceRequest, response: InferenceResponse, call: Call
+    ) -> InferenceResponse:
+        if request.outputs is not None:
+            produced = {t.name: t for t in response.outputs}
+            missing = [o.name for o in request.outputs if o.name not in produced]
+            if missing:
+                raise InvalidInput(
+                    f"graph {self.name!r} has no output {missing[0]!r}; it produced "
+                    f"{sorted(produced)}"
+                )
+            response.outputs = [produced[o.name] for o in request.outputs]
+        response.model_name = self.name
+        response.model_version = self.version
+        response.id = call.request_id
+        if call.routing:
+            response.parameters = {
+                **response.parameters, ROUTING_PARAMETER: format_routing(call.routing)
+            }
+            self._remember(call.request_id, call.routing)
+        return response
+
+    def _remember(self, request_id: str, routing: dict[str, str]) -> None:
+        self._recent[request_id] = routing
+        if len(self._recent) > REMEMBERED_REQUESTS:
+            self._recent.popitem(last=False)
+
+    def _check_routing(self, routing: dict[str, str]) -> dict[str, str]:
+        for node, branch in routing.items():
+            router = self.routers.get(node)
+            if router is None:
+                raise InvalidInput(
+                    f"graph {self.name!r} has no routing node {node!r}; its routing nodes: "
+                    f"{sorted(self.routers)}"
+                )
+            router.index_of(branch)
+        return routing
+
+    # -- feedback --------------------------------------------------------------------------
+
+    def routing_of(self, request_id: str) -> dict[str, str] | None:
+        return self._recent.get(request_id)
+
+    async def feedback(
+        self,
+        reward: float,
+        routing: dict[str, str] | None = None,
+        request_id: str | None = None,
+        truth: Any = None,
+    ) -> dict[str, str]:
+        """Update the learning routers on a request's path; returns them with their arms.
+
+        Everything is checked before anything changes: a bad request updates nothing.
+        """
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+            raise InvalidInput("'reward' must be a finite number")
+        if routing is None:
+            if request_id is None:
+                raise InvalidInput("feedback needs the request's 'id' or the 'routing' it took")
+            routing = self._recent.get(request_id)
+            if routing is None:
+                raise InvalidInput(
+                    f"graph {self.name!r} has no routing for request id {request_id!r}: this "
+                    f"process remembers its last {REMEMBERED_REQUESTS} routed requests; send "
+                    "the response's 'routing' instead"
+                )
+        plan = []
+        for node, branch in self._check_routing(routing).items():
+            router = self.routers[node]
+            if router.learns:
+                router.check_reward(float(reward))
+                plan.append((router, router.index_of(branch)))
+        for router, index in plan:
+            await router.learn(index, float(reward), truth)
+            self.metrics.feedback_received(self.name, router.name, router.branch_names[index],
+                                           float(reward))
+        return {router.name: router.branch_names[index] for router, index in plan}
+
+    def router_state(self) -> dict[str, Any]:
+        return {name: router.state() for name, router in self.routers.items()}
+
+    def routing_indices(self, routing: dict[str, str]) -> dict[str, int]:
+        """Seldon's ``meta.routing``: node -> branch index."""
+        return {node: self.routers[node].index_of(branch) for node, branch in routing.items()
+                if node in self.routers}
+
+    def routing_names(self, indices: dict[str, int]) -> dict[str, str]:
+        routing = {}
+        for node, index in indices.items():
+            router = self.routers.get(node)
+            if router is None:
+                raise InvalidInput(f"graph {self.name!r} has no routing node {node!r}")
+            if not 0 <= index < len(router.branch_names):
+                raise InvalidInput(
+                    f"routing node {node!r} has no branch {index} (it has "
+                    f"{len(router.branch_names)})"
+                )
+            routing[node] = router.branch_names[index]
+        return routing
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop taking requests, let running ones finish, release connections and classes."""
+        self.state = ModelState.UNLOADING
+        await self._idle.wait()
+        for node in self.nodes.values():
+            try:
+                await node.close()
+            except Exception as exc:  # one node's cleanup must not stop the others'
+                log.event("graph_node_close_failed", logging.ERROR, graph=self.name,
+                          node=node.name, reason=f"{type(exc).__name__}: {exc}")
+
+
+def declared_inputs(endpoint: Any) -> list[TensorSpec]:
+    """The inputs an endpoint declares, for codecs that name tensors after them (V1, Seldon)."""
+    if isinstance(endpoint, ModelEndpoint):
+        return endpoint.model.inputs
+    return list(getattr(endpoint, "inputs", []))

@@ -1,0 +1,79 @@
+"""The node interface: ``await node.run(call, request) -> response``, timed and traced.
+
+Every node appends its name to the call's path and reports its latency; an error leaving a
+node names the innermost node it came from, so a client reads which part of the graph failed.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ...errors import ModelFailure, ShoalError
+from ...serving.executor import Executor
+from ...types import InferenceRequest, InferenceResponse, TensorSpec
+from ..context import Call
+
+Observer = Callable[[float], None]
+
+
+class GraphNode:
+    kind = ""
+
+    def __init__(self, name: str, observe: Observer) -> None:
+        self.name = name
+        self._observe = observe
+
+    async def run(self, call: Call, request: InferenceRequest) -> InferenceResponse:
+        call.path.append(self.name)
+        started = time.perf_counter()
+        try:
+            return await self.execute(call, request)
+        except ShoalError as exc:
+            raise located(exc, self.name) from exc
+        finally:
+            self._observe(time.perf_counter() - started)
+
+    async def execute(self, call: Call, request: InferenceRequest) -> InferenceResponse:
+        raise NotImplementedError
+
+    def children(self) -> list[GraphNode]:
+        return []
+
+    def inputs(self) -> list[TensorSpec]:
+        """What this node takes, as far as it can tell (for the graph's metadata)."""
+        return []
+
+    def outputs(self) -> list[TensorSpec]:
+        return []
+
+    async def close(self) -> None:
+        """Release connections; called when the graph is unloaded or replaced."""
+
+
+def located(error: ShoalError, node: str) -> ShoalError:
+    """The same error, its message prefixed with the innermost node's name (once)."""
+    if getattr(error, "graph_node", None) is not None:
+        return error
+    moved = copy.copy(error)
+    moved.message = f"node {node!r}: {error.message}"
+    moved.args = (moved.message,)
+    moved.graph_node = node  # type: ignore[attr-defined]
+    return moved
+
+
+async def call_user(executor: Executor, node: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """User code: coroutines on the loop, plain functions on the worker threads."""
+    try:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        return await executor.run(fn, *args)
+    except ShoalError:
+        raise
+    except Exception as exc:
+        raise ModelFailure(
+            f"{fn.__qualname__} failed: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -1,0 +1,73 @@
+"""Turning what user code returns into requests and responses, and passing tensors on.
+
+Transformers, combiners and routers are user code: they may return an ``InferenceRequest`` /
+``InferenceResponse``, a dict of name -> array, a list of ``Tensor``, one ``Tensor`` or one
+array, as a model's ``predict`` may.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFailure, ShoalError
+from ..types import InferenceRequest, InferenceResponse, Tensor
+
+DEFAULT_OUTPUT = "output-0"
+
+
+def tensors_of(result: Any, what: str) -> list[Tensor]:
+    try:
+        if isinstance(result, Tensor):
+            return [result]
+        if isinstance(result, dict):
+            return [Tensor.from_numpy(k, v) for k, v in result.items()]
+        if isinstance(result, (list, tuple)) and result and all(isinstance(t, Tensor) for t in result):
+            return list(result)
+        if result is None:
+            raise ModelFailure(f"{what} returned None")
+        return [Tensor.from_numpy(DEFAULT_OUTPUT, np.asarray(result))]
+    except ModelFailure:
+        raise
+    except ShoalError as exc:
+        raise ModelFailure(f"{what} returned an unusable result: {exc}") from exc
+
+
+def as_response(result: Any, what: str) -> InferenceResponse:
+    if isinstance(result, InferenceResponse):
+        return result
+    if isinstance(result, InferenceRequest):  # a transformer without a child passes its request on
+        return InferenceResponse(result.inputs)
+    return InferenceResponse(tensors_of(result, what))
+
+
+def as_request(result: Any, like: InferenceRequest, what: str) -> InferenceRequest:
+    if isinstance(result, InferenceRequest):
+        return result
+    return InferenceRequest(
+        tensors_of(result, what), id=like.id, parameters=like.parameters, outputs=like.outputs,
+        client_gone=like.client_gone,
+    )
+
+
+def copy_tensors(tensors: list[Tensor]) -> list[Tensor]:
+    """New Tensor objects over the same arrays: user code that reassigns ``tensor.data`` in
+    one branch must not change what a sibling branch sees. The arrays themselves are shared."""
+    return [Tensor(t.name, t.datatype, t.shape, t.data, t.parameters) for t in tensors]
+
+
+def renamed(tensors: list[Tensor], mapping: dict[str, str], where: str) -> list[Tensor]:
+    """Only the mapped tensors, under their new names."""
+    by_name = {t.name: t for t in tensors}
+    missing = [name for name in mapping if name not in by_name]
+    if missing:
+        raise ModelFailure(
+            f"{where}: no tensor {missing[0]!r} to map; the previous step produced "
+            f"{sorted(by_name)}"
+        )
+    return [
+        Tensor(target, by_name[source].datatype, by_name[source].shape, by_name[source].data,
+               by_name[source].parameters)
+        for source, target in mapping.items()
+    ]

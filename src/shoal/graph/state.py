@@ -1,0 +1,137 @@
+"""A bandit's per-arm counts, persisted so they survive restarts and are shared by processes.
+
+One JSON file per bandit node: ``<state-dir>/<graph>/<node>.json``. The consistency model:
+
+- **Updates are never lost.** Feedback is a read-modify-write under an exclusive ``flock``
+  on ``<node>.json.lock``: read the file, add the reward, write a temporary file and rename
+  it over the old one (atomic: a reader sees the old or the new file, never half of one).
+  Every process sharing the state directory goes through the same lock.
+- **Routing reads a recent view.** Choosing an arm uses the counts in memory, which a process
+  reloads when the file has changed, checked at most every ``refresh`` seconds (1 s by
+  default). A process sees another's feedback within that interval; its own at once.
+
+Locks are advisory and need a local file system (or one with working ``flock``, as NFSv4).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from ..errors import LoadError
+
+Signature = tuple[int, int, int]
+
+
+class BanditStore:
+    def __init__(self, arms: list[str], path: Path | None = None, refresh: float = 1.0) -> None:
+        self.arms = arms
+        self.path = path
+        self.refresh = refresh
+        self._pulls = np.zeros(len(arms))
+        self._rewards = np.zeros(len(arms))
+        self._lock = threading.Lock()
+        self._signature: Signature | None = None
+        self._checked = 0.0
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self._lock_path, "a"):
+                    pass
+            except OSError as exc:
+                raise LoadError(
+                    f"cannot keep bandit state in {path.parent}: {exc.strerror}; "
+                    "choose a writable --state-dir"
+                ) from None
+            self._read()
+
+    @property
+    def _lock_path(self) -> Path:
+        assert self.path is not None
+        return self.path.with_name(self.path.name + ".lock")
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pulls, rewards) per arm, reloaded first if another process changed the file."""
+        if self.path is not None:
+            now = time.monotonic()
+            if now - self._checked >= self.refresh and self._lock.acquire(blocking=False):
+                try:
+                    self._checked = now
+                    if _signature(self.path) != self._signature:
+                        self._read()
+                finally:
+                    self._lock.release()
+        return self._pulls, self._rewards
+
+    def update(self, arm: int, reward: float) -> None:
+        """Add one reward to an arm. Blocking (file I/O): run it off the event loop."""
+        with self._lock:
+            if self.path is None:
+                self._apply(self._pulls.copy(), self._rewards.copy(), arm, reward)
+                return
+            with open(self._lock_path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                self._read()
+                self._apply(self._pulls.copy(), self._rewards.copy(), arm, reward)
+                self._write()
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        pulls, rewards = self.counts()
+        return {
+            arm: {"pulls": float(n), "reward": float(s), "mean": float(s / n) if n else 0.0}
+            for arm, n, s in zip(self.arms, pulls, rewards)
+        }
+
+    def _apply(self, pulls: np.ndarray, rewards: np.ndarray, arm: int, reward: float) -> None:
+        pulls[arm] += 1.0
+        rewards[arm] += reward
+        # Swap whole arrays: a reader on another thread sees the old pair or the new one.
+        self._pulls, self._rewards = pulls, rewards
+
+    def _read(self) -> None:
+        assert self.path is not None
+        try:
+            signature = _signature(self.path)
+            data = orjson.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            self._signature = None
+            return
+        except (OSError, orjson.JSONDecodeError):
+            return  # a damaged file is replaced by the next update; keep what we have
+        arms = data.get("arms", {}) if isinstance(data, dict) else {}
+        pulls = np.zeros(len(self.arms))
+        rewards = np.zeros(len(self.arms))
+        for index, arm in enumerate(self.arms):
+            entry = arms.get(arm)
+            if isinstance(entry, dict):
+                pulls[index] = float(entry.get("pulls", 0.0))
+                rewards[index] = float(entry.get("reward", 0.0))
+        self._pulls, self._rewards = pulls, rewards
+        self._signature = signature
+
+    def _write(self) -> None:
+        assert self.path is not None
+        body = orjson.dumps({
+            "arms": {
+                arm: {"pulls": float(n), "reward": float(s)}
+                for arm, n, s in zip(self.arms, self._pulls, self._rewards)
+            }
+        })
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
+        temporary.write_bytes(body)
+        os.replace(temporary, self.path)
+        self._signature = _signature(self.path)
+
+
+def _signature(path: Path) -> Signature | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)

@@ -1,0 +1,136 @@
+"""REST routes for graphs and for Seldon Core clients.
+
+- ``POST /v2/models/{graph}/feedback``: ``{"id" | "routing", "reward", "truth"?}`` updates the
+  learning routers on that request's path; ``GET /v2/models/{graph}/routers`` shows them.
+- Seldon protocol, for any model or graph: ``POST /api/v1.0/predictions`` and
+  ``/api/v1.0/feedback`` (the model is named by the ``Seldon-Model`` header, or is the only
+  one served), and the per-deployment paths of Seldon's ingress,
+  ``/seldon/{namespace}/{model}/api/v1.0/predictions`` and ``.../feedback``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import InvalidInput, ShoalError
+from ..graph.context import (
+    HEADERS,
+    ROUTING_PARAMETER,
+    new_request_id,
+    parse_routing,
+    response_headers,
+)
+from ..graph.endpoint import GraphEndpoint, declared_inputs
+from ..protocol import seldon, v2_json
+from ..serving.dataplane import DataPlane
+from .infer_asgi import read_body
+
+JSON = "application/json"
+SELDON_MODEL_HEADER = "seldon-model"
+
+
+def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(v2_json.dumps(value), status, headers=headers, media_type=JSON)
+
+
+def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
+    def graph(name: str, version: str | None = None) -> GraphEndpoint:
+        endpoint = dataplane.registry.get(name, version)
+        if not isinstance(endpoint, GraphEndpoint):
+            raise InvalidInput(f"model {name!r} is not a graph; feedback updates a graph's routers")
+        return endpoint
+
+    async def feedback(request: Request) -> Response:
+        params = request.path_params
+        endpoint = graph(params["name"], params.get("version"))
+        body = v2_json.parse_json_object(await read_body(request.scope, request.receive, max_request_size))
+        request_id = body.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise InvalidInput("'id' must be a string")
+        routing = parse_routing(body["routing"]) if body.get("routing") is not None else None
+        updated = await endpoint.feedback(body.get("reward"), routing, request_id, body.get("truth"))  # type: ignore[arg-type]
+        return _json({"name": endpoint.name, "updated": updated})
+
+    async def routers(request: Request) -> Response:
+        params = request.path_params
+        endpoint = graph(params["name"], params.get("version"))
+        return _json({"name": endpoint.name, "routers": endpoint.router_state()})
+
+    def seldon_model(request: Request) -> str:
+        name = request.path_params.get("name") or request.headers.get(SELDON_MODEL_HEADER)
+        if name:
+            return name
+        names = dataplane.registry.names()
+        if len(names) == 1:
+            return names[0]
+        raise InvalidInput(
+            f"{len(names)} models are served here: name one with the Seldon-Model header or "
+            "POST /seldon/<namespace>/<model>/api/v1.0/predictions"
+        )
+
+    async def seldon_predict(request: Request) -> Response:
+        try:
+            name = seldon_model(request)
+            body = await read_body(request.scope, request.receive, max_request_size)
+            decoded: list[tuple[seldon.SeldonRequest, Any]] = []
+
+            def decode(endpoint: Any) -> Any:
+                message = seldon.decode_request(body, declared_inputs(endpoint))
+                if message.meta.routing and isinstance(endpoint, GraphEndpoint):
+                    pinned = endpoint.routing_names(message.meta.routing)
+                    message.request.parameters[ROUTING_PARAMETER] = pinned
+                message.request.id = message.request.id or new_request_id()
+                decoded.append((message, endpoint))
+                return message.request
+
+            HEADERS.set(request.headers.raw)
+            _, response = await dataplane.infer(name, None, "seldon-rest", decode)
+            message, endpoint = decoded[0]
+            meta = seldon.Meta(message.meta.puid or response.id, message.meta.tags, {})
+            routing = response.parameters.get(ROUTING_PARAMETER)
+            if routing and isinstance(endpoint, GraphEndpoint):
+                meta.routing = endpoint.routing_indices(parse_routing(routing))
+            headers = {k.decode(): v.decode() for k, v in response_headers(response.parameters, None)}
+            return _json(seldon.encode_response(response, message.kind, meta), headers=headers)
+        except ShoalError as exc:
+            return _seldon_error(exc)
+
+    async def seldon_feedback(request: Request) -> Response:
+        try:
+            name = seldon_model(request)
+            body = await read_body(request.scope, request.receive, max_request_size)
+            message = seldon.decode_feedback(body)
+            endpoint = dataplane.registry.get(name)
+            if not isinstance(endpoint, GraphEndpoint):
+                # A plain model has no routers: accepted and ignored, as Seldon's wrapper does
+                # for a model without send_feedback.
+                return _json({"meta": {"puid": message.meta.puid or "", "routing": {}}})
+            routing = endpoint.routing_names(message.meta.routing) if message.meta.routing else None
+            updated = await endpoint.feedback(message.reward, routing, message.meta.puid, message.truth)
+            return _json({"meta": {"puid": message.meta.puid or "",
+                                   "routing": endpoint.routing_indices(updated)}})
+        except ShoalError as exc:
+            return _seldon_error(exc)
+
+    m = "/v2/models/{name}"
+    mv = "/v2/models/{name}/versions/{version}"
+    seldon_prefix = "/seldon/{namespace}/{name}/api/v1.0"
+    return [
+        Route(f"{m}/feedback", feedback, methods=["POST"]),
+        Route(f"{mv}/feedback", feedback, methods=["POST"]),
+        Route(f"{m}/routers", routers, methods=["GET"]),
+        Route(f"{mv}/routers", routers, methods=["GET"]),
+        Route("/api/v1.0/predictions", seldon_predict, methods=["POST"]),
+        Route("/api/v1.0/feedback", seldon_feedback, methods=["POST"]),
+        Route(f"{seldon_prefix}/predictions", seldon_predict, methods=["POST"]),
+        Route(f"{seldon_prefix}/feedback", seldon_feedback, methods=["POST"]),
+    ]
+
+
+def _seldon_error(error: ShoalError) -> Response:
+    return _json(seldon.error_message(error.http_status, str(error)), error.http_status,
+                 headers=error.headers or None)

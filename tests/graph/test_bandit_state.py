@@ -1,0 +1,86 @@
+"""Bandit state on disk: atomic writes, survival across instances, no update lost between
+processes that share the state directory."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from shoal.errors import LoadError
+from shoal.graph.state import BanditStore
+
+ARMS = ["a", "b"]
+
+
+def test_updates_persist_and_reload(tmp_path: Path) -> None:
+    path = tmp_path / "g" / "router.json"
+    store = BanditStore(ARMS, path)
+    store.update(0, 1.0)
+    store.update(1, 0.25)
+    data = json.loads(path.read_text())
+    assert data["arms"] == {"a": {"pulls": 1.0, "reward": 1.0}, "b": {"pulls": 1.0, "reward": 0.25}}
+    again = BanditStore(ARMS, path)
+    assert again.snapshot()["b"] == {"pulls": 1.0, "reward": 0.25, "mean": 0.25}
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_arms_are_matched_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "router.json"
+    BanditStore(["a", "b"], path).update(1, 1.0)
+    store = BanditStore(["b", "c"], path)  # an arm removed, one added
+    assert store.snapshot()["b"]["pulls"] == 1.0 and store.snapshot()["c"]["pulls"] == 0.0
+
+
+def test_another_instance_sees_changes_after_the_refresh_interval(tmp_path: Path) -> None:
+    path = tmp_path / "router.json"
+    reader = BanditStore(ARMS, path, refresh=0.05)
+    writer = BanditStore(ARMS, path)
+    writer.update(0, 1.0)
+    time.sleep(0.06)
+    assert reader.counts()[0][0] == 1.0
+
+
+def test_a_damaged_file_does_not_stop_the_router(tmp_path: Path) -> None:
+    path = tmp_path / "router.json"
+    path.write_text("{not json")
+    store = BanditStore(ARMS, path)
+    assert store.counts()[0].sum() == 0
+    store.update(1, 1.0)
+    assert json.loads(path.read_text())["arms"]["b"]["pulls"] == 1.0
+
+
+def test_an_unwritable_state_dir_fails_the_load(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(LoadError, match="choose a writable --state-dir"):
+        BanditStore(ARMS, blocker / "g" / "router.json")
+
+
+def _hammer(path: str, arm: int, count: int) -> None:
+    store = BanditStore(ARMS, Path(path))
+    for _ in range(count):
+        store.update(arm, 1.0)
+
+
+def test_no_update_is_lost_between_processes(tmp_path: Path) -> None:
+    path = tmp_path / "router.json"
+    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    workers = [context.Process(target=_hammer, args=(str(path), i % 2, 100)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+        assert worker.exitcode == 0
+    data = json.loads(path.read_text())["arms"]
+    assert data["a"]["pulls"] == 200 and data["b"]["pulls"] == 200
+
+
+def test_in_memory_store_without_a_path() -> None:
+    store = BanditStore(ARMS)
+    store.update(1, 0.5)
+    assert store.snapshot()["b"] == {"pulls": 1.0, "reward": 0.5, "mean": 0.5}

@@ -1,0 +1,391 @@
+"""Graphs in-process: a real repository folder loaded by ModelRepository, real models,
+every node kind, feedback, readiness and load failures."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from shoal import InferenceRequest, RequestedOutput, Tensor
+from shoal.errors import DeadlineExceeded, InvalidInput, ModelFailure, Unavailable
+from shoal.graph.context import HEADERS
+from shoal.graph.endpoint import GraphEndpoint
+from shoal.observe.metrics import Metrics
+from shoal.repository.manager import ModelRepository
+from shoal.serving.executor import Executor
+from shoal.serving.registry import Registry
+
+MODELS = {
+    "ident": """
+        from shoal import Model
+
+        class Identity(Model):
+            async def predict(self, request):
+                return request.inputs
+    """,
+    "double": """
+        from shoal import Model, TensorSpec
+
+        class Double(Model):
+            def load(self):
+                self.inputs = [TensorSpec("x", "FP64", (-1, 2))]
+                self.outputs = [TensorSpec("y", "FP64", (-1, 2))]
+
+            def predict(self, request):
+                return {"y": request.as_numpy() * 2}
+    """,
+    "slow": """
+        import time
+        from shoal import Model
+
+        class Slow(Model):
+            def predict(self, request):
+                time.sleep(float(request.parameters.get("sleep", 0.1)))
+                return request.inputs
+    """,
+    "boom": """
+        from shoal import Model
+
+        class Boom(Model):
+            def predict(self, request):
+                raise ValueError("kaboom")
+    """,
+}
+
+PLUGINS = """
+    import numpy as np
+    from shoal import Model
+    from shoal.graph import Combiner, Router
+
+    class AddOne(Model):
+        def preprocess(self, request):
+            return {"x": request.as_numpy() + 1}
+
+        async def postprocess(self, response):
+            response.outputs[0].parameters["post"] = True
+            return response
+
+    class Sum(Combiner):
+        def combine(self, responses):
+            return {"sum": sum(r.outputs[0].data for r in responses)}
+
+    class ByParameter(Router):
+        def load(self):
+            self.rewards = []
+
+        def route(self, request):
+            return request.parameters.get("arm", 0)
+
+        def feedback(self, arm, reward, truth):
+            self.rewards.append((arm, reward, truth))
+"""
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+
+
+def repository(root: Path, graph: dict[str, Any], name: str = "g") -> Path:
+    for model, source in MODELS.items():
+        write(root / model / "model.py", source)
+        write(root / model / "model.yaml", "runtime: custom\n")
+    write(root / name / "graph.yaml", yaml.safe_dump(graph))
+    write(root / name / "plugins.py", PLUGINS)
+    return root
+
+
+Scenario = Callable[[ModelRepository, Registry], Awaitable[None]]
+
+
+def run(root: Path, scenario: Scenario) -> None:
+    async def main() -> None:
+        executor = Executor(8)
+        registry = Registry()
+        repo = ModelRepository(root, registry, executor, Metrics(), state_dir=root / ".state")
+        try:
+            await repo.load_all()
+            await scenario(repo, registry)
+        finally:
+            executor.shutdown()
+
+    asyncio.run(main())
+
+
+def x(*rows: list[float], name: str = "x", **parameters: Any) -> InferenceRequest:
+    return InferenceRequest([Tensor.from_numpy(name, np.array(rows, dtype=np.float64))],
+                            parameters=parameters)
+
+
+def graph_of(registry: Registry, name: str = "g") -> GraphEndpoint:
+    endpoint = registry.get(name)
+    assert isinstance(endpoint, GraphEndpoint)
+    return endpoint
+
+
+def nodes(**spec: Any) -> dict[str, Any]:
+    return {"nodes": {
+        "ident": {"kind": "model", "model": "ident"},
+        "double": {"kind": "model", "model": "double"},
+        "boom": {"kind": "model", "model": "boom"},
+        **spec,
+    }}
+
+
+def test_sequence_maps_tensors_and_returns_an_id(tmp_path: Path) -> None:
+    spec = nodes(
+        root={"kind": "sequence", "steps": [
+            "double",                                  # y = 2x
+            {"node": "double", "map": {"y": "x"}},     # y = 4x
+            {"node": "ident", "map": {"y": "z"}},      # z = 4x
+            {"node": "double2", "input": "request"},   # y = 2x, from the graph's request
+        ]},
+        double2={"kind": "model", "model": "double"},
+    )
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+        response = await graph.infer(x([1.0, 2.0]))
+        assert response.model_name == "g" and response.model_version == "1" and response.id
+        assert [t.name for t in response.outputs] == ["y"]
+        np.testing.assert_array_equal(response.outputs[0].data, [[2.0, 4.0]])  # from the request
+        assert "routing" not in response.parameters
+        assert graph.metadata()["inputs"] == [{"name": "x", "datatype": "FP64", "shape": [-1, 2]}]
+        assert graph.metadata()["outputs"] == [{"name": "y", "datatype": "FP64", "shape": [-1, 2]}]
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_a_missing_mapped_tensor_names_the_step(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "sequence", "steps": ["double", {"node": "ident", "map": {"nope": "x"}}]})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        with pytest.raises(ModelFailure, match="node 'root': step 2 \\(ident\\): no tensor 'nope'"):
+            await graph_of(registry).infer(x([1.0, 2.0]))
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_errors_name_the_innermost_node(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "sequence", "steps": ["ident", "boom"]})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        with pytest.raises(ModelFailure, match="^node 'boom': model 'boom' failed: ValueError"):
+            await graph_of(registry).infer(x([1.0, 2.0]))
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_ensemble_children_run_concurrently(tmp_path: Path) -> None:
+    spec = nodes(
+        root={"kind": "ensemble", "children": ["s1", "s2", "s3"], "combiner": "mean"},
+        s1={"kind": "model", "model": "slow"}, s2={"kind": "model", "model": "slow"},
+        s3={"kind": "model", "model": "slow"},
+    )
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        started = time.perf_counter()
+        response = await graph_of(registry).infer(x([1.0, 3.0], sleep=0.1))
+        elapsed = time.perf_counter() - started
+        np.testing.assert_array_equal(response.outputs[0].data, [[1.0, 3.0]])
+        assert elapsed < 0.25, f"three 100 ms models took {elapsed:.3f} s"
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_switch_on_parameters_headers_and_values(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "switch", "cases": [
+        {"when": "parameters.mode == 'double'", "node": "double"},
+        {"when": "headers.\"x-beta\" == '1'", "node": "ident"},
+        {"when": "max(inputs.x[0]) > `100`", "node": "boom"},
+    ]})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+        assert (await graph.infer(x([1.0, 2.0], mode="double"))).parameters["routing"] == "root=double"
+        HEADERS.set([(b"x-beta", b"1")])
+        assert (await graph.infer(x([1.0, 2.0]))).parameters["routing"] == "root=ident"
+        HEADERS.set(None)
+        with pytest.raises(ModelFailure, match="node 'boom'"):
+            await graph.infer(x([1.0, 200.0]))
+        with pytest.raises(InvalidInput, match="no case of switch 'root' matched"):
+            await graph.infer(x([1.0, 2.0]))
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_switch_default(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "switch", "cases": [{"when": "parameters.a", "node": "double"}],
+                       "default": "ident"})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        assert (await graph_of(registry).infer(x([1.0, 2.0]))).parameters["routing"] == "root=ident"
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_splitter_weights_and_sticky_keys(tmp_path: Path) -> None:
+    spec = nodes(
+        root={"kind": "splitter", "branches": [{"node": "ident", "weight": 80},
+                                               {"node": "double", "weight": 20}]},
+        sticky={"kind": "splitter", "sticky": "parameters.user",
+                "branches": [{"node": "ident", "weight": 50}, {"node": "double", "weight": 50}]},
+    )
+    spec["root"] = "root"
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+        counts = Counter([(await graph.infer(x([1.0, 2.0]))).parameters["routing"] for _ in range(1000)])
+        assert 720 <= counts["root=ident"] <= 880, counts
+        sticky = graph.nodes["sticky"]
+        from shoal.graph.context import Call
+
+        for user in ("ann", "bob", "cid", "dee"):
+            seen = set()
+            for _ in range(5):
+                call = Call("g", "id")
+                await sticky.run(call, x([1.0, 2.0], user=user))
+                seen.add(call.routing["sticky"])
+            assert len(seen) == 1
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_bandit_routes_learns_from_feedback_and_can_be_pinned(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "bandit", "strategy": "epsilon_greedy", "epsilon": 0.0,
+                       "arms": ["ident", "double"], "seed": 1})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+        pinned = await graph.infer(x([1.0, 2.0], routing="root=double"))
+        assert pinned.parameters["routing"] == "root=double"
+        assert await graph.feedback(1.0, request_id=pinned.id) == {"root": "double"}
+        response = await graph.infer(x([1.0, 2.0], routing="root=ident"))
+        assert await graph.feedback(0.0, routing={"root": "ident"}) == {"root": "ident"}
+        # Greedy now: 'double' has mean 1, 'ident' mean 0.
+        assert (await graph.infer(x([1.0, 2.0]))).parameters["routing"] == "root=double"
+        state = graph.router_state()["root"]["arms"]
+        assert state["double"]["pulls"] == 1 and state["ident"]["pulls"] == 1
+        for bad, message in [
+            (lambda: graph.feedback(1.5, request_id=response.id), "between 0 and 1"),
+            (lambda: graph.feedback(float("nan"), request_id=response.id), "finite"),
+            (lambda: graph.feedback(1.0, routing={"nope": "ident"}), "no routing node 'nope'"),
+            (lambda: graph.feedback(1.0, routing={"root": "nope"}), "no branch 'nope'"),
+            (lambda: graph.feedback(1.0, request_id="unknown"), "no routing for request id"),
+            (lambda: graph.feedback(1.0), "needs the request's 'id' or the 'routing'"),
+            (lambda: graph.infer(x([1.0, 2.0], routing="root=zz")), "no branch 'zz'"),
+        ]:
+            with pytest.raises(InvalidInput, match=message):
+                await bad()
+        assert graph.router_state()["root"]["arms"] == state  # nothing changed
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_bandit_state_survives_a_reload(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "bandit", "strategy": "thompson", "arms": ["ident", "double"]})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        await graph_of(registry).feedback(1.0, routing={"root": "double"})
+        await repo.load("g")
+        assert graph_of(registry).router_state()["root"]["arms"]["double"]["pulls"] == 1
+        assert (tmp_path / ".state" / "g" / "root.json").is_file()
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_transformer_custom_combiner_and_custom_router(tmp_path: Path) -> None:
+    spec = nodes(
+        root={"kind": "sequence", "steps": ["prep", "pick"]},
+        prep={"kind": "transformer", "path": "plugins.py", "class": "AddOne"},
+        pick={"kind": "router", "path": "plugins.py", "class": "ByParameter", "arms": ["wrapped", "sum"]},
+        wrapped={"kind": "transformer", "path": "plugins.py", "class": "AddOne", "child": "ident"},
+        sum={"kind": "ensemble", "children": ["ident", "double"],
+             "combiner": {"path": "plugins.py", "class": "Sum"}},
+    )
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+        first = await graph.infer(x([1.0, 2.0]))
+        # prep adds one (no child: its request is its answer), wrapped adds one more.
+        np.testing.assert_array_equal(first.outputs[0].data, [[3.0, 4.0]])
+        assert first.outputs[0].parameters == {"post": True}
+        assert first.parameters["routing"] == "pick=wrapped"
+        second = await graph.infer(x([1.0, 2.0], arm="sum"))
+        assert second.outputs[0].name == "sum"
+        np.testing.assert_array_equal(second.outputs[0].data, [[6.0, 9.0]])  # 2,3 + 4,6
+        assert await graph.feedback(0.5, request_id=second.id, truth=[1]) == {"pick": "sum"}
+        plugin = graph.routers["pick"].plugin  # type: ignore[attr-defined]
+        assert plugin.rewards == [("sum", 0.5, [1])]
+        with pytest.raises(ModelFailure, match="route\\(\\) returned 7"):
+            await graph.infer(x([1.0, 2.0], arm=7))
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_requested_outputs_and_timeout(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "sequence", "steps": ["slow"]}, slow={"kind": "model", "model": "slow"})
+    spec["timeout"] = 0.05
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+        request = x([1.0, 2.0], sleep=0)
+        request.outputs = [RequestedOutput("nope")]
+        with pytest.raises(InvalidInput, match="graph 'g' has no output 'nope'"):
+            await graph.infer(request)
+        with pytest.raises(DeadlineExceeded):
+            await graph.infer(x([1.0, 2.0], sleep=0.3))
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_readiness_follows_the_models(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "sequence", "steps": ["double"]})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+        assert graph.ready
+        await repo.unload("double")
+        assert not graph.ready
+        with pytest.raises(Unavailable, match="node 'double': model 'double' is not served"):
+            registry.get("g")
+        await repo.load("double")
+        assert registry.get("g") is graph
+
+    run(repository(tmp_path, spec), scenario)
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        (nodes(root={"kind": "model", "model": "ghost"}), "node 'root': unknown model 'ghost'"),
+        (nodes(root={"kind": "model", "model": "g"}), "node 'root': a graph cannot call itself"),
+        (nodes(root={"kind": "model", "model": "other"}), "node 'root': 'other' is a graph"),
+        (nodes(root={"kind": "transformer", "path": "plugins.py", "class": "Nope"}),
+         "node 'root': plugins.py has no class 'Nope'"),
+        (nodes(root={"kind": "transformer", "path": "../x.py", "class": "Nope"}),
+         "node 'root': '../x.py' is outside the graph folder"),
+        (nodes(root={"kind": "bandit", "strategy": "thompson", "arms": ["ident"]}),
+         "node 'root': a bandit needs at least two arms"),
+    ],
+)
+def test_a_broken_graph_fails_alone(tmp_path: Path, spec: dict[str, Any], reason: str) -> None:
+    repository(tmp_path, spec)
+    write(tmp_path / "other" / "graph.yaml", yaml.safe_dump(nodes(root={"kind": "sequence", "steps": ["ident"]})))
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        rows = {row["name"]: row for row in repo.index()}
+        assert rows["g"]["state"] == "UNAVAILABLE" and reason in rows["g"]["reason"]
+        assert rows["double"]["state"] == "READY" and rows["other"]["state"] == "READY"
+        assert (await graph_of(registry, "other").infer(x([1.0, 2.0]))).outputs
+
+    run(tmp_path, scenario)
