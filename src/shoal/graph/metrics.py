@@ -30,7 +30,7 @@ class GraphMetrics:
         self.reward = Gauge(
             "shoal_graph_feedback_reward_sum",
             "Sum of the rewards received per routing node and branch.",
-            ["graph", "node", "branch"], registry=registry,
+            ["graph", "node", "branch"], registry=registry, multiprocess_mode="sum",
         )
 
     def node_observer(self, graph: str, node: str) -> Callable[[float], None]:
