@@ -132,6 +132,13 @@ def loop_tree(text: bytes) -> bytes:
     return text[:start] + b"0" + text[end:]
 
 
+def rename_field(text: bytes) -> bytes:
+    """Same length, so the layout checks pass; LightGBM's parser would abort the process."""
+    start = text.index(b"Tree=3\n")
+    at = text.index(b"leaf_value=", start)
+    return text[:at] + b"leaf_valuX=" + text[at + len(b"leaf_value="):]
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
@@ -141,6 +148,7 @@ def loop_tree(text: bytes) -> bytes:
         (cut_parameters, "no 'end of parameters'"),
         (shift_tree, "tree 2 is not where tree_sizes says"),
         (loop_tree, "tree 0 do not form a tree"),
+        (rename_field, r"LightGBM crashed \(SIGABRT\).*leaf_value"),
     ],
 )
 def test_corrupt_artifact_is_a_load_error(tmp_path: Path, binary, damage, reason) -> None:

@@ -1,0 +1,62 @@
+"""The throwaway-process check that XGBoost and LightGBM runtimes run before reading a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightgbm
+import numpy as np
+import pytest
+import xgboost
+
+from shoal.errors import LoadError
+from shoal.runtimes.native_check import check_native_read, library_path
+
+X = np.random.default_rng(0).normal(size=(50, 3))
+
+
+@pytest.fixture(scope="module")
+def xgboost_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("xgb") / "model.ubj"
+    xgboost.train({"max_depth": 2}, xgboost.DMatrix(X, X[:, 0]), 3).save_model(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lightgbm_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("lgb") / "model.txt"
+    lightgbm.train({"verbose": -1, "num_leaves": 4}, lightgbm.Dataset(X, X[:, 0]), 4).save_model(path)
+    return path
+
+
+def test_both_libraries_are_found() -> None:
+    assert Path(library_path(xgboost.core)).is_file()
+    assert Path(library_path(lightgbm.basic)).is_file()
+
+
+def test_valid_files_pass(xgboost_file: Path, lightgbm_file: Path) -> None:
+    check_native_read("xgboost", "XGBoost", library_path(xgboost.core), xgboost_file)
+    check_native_read("lightgbm", "LightGBM", library_path(lightgbm.basic), lightgbm_file)
+
+
+def test_an_ordinary_read_error_is_left_to_the_real_load(tmp_path: Path) -> None:
+    garbage = tmp_path / "model.json"
+    garbage.write_text("not a model")
+    check_native_read("xgboost", "XGBoost", library_path(xgboost.core), garbage)
+
+
+def test_a_crash_is_a_load_error(tmp_path: Path, lightgbm_file: Path) -> None:
+    text = lightgbm_file.read_bytes()
+    damaged = tmp_path / "model.txt"
+    damaged.write_bytes(text.replace(b"leaf_value=", b"leaf_valuX=", 1))
+    with pytest.raises(LoadError, match=r"LightGBM crashed \(SIGABRT\) reading model.txt"):
+        check_native_read("lightgbm", "LightGBM", library_path(lightgbm.basic), damaged)
+
+
+def test_a_read_that_does_not_finish_is_a_load_error(xgboost_file: Path) -> None:
+    with pytest.raises(LoadError, match="did not finish reading model.ubj within 0 s"):
+        check_native_read("xgboost", "XGBoost", library_path(xgboost.core), xgboost_file, timeout=0.001)
+
+
+def test_without_a_library_nothing_runs(tmp_path: Path) -> None:
+    check_native_read("xgboost", "XGBoost", None, tmp_path / "missing.json")
