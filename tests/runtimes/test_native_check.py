@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import catboost
 import lightgbm
 import numpy as np
 import pytest
 import xgboost
 
 from shoal.errors import LoadError
-from shoal.runtimes.native_check import check_native_read, library_path
+from shoal.runtimes.native_check import check_native_read, library_path, read_in_child, search_path
 
 X = np.random.default_rng(0).normal(size=(50, 3))
 
@@ -34,15 +35,36 @@ def test_both_libraries_are_found() -> None:
     assert Path(library_path(lightgbm.basic)).is_file()
 
 
-def test_valid_files_pass(xgboost_file: Path, lightgbm_file: Path) -> None:
-    check_native_read("xgboost", "XGBoost", library_path(xgboost.core), xgboost_file)
-    check_native_read("lightgbm", "LightGBM", library_path(lightgbm.basic), lightgbm_file)
+@pytest.fixture(scope="module")
+def catboost_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cb") / "model.cbm"
+    catboost.CatBoostRegressor(iterations=3, depth=2, verbose=False).fit(X, X[:, 0]).save_model(str(path))
+    return path
 
 
-def test_an_ordinary_read_error_is_left_to_the_real_load(tmp_path: Path) -> None:
-    garbage = tmp_path / "model.json"
-    garbage.write_text("not a model")
-    check_native_read("xgboost", "XGBoost", library_path(xgboost.core), garbage)
+def where(framework: str) -> str:
+    if framework == "catboost":
+        return search_path()
+    return library_path({"xgboost": xgboost.core, "lightgbm": lightgbm.basic}[framework])
+
+
+@pytest.mark.parametrize("framework", ["xgboost", "lightgbm", "catboost"])
+def test_the_child_reads_and_predicts(framework: str, request: pytest.FixtureRequest) -> None:
+    artifact = request.getfixturevalue(f"{framework}_file")
+    done = read_in_child(framework, where(framework), artifact, timeout=60)
+    assert done.returncode == 0, done.stderr
+    check_native_read(framework, framework, where(framework), artifact)
+
+
+@pytest.mark.parametrize(
+    ("framework", "name"), [("xgboost", "model.json"), ("lightgbm", "model.txt"), ("catboost", "model.cbm")]
+)
+def test_an_ordinary_read_error_is_left_to_the_real_load(framework: str, name: str, tmp_path: Path) -> None:
+    garbage = tmp_path / name
+    garbage.write_text("tree\nnot a model")
+    done = read_in_child(framework, where(framework), garbage, timeout=60)
+    assert done.returncode == 3 and done.stderr.strip(), done.stderr
+    check_native_read(framework, framework, where(framework), garbage)
 
 
 def test_a_crash_is_a_load_error(tmp_path: Path, lightgbm_file: Path) -> None:

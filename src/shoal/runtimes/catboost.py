@@ -28,6 +28,7 @@ from catboost.core import is_classification_objective
 from ..errors import LoadError
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
+from .native_check import check_native_read, search_path
 from .outputs import chosen_outputs, default_outputs, find_artifact
 from .tabular import features
 
@@ -42,8 +43,9 @@ class CatBoostModel(Model):
     def load(self) -> None:
         artifact = find_artifact(self.path, ARTIFACTS, "CatBoost")
         self.options = self._predict_options()
+        check_native_read("catboost", "CatBoost", search_path(), artifact)
         self.model = catboost.CatBoost()
-        try:  # CatBoost verifies the file's structure (flatbuffers) and raises on damage
+        try:
             self.model.load_model(str(artifact))
             loss = str(self.model.get_all_params().get("loss_function", ""))
         except Exception as exc:

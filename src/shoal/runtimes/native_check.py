@@ -1,16 +1,18 @@
 """Let a throwaway process read a model file before the server does.
 
-XGBoost's UBJSON reader and LightGBM's text reader do not always raise on a damaged file: a
-truncated or corrupted one can kill the whole process (SIGSEGV, or std::terminate from a
-parse error inside an OpenMP loop) or loop forever, taking every other model down with it.
-So the XGBoost and LightGBM runtimes first have :mod:`native_check_child` read the file (and
-predict one row) through the framework's C library in a child process: about 40 ms, no
-Python package import. A child killed by a signal, or one that does not finish, becomes a
-``LoadError`` with the reason; anything else leaves the real load to report its own errors.
+XGBoost's, LightGBM's and CatBoost's readers do not always raise on a damaged file: a corrupted
+one can kill the whole process (SIGSEGV, or std::terminate from a parse error inside an OpenMP
+loop) or make it spin forever, taking every other model down with it. The runtimes check what
+they can in Python first (:mod:`ubjson`, :mod:`lightgbm_text`); then :mod:`native_check_child`
+reads the file and predicts one row in a child process (about 30 ms through the C library for
+XGBoost and LightGBM, about 0.4 s for CatBoost, which has to import its Python package). A child
+killed by a signal, or one that does not finish, becomes a ``LoadError`` with the reason;
+anything else leaves the real load to report its own errors.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -31,24 +33,38 @@ def library_path(module: ModuleType) -> str | None:
     return getattr(getattr(module, "_LIB", None), "_name", None)
 
 
-def check_native_read(
-    framework: str, label: str, library: str | None, artifact: Path, timeout: float | None = None
-) -> None:
-    """Raise LoadError if reading ``artifact`` crashes or hangs ``framework``'s library.
+def search_path() -> str:
+    """This process's module search path, for a child that imports the framework's package."""
+    return os.pathsep.join(sys.path)
 
-    Without a library path or a Python executable to start (an embedded interpreter) there is
-    nothing to run the check with, and the file is read in-process as before.
+
+def read_in_child(
+    framework: str, where: str, artifact: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run the child; its return code is 0 (read fine), 3 (an ordinary error) or -signal."""
+    command = [sys.executable, "-I", "-S", str(CHILD), framework, where, str(artifact)]
+    return subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+        timeout=timeout,
+    )
+
+
+def check_native_read(
+    framework: str, label: str, where: str | None, artifact: Path, timeout: float | None = None
+) -> None:
+    """Raise LoadError if reading ``artifact`` crashes or hangs ``framework``.
+
+    ``where`` is the framework's shared library (:func:`library_path`) or, for CatBoost, the
+    module search path (:func:`search_path`). Without it, or without a Python executable to
+    start (an embedded interpreter), there is nothing to run the check with, and the file is
+    read in-process only.
     """
-    if not library or not sys.executable:
+    if not where or not sys.executable:
         return
     if timeout is None:
         timeout = BASE_TIMEOUT + artifact.stat().st_size * SECONDS_PER_BYTE
-    command = [sys.executable, "-I", "-S", str(CHILD), framework, library, str(artifact)]
     try:
-        done = subprocess.run(
-            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-            timeout=timeout,
-        )
+        done = read_in_child(framework, where, artifact, timeout)
     except subprocess.TimeoutExpired:
         raise LoadError(
             f"{label} did not finish reading {artifact.name} within {timeout:.0f} s (checked in a "

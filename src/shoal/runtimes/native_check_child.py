@@ -1,17 +1,26 @@
 """Run by :mod:`shoal.runtimes.native_check` in a throwaway process: read one model file with
-the framework's C library and predict one row of zeros.
+the framework and predict one row of zeros.
 
-Standard library only: it runs as ``python -I -S native_check_child.py FRAMEWORK LIBRARY FILE``,
-so it starts in about 30 ms instead of importing the framework's Python package (and pandas,
-scikit-learn...). An error the library reports is printed and ends the process normally: the
-server's own load reports it too. What the parent looks for is a death by a signal or a hang.
+It runs as ``python -I -S native_check_child.py FRAMEWORK WHERE FILE``. For XGBoost and
+LightGBM, WHERE is the framework's shared library, called through ctypes with the standard
+library only, so the check starts in about 30 ms instead of importing the framework's Python
+package (and pandas, scikit-learn...). CatBoost has no C library in its wheel: WHERE is the
+server's module search path, and the check imports catboost (about 0.4 s).
+
+Exit status 0: read and predicted. 3: the framework reported an error (printed on stderr), which
+the server's own load reports too. What the parent looks for is a death by a signal or a hang.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import os
 import sys
+
+
+#: Exit status when the framework raised an error instead of crashing.
+ORDINARY_FAILURE = 3
 
 
 def read_lightgbm(lib: ctypes.CDLL, path: str) -> None:
@@ -58,11 +67,28 @@ def read_xgboost(lib: ctypes.CDLL, path: str) -> None:
         raise RuntimeError(lib.XGBGetLastError())
 
 
-READERS = {"lightgbm": read_lightgbm, "xgboost": read_xgboost}
+def read_catboost(search_path: str, path: str) -> None:
+    sys.path[:0] = search_path.split(os.pathsep)
+    import catboost
+    import numpy
+
+    model = catboost.CatBoost()
+    model.load_model(path)
+    shape = (1, len(model.feature_names_))
+    if model.get_cat_feature_indices() or model.get_text_feature_indices():
+        row = numpy.full(shape, "0", dtype=object)
+    else:
+        row = numpy.zeros(shape, dtype=numpy.float32)
+    model.predict(row, thread_count=1)
+
 
 if __name__ == "__main__":
-    framework, library, artifact = sys.argv[1:4]
+    framework, where, artifact = sys.argv[1:4]
     try:
-        READERS[framework](ctypes.CDLL(library), artifact)
+        if framework == "catboost":
+            read_catboost(where, artifact)
+        else:
+            {"lightgbm": read_lightgbm, "xgboost": read_xgboost}[framework](ctypes.CDLL(where), artifact)
     except Exception as exc:  # an ordinary failure: the server's own load reports it
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(ORDINARY_FAILURE)
