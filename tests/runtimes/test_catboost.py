@@ -42,7 +42,7 @@ def run(model: CatBoostModel, rows: np.ndarray, *outputs: str) -> dict[str, np.n
 
 @pytest.fixture(scope="module")
 def classifier() -> catboost.CatBoostClassifier:
-    return catboost.CatBoostClassifier(iterations=10, depth=3, verbose=False).fit(X, MULTI_Y)
+    return catboost.CatBoostClassifier(iterations=10, depth=3, verbose=False, allow_writing_files=False).fit(X, MULTI_Y)
 
 
 def test_classifier_outputs_match_catboost(tmp_path: Path, classifier) -> None:
@@ -62,7 +62,7 @@ def test_classifier_outputs_match_catboost(tmp_path: Path, classifier) -> None:
 
 def test_string_labels_come_back_as_bytes(tmp_path: Path) -> None:
     labels = np.where(X[:, 0] > 0, "yes", "no")
-    estimator = catboost.CatBoostClassifier(iterations=5, depth=2, verbose=False).fit(X, labels)
+    estimator = catboost.CatBoostClassifier(iterations=5, depth=2, verbose=False, allow_writing_files=False).fit(X, labels)
     model = loaded(save(tmp_path, estimator), method=["predict", "predict_proba"])
     assert {s.name: s.datatype for s in model.outputs}["predict"] == "BYTES"
     out = run(model, X[:5])
@@ -71,7 +71,7 @@ def test_string_labels_come_back_as_bytes(tmp_path: Path) -> None:
 
 
 def test_regressor(tmp_path: Path) -> None:
-    estimator = catboost.CatBoostRegressor(iterations=10, depth=3, verbose=False).fit(X, X[:, 0] * 2)
+    estimator = catboost.CatBoostRegressor(iterations=10, depth=3, verbose=False, allow_writing_files=False).fit(X, X[:, 0] * 2)
     folder = save(tmp_path, estimator)
     model = create_model("m", "1", folder, folder, ModelConfig())
     assert isinstance(model, CatBoostModel)
@@ -89,7 +89,7 @@ def test_categorical_features_take_a_bytes_matrix(tmp_path: Path) -> None:
     table = np.empty((len(X), 3), dtype=object)
     table[:, :2], table[:, 2] = X[:, :2], colour
     y = ((X[:, 0] > 0) ^ (colour == "red")).astype(int)
-    estimator = catboost.CatBoostClassifier(iterations=10, depth=3, verbose=False, cat_features=[2])
+    estimator = catboost.CatBoostClassifier(iterations=10, depth=3, verbose=False, allow_writing_files=False, cat_features=[2])
     model = loaded(save(tmp_path, estimator.fit(table, y)))
     assert model.inputs[0].datatype == "BYTES" and model.inputs[0].shape == (-1, 3)
     cells = np.array([[str(v).encode() for v in row] for row in table[:5]], dtype=object)

@@ -1,4 +1,4 @@
-"""The throwaway-process check that XGBoost and LightGBM runtimes run before reading a file."""
+"""The throwaway-process check the tree runtimes run before reading a model file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ import pytest
 import xgboost
 
 from shoal.errors import LoadError
-from shoal.runtimes.native_check import check_native_read, library_path, read_in_child, search_path
+from shoal.runtimes.native_check import (
+    check_native_read,
+    library_path,
+    read_in_child,
+    search_path,
+)
 
 X = np.random.default_rng(0).normal(size=(50, 3))
 
@@ -38,7 +43,7 @@ def test_both_libraries_are_found() -> None:
 @pytest.fixture(scope="module")
 def catboost_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cb") / "model.cbm"
-    catboost.CatBoostRegressor(iterations=3, depth=2, verbose=False).fit(X, X[:, 0]).save_model(str(path))
+    catboost.CatBoostRegressor(iterations=3, depth=2, verbose=False, allow_writing_files=False).fit(X, X[:, 0]).save_model(str(path))
     return path
 
 

@@ -25,9 +25,9 @@ import numpy as np
 from ..errors import LoadError
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
+from .lightgbm_text import check_model_text
 from .native_check import check_native_read, library_path
 from .outputs import chosen_outputs, default_outputs, find_artifact
-from .lightgbm_text import check_model_text
 from .tabular import features
 
 ARTIFACTS = ("model.txt", "model.bst")

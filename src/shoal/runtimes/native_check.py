@@ -44,8 +44,8 @@ def read_in_child(
     """Run the child; its return code is 0 (read fine), 3 (an ordinary error) or -signal."""
     command = [sys.executable, "-I", "-S", str(CHILD), framework, where, str(artifact)]
     return subprocess.run(
-        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-        timeout=timeout,
+        command, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        errors="replace", timeout=timeout,
     )
 
 

@@ -18,7 +18,6 @@ import json
 import os
 import sys
 
-
 #: Exit status when the framework raised an error instead of crashing.
 ORDINARY_FAILURE = 3
 
@@ -88,7 +87,8 @@ if __name__ == "__main__":
         if framework == "catboost":
             read_catboost(where, artifact)
         else:
-            {"lightgbm": read_lightgbm, "xgboost": read_xgboost}[framework](ctypes.CDLL(where), artifact)
-    except Exception as exc:  # an ordinary failure: the server's own load reports it
+            reader = {"lightgbm": read_lightgbm, "xgboost": read_xgboost}[framework]
+            reader(ctypes.CDLL(where), artifact)
+    except Exception as exc:  # noqa: BLE001 - an ordinary failure: the server's load reports it
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(ORDINARY_FAILURE)

@@ -22,8 +22,8 @@ import json
 import re
 import threading
 import warnings
-from contextlib import nullcontext
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import numpy as np
 import xgboost
@@ -73,7 +73,7 @@ class XGBoostModel(Model):
         self.targets = int(model_param.get("num_target", 1))
         booster_kind = learner["gradient_booster"]["name"]
         # inplace_predict is lock-free for tree boosters only (XGBoost's documentation).
-        self._lock: ContextManager[Any] = (
+        self._lock: AbstractContextManager[Any] = (
             nullcontext() if booster_kind in ("gbtree", "dart") else threading.Lock()
         )
         n_features = self.booster.num_features()
@@ -137,15 +137,11 @@ class XGBoostModel(Model):
             results["predict"] = self._run(matrix, "value").astype(np.int64)
             return results
         proba = self._probabilities(matrix, results.get("predict_raw"))
-        if proba.ndim == 1:
-            results["predict"] = (proba > 0.5).astype(np.int64)
-            results["predict_proba"] = np.column_stack((1 - proba, proba))
-        elif self.objective in BINARY:  # multi-label: one probability per target
-            results["predict"] = (proba > 0.5).astype(np.int64)
-            results["predict_proba"] = proba
-        else:
-            results["predict"] = np.argmax(proba, axis=1).astype(np.int64)
-            results["predict_proba"] = proba
+        if "predict" in names:  # multi-label (binary objective, several targets): one per target
+            chosen = proba > 0.5 if self.objective in BINARY else np.argmax(proba, axis=1)
+            results["predict"] = chosen.astype(np.int64)
+        if "predict_proba" in names:
+            results["predict_proba"] = np.column_stack((1 - proba, proba)) if proba.ndim == 1 else proba
         return results
 
     def _probabilities(self, matrix: np.ndarray, margin: np.ndarray | None) -> np.ndarray:
