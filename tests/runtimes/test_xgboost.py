@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xgboost
 
-from shoal import InferenceRequest, RequestedOutput, Tensor
+from shoal import InferenceRequest, RequestedOutput, Tensor, TensorSpec
 from shoal.errors import InvalidInput, LoadError
 from shoal.repository.config import ModelConfig
 from shoal.runtimes import create_model
@@ -126,8 +126,11 @@ def test_endpoint_checks_shape_and_datatype(tmp_path: Path, classifier) -> None:
 
 
 def test_several_declared_inputs_are_stacked_as_columns(tmp_path: Path, classifier) -> None:
+    """model.yaml may declare the features as several inputs: they are stacked in that order."""
     model = loaded(save(tmp_path, classifier, "model.json"))
-    request = InferenceRequest([Tensor.from_numpy("a", X[:3, :2]), Tensor.from_numpy("b", X[:3, 2:])])
+    model.inputs = [TensorSpec("a", "FP32", (-1, 2)), TensorSpec("b", "FP32", (-1, 4))]
+    tensors = [Tensor.from_numpy("b", X[:3, 2:]), Tensor.from_numpy("a", X[:3, :2])]
+    request = InferenceRequest(conform_inputs(tensors, model.inputs, "m"))
     np.testing.assert_array_equal(model.predict(request)[0].data, classifier.predict(X[:3]))
 
 

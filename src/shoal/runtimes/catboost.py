@@ -85,7 +85,7 @@ class CatBoostModel(Model):
 
     def predict(self, request: InferenceRequest) -> list[Tensor]:
         names = chosen_outputs(request, self.default_outputs, self.offered, self.name)
-        matrix = features(request)
+        matrix = features(request, self.inputs)
         return [Tensor.from_numpy(name, self._run(name, matrix)) for name in names]
 
     def _run(self, name: str, matrix: np.ndarray) -> np.ndarray:

@@ -122,7 +122,7 @@ class XGBoostModel(Model):
 
     def predict(self, request: InferenceRequest) -> list[Tensor]:
         names = chosen_outputs(request, self.default_outputs, self.offered, self.name)
-        results = self._compute(names, features(request))
+        results = self._compute(names, features(request, self.inputs))
         return [Tensor.from_numpy(name, results[name]) for name in names]
 
     def _compute(self, names: list[str], matrix: np.ndarray) -> dict[str, np.ndarray]:
