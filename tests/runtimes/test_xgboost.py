@@ -151,6 +151,13 @@ def test_corrupt_artifact_is_a_load_error(tmp_path: Path, classifier, artifact, 
         loaded(folder)
 
 
+def test_a_lightgbm_model_bst_says_which_runtime_to_name(tmp_path: Path) -> None:
+    (tmp_path / "model.bst").write_text("tree\nversion=v4\nnum_class=1\n")
+    model = create_model("m", "1", tmp_path, tmp_path, ModelConfig())
+    with pytest.raises(LoadError, match="LightGBM model.*runtime: lightgbm"):
+        model.load()
+
+
 def test_gpu_asked_for_but_unavailable_is_a_load_error(tmp_path: Path, classifier) -> None:
     """CI has no GPU: XGBoost would quietly predict on the CPU, Shoal refuses instead."""
     if xgboost.build_info().get("USE_CUDA"):

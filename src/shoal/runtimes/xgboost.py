@@ -53,6 +53,11 @@ class XGBoostModel(Model):
     def load(self) -> None:
         artifact = find_artifact(self.path, ARTIFACTS, "XGBoost")
         data = artifact.read_bytes()
+        if data.startswith(b"tree\n"):
+            raise LoadError(
+                f"{artifact.name} is a LightGBM model, not an XGBoost one: add 'runtime: lightgbm' "
+                "to model.yaml"
+            )
         if artifact.suffix != ".json" and data[:1] == b"{":
             try:
                 check_ubjson(data)
