@@ -268,6 +268,25 @@ def test_metrics_have_node_latency_and_routes(client: httpx.Client) -> None:
     assert 'shoal_requests_total{model="kinds",outcome="success",protocol="v2-rest",version="1"}' in text
 
 
+def test_triton_config_and_statistics_cover_graphs(
+    client: httpx.Client, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    before = client.get("/v2/models/kinds/stats").json()["model_stats"][0]
+    assert client.post("/v2/models/kinds/infer", json=x_body([[1, 2]], route="ensemble")).status_code == 200
+    wrong = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 3], "data": [1, 2, 3]}]}
+    assert client.post("/v2/models/kinds/infer", json=wrong).status_code == 400  # in the graph
+    every = client.get("/v2/models/stats")  # every model, graphs included
+    assert every.status_code == 200, every.text
+    stats = {s["name"]: s["inference_stats"] for s in every.json()["model_stats"]}
+    assert stats["kinds"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
+    assert stats["kinds"]["fail"]["count"] == before["inference_stats"]["fail"]["count"] + 1
+    config = client.get("/v2/models/kinds/config")
+    assert config.status_code == 200, config.text
+    assert config.json()["platform"] == "graph" and config.json()["max_batch_size"] == 0
+    answer = stub.ModelStatistics(pb.ModelStatisticsRequest(name="kinds"))
+    assert answer.model_stats[0].inference_stats.success.count >= 1
+
+
 def test_state_survives_restart_is_shared_and_logs_the_path(repo: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     first = ShoalProcess(repo, "--state-dir", str(state), "--log-level", "debug")
