@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from shoal.errors import LoadError
+from shoal.errors import LoadError, Unavailable
 from shoal.graph.state import BanditStore
 
 ARMS = ["a", "b"]
@@ -52,6 +53,40 @@ def test_a_damaged_file_does_not_stop_the_router(tmp_path: Path) -> None:
     assert store.counts()[0].sum() == 0
     store.update(1, 1.0)
     assert json.loads(path.read_text())["arms"]["b"]["pulls"] == 1.0
+
+
+@pytest.mark.parametrize("damage", ['{"arms": []}', '{"arms": {"a": {"pulls": "x"}}}', "[1]"])
+def test_a_file_of_the_wrong_shape_is_damaged_not_fatal(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "router.json"
+    path.write_text(damage)
+    store = BanditStore(ARMS, path)
+    assert store.counts()[0].sum() == 0
+    store.update(0, 1.0)
+    assert json.loads(path.read_text())["arms"]["a"]["pulls"] == 1.0
+
+
+def test_a_state_dir_that_goes_away_keeps_routing_and_refuses_feedback(tmp_path: Path) -> None:
+    folder = tmp_path / "g"
+    store = BanditStore(ARMS, folder / "router.json", refresh=0.0)
+    store.update(0, 1.0)
+    shutil.rmtree(folder)
+    folder.write_text("")  # every file operation under g/ now fails (even as root)
+    assert store.counts()[0].tolist() == [1.0, 0.0]  # routing goes on with what it has
+    with pytest.raises(Unavailable, match="cannot save bandit state .* the reward was not recorded"):
+        store.update(1, 1.0)
+    assert store.snapshot()["b"]["pulls"] == 0.0
+
+
+def test_a_failed_write_changes_nothing_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "router.json"
+    store = BanditStore(ARMS, path)
+    store.update(0, 1.0)
+    path.unlink()
+    (path / "blocker").mkdir(parents=True)  # the rename over a non-empty directory fails
+    with pytest.raises(Unavailable):
+        store.update(0, 1.0)
+    assert store.snapshot()["a"]["pulls"] == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["router.json", "router.json.lock"]
 
 
 def test_an_unwritable_state_dir_fails_the_load(tmp_path: Path) -> None:

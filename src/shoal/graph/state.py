@@ -15,6 +15,7 @@ Locks are advisory and need a local file system (or one with working ``flock``, 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from ..errors import LoadError
+from ..errors import LoadError, Unavailable
 
 Signature = tuple[int, int, int]
 
@@ -70,16 +71,28 @@ class BanditStore:
         return self._pulls, self._rewards
 
     def update(self, arm: int, reward: float) -> None:
-        """Add one reward to an arm. Blocking (file I/O): run it off the event loop."""
+        """Add one reward to an arm. Blocking (file I/O): run it off the event loop.
+
+        A state file that cannot be written is a 503 and records nothing, in memory or on
+        disk: the client may send the feedback again.
+        """
         with self._lock:
             if self.path is None:
-                self._apply(self._pulls.copy(), self._rewards.copy(), arm, reward)
+                self._pulls, self._rewards = self._added(arm, reward)
                 return
-            with open(self._lock_path, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-                self._read()
-                self._apply(self._pulls.copy(), self._rewards.copy(), arm, reward)
-                self._write()
+            try:
+                with open(self._lock_path, "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                    self._read()
+                    pulls, rewards = self._added(arm, reward)
+                    self._write(pulls, rewards)
+            except OSError as exc:
+                raise Unavailable(
+                    f"cannot save bandit state to {self.path}: {exc.strerror or exc}; "
+                    "the reward was not recorded"
+                ) from None
+            # Whole arrays swapped: a reader on another thread sees the old pair or the new one.
+            self._pulls, self._rewards = pulls, rewards
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         pulls, rewards = self.counts()
@@ -88,50 +101,65 @@ class BanditStore:
             for arm, n, s in zip(self.arms, pulls, rewards)
         }
 
-    def _apply(self, pulls: np.ndarray, rewards: np.ndarray, arm: int, reward: float) -> None:
+    def _added(self, arm: int, reward: float) -> tuple[np.ndarray, np.ndarray]:
+        pulls, rewards = self._pulls.copy(), self._rewards.copy()
         pulls[arm] += 1.0
         rewards[arm] += reward
-        # Swap whole arrays: a reader on another thread sees the old pair or the new one.
-        self._pulls, self._rewards = pulls, rewards
+        return pulls, rewards
 
     def _read(self) -> None:
         assert self.path is not None
         try:
             signature = _signature(self.path)
             data = orjson.loads(self.path.read_bytes())
+            pulls, rewards = self._parse(data)
         except FileNotFoundError:
             self._signature = None
             return
-        except (OSError, orjson.JSONDecodeError):
-            return  # a damaged file is replaced by the next update; keep what we have
-        arms = data.get("arms", {}) if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return  # unreadable or damaged: the next update replaces it; keep what we have
+        self._pulls, self._rewards = pulls, rewards
+        self._signature = signature
+
+    def _parse(self, data: object) -> tuple[np.ndarray, np.ndarray]:
+        """Counts by arm name (arms added since have none); ValueError for a damaged file."""
+        arms = data.get("arms") if isinstance(data, dict) else None
+        if not isinstance(arms, dict):
+            raise ValueError("no 'arms' object")
         pulls = np.zeros(len(self.arms))
         rewards = np.zeros(len(self.arms))
         for index, arm in enumerate(self.arms):
             entry = arms.get(arm)
             if isinstance(entry, dict):
-                pulls[index] = float(entry.get("pulls", 0.0))
-                rewards[index] = float(entry.get("reward", 0.0))
-        self._pulls, self._rewards = pulls, rewards
-        self._signature = signature
+                try:
+                    pulls[index] = float(entry.get("pulls", 0.0))
+                    rewards[index] = float(entry.get("reward", 0.0))
+                except TypeError:
+                    raise ValueError(f"arm {arm!r} has non-numeric counts") from None
+        return pulls, rewards
 
-    def _write(self) -> None:
+    def _write(self, pulls: np.ndarray, rewards: np.ndarray) -> None:
         assert self.path is not None
         body = orjson.dumps({
             "arms": {
                 arm: {"pulls": float(n), "reward": float(s)}
-                for arm, n, s in zip(self.arms, self._pulls, self._rewards)
+                for arm, n, s in zip(self.arms, pulls, rewards)
             }
         })
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
-        temporary.write_bytes(body)
-        os.replace(temporary, self.path)
+        try:
+            temporary.write_bytes(body)
+            os.replace(temporary, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
         self._signature = _signature(self.path)
 
 
 def _signature(path: Path) -> Signature | None:
     try:
         stat = path.stat()
-    except FileNotFoundError:
+    except OSError:  # missing, or unreadable for now: routing goes on with the counts it has
         return None
     return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
