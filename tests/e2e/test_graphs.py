@@ -243,6 +243,22 @@ def test_feedback_changes_router_state(client: httpx.Client) -> None:
     assert pulls()[arm] == before[arm] + 2
 
 
+def test_feedback_is_taken_while_a_model_of_the_graph_is_down(client: httpx.Client) -> None:
+    assert client.post("/v2/repository/models/identity/unload").status_code == 200
+    try:
+        down = client.post("/v2/models/kinds/infer", json=x_body([[1, 2]]))
+        assert down.status_code == 503 and "node 'identity'" in down.json()["error"]
+        reply = client.post("/v2/models/kinds/feedback", json={"routing": "bandit=double", "reward": 1})
+        assert reply.status_code == 200, reply.text
+        assert client.get("/v2/models/kinds/routers").status_code == 200
+        seldon = client.post("/seldon/ns/kinds/api/v1.0/feedback",
+                             json={"response": {"meta": {"routing": {"bandit": 1}}}, "reward": 1})
+        assert seldon.status_code == 200, seldon.text
+    finally:
+        assert client.post("/v2/repository/models/identity/load").status_code == 200
+    assert client.post("/v2/models/kinds/infer", json=x_body([[1, 2]])).status_code == 200
+
+
 def test_validation_failures_name_the_node_and_others_keep_serving(client: httpx.Client) -> None:
     rows = {r["name"]: r for r in client.post("/v2/repository/index", json={}).json()}
     expected = {
