@@ -62,7 +62,13 @@ def x_body(rows: list[list[float]], **parameters: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShoalProcess]:
     """Another server: the 'other container' that remote nodes call."""
-    process = ShoalProcess(models(tmp_path_factory.mktemp("backend")))
+    root = models(tmp_path_factory.mktemp("backend"))
+    graph(root, "ab", {"nodes": {
+        "root": {"kind": "bandit", "strategy": "thompson", "arms": ["old", "new"]},
+        "old": {"kind": "model", "model": "iris", "version": "1"},
+        "new": {"kind": "model", "model": "iris", "version": "2"},
+    }})
+    process = ShoalProcess(root)
     try:
         process.wait_ready()
         yield process
@@ -109,6 +115,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory, backend: ShoalProcess) -> Pat
         "grpc": {"kind": "remote", "url": backend.grpc_target, "protocol": "v2-grpc", "model": "iris"},
         "v1": {"kind": "remote", "url": backend.url, "protocol": "v1", "model": "iris"},
         "local": {"kind": "model", "model": "iris", "version": "1"},
+    }})
+    far = {"url": backend.url, "model": "ab"}
+    graph(root, "relay", {"nodes": {
+        "root": {"kind": "splitter", "branches": [{"node": "both", "weight": 100}]},
+        "both": {"kind": "ensemble", "children": ["rest", "grpc"], "combiner": "collect"},
+        "rest": {"kind": "remote", **far},
+        "grpc": {"kind": "remote", **far, "url": backend.grpc_target, "protocol": "v2-grpc"},
     }})
     graph(root, "unreachable", {"nodes": {
         "root": {"kind": "remote", "url": "http://127.0.0.1:9", "model": "iris", "timeout": 2},
@@ -201,7 +214,19 @@ def test_remote_nodes_over_every_protocol(client: httpx.Client) -> None:
     assert outputs["rest.predict"] == outputs["grpc.predict"] == outputs["v1.output-0"] == [0, 0, 0]
     unreachable = client.post("/v2/models/unreachable/infer", json=body)
     assert unreachable.status_code == 503
-    assert "node 'root': remote http://127.0.0.1:9 is unreachable" in unreachable.json()["error"]
+    assert "node 'root': remote model 'iris' at http://127.0.0.1:9 is unreachable" in unreachable.json()["error"]
+
+
+def test_routing_stays_in_its_graph(client: httpx.Client) -> None:
+    """This graph's pinned routes are not sent to a remote graph (which would refuse nodes it
+    does not have), and the remote graph's routing does not become this graph's."""
+    rows = load_iris().data[:2].tolist()
+    body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [2, 4], "data": rows}],
+            "parameters": {"routing": "root=both"}}
+    reply = client.post("/v2/models/relay/infer", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["parameters"] == {"routing": "root=both"}
+    assert {o["name"] for o in reply.json()["outputs"]} == {"rest.predict", "grpc.predict"}
 
 
 def test_ensemble_children_run_concurrently(client: httpx.Client) -> None:

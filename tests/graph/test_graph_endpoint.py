@@ -4,6 +4,8 @@ every node kind, feedback, readiness and load failures."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import textwrap
 import time
 from collections import Counter
@@ -376,6 +378,10 @@ def test_readiness_follows_the_models(tmp_path: Path) -> None:
          "node 'root': '../x.py' is outside the graph folder"),
         (nodes(root={"kind": "bandit", "strategy": "thompson", "arms": ["ident"]}),
          "node 'root': a bandit needs at least two arms"),
+        (nodes(root={"kind": "remote", "url": "ftp://host", "model": "m"}),
+         "node 'root': url 'ftp://host': use http://"),
+        (nodes(root={"kind": "remote", "url": "http://host:1/x", "model": "m", "protocol": "v2-grpc"}),
+         "node 'root': url 'http://host:1/x' is http"),
     ],
 )
 def test_a_broken_graph_fails_alone(tmp_path: Path, spec: dict[str, Any], reason: str) -> None:
@@ -389,3 +395,26 @@ def test_a_broken_graph_fails_alone(tmp_path: Path, spec: dict[str, Any], reason
         assert (await graph_of(registry, "other").infer(x([1.0, 2.0]))).outputs
 
     run(tmp_path, scenario)
+
+
+def test_a_remote_node_without_aiohttp_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if the triton extra were missing
+    monkeypatch.delitem(sys.modules, "shoal.graph.nodes.remote", raising=False)
+    spec = nodes(root={"kind": "remote", "url": "http://127.0.0.1:9", "model": "m"})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        row = {r["name"]: r for r in repo.index()}["g"]
+        assert row["state"] == "UNAVAILABLE"
+        assert "node 'root': remote nodes need aiohttp: pip install 'shoal[triton]'" in row["reason"]
+        assert registry.get("double").ready
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_the_server_needs_no_http_client_library() -> None:
+    """httpx and aiohttp are optional (tests, the triton extra): importing the server and
+    the graph package must not need them."""
+    code = ("import sys; sys.modules['httpx'] = sys.modules['aiohttp'] = None; "
+            "import shoal.server.app, shoal.graph.build")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
