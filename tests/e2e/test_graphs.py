@@ -19,6 +19,7 @@ from sklearn.datasets import load_iris
 
 from shoal.protocol.grpc_gen import grpc_service_pb2 as pb
 from shoal.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+from shoal.protocol.tfs_gen import predict_pb2, prediction_service_pb2_grpc, types_pb2
 
 from .models import IDENTITY, SLOW, custom, sklearn_iris, write
 from .process import ShoalProcess
@@ -199,9 +200,35 @@ def test_graph_over_v1_and_grpc(client: httpx.Client, stub: pb_grpc.GRPCInferenc
     response = stub.ModelInfer(request, metadata=(("x-route", "bandit"),))
     assert response.id == "grpc-1" and response.model_name == "kinds"
     assert response.parameters["routing"].string_param.startswith("gate=bandit,bandit=")
+    streamed = list(stub.ModelStreamInfer(iter([request]), metadata=(("x-route", "bandit"),)))
+    assert not streamed[0].error_message
+    assert streamed[0].infer_response.parameters["routing"].string_param.startswith("gate=bandit,")
     assert stub.ModelReady(pb.ModelReadyRequest(name="kinds")).ready
     meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="kinds"))
     assert meta.platform == "graph" and meta.versions == ["1"]
+
+
+def test_graph_over_tf_serving_grpc_reads_metadata(server: ShoalProcess) -> None:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "kinds"
+    tensor = request.inputs["x"]
+    tensor.dtype = types_pb2.DT_DOUBLE
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.tensor_shape.dim.add(size=2)
+    tensor.double_val.extend([1.0, 2.0])
+    before = _routed(server, "gate", "bandit")
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        answer = stub.Predict(request, metadata=(("x-route", "bandit"),), timeout=10)
+    (output,) = answer.outputs.values()
+    assert np.frombuffer(output.tensor_content).tolist() in ([2.0, 4.0], [4.0, 8.0])
+    assert _routed(server, "gate", "bandit") == before + 1  # the switch read the metadata
+
+
+def _routed(server: ShoalProcess, node: str, branch: str) -> float:
+    prefix = f'shoal_graph_routes_total{{branch="{branch}",graph="kinds",node="{node}"}} '
+    lines = httpx.get(f"{server.url}/metrics").text.splitlines()
+    return next((float(line[len(prefix):]) for line in lines if line.startswith(prefix)), 0.0)
 
 
 def test_remote_nodes_over_every_protocol(client: httpx.Client) -> None:
