@@ -288,6 +288,7 @@ def test_feedback_changes_router_state(client: httpx.Client) -> None:
         ({"routing": "bandit=nope", "reward": 1}, "no branch 'nope'"),
         ({"routing": "bandit=identity", "reward": 2}, "between 0 and 1"),
         ({"routing": "bandit=identity"}, "'reward' must be a finite number"),
+        ({"routing": "", "reward": 1}, "needs the request's 'id' or the 'routing'"),
     ]:
         bad = client.post("/v2/models/kinds/feedback", json=body)
         assert bad.status_code == 400 and error in bad.json()["error"]

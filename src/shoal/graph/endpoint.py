@@ -209,9 +209,6 @@ class GraphEndpoint:
 
     # -- feedback --------------------------------------------------------------------------
 
-    def routing_of(self, request_id: str) -> dict[str, str] | None:
-        return self._recent.get(request_id)
-
     async def feedback(
         self,
         reward: float,
@@ -225,7 +222,7 @@ class GraphEndpoint:
         """
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             raise InvalidInput("'reward' must be a finite number")
-        if routing is None:
+        if not routing:  # absent, or naming no node
             if request_id is None:
                 raise InvalidInput("feedback needs the request's 'id' or the 'routing' it took")
             routing = self._recent.get(request_id)

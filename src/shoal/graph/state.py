@@ -116,26 +116,24 @@ class BanditStore:
         except FileNotFoundError:
             self._signature = None
             return
-        except (OSError, ValueError):
+        except (OSError, TypeError, ValueError):
             return  # unreadable or damaged: the next update replaces it; keep what we have
         self._pulls, self._rewards = pulls, rewards
         self._signature = signature
 
     def _parse(self, data: object) -> tuple[np.ndarray, np.ndarray]:
-        """Counts by arm name (arms added since have none); ValueError for a damaged file."""
+        """Counts by arm name (arms added since have none); TypeError or ValueError for a
+        damaged file."""
         arms = data.get("arms") if isinstance(data, dict) else None
         if not isinstance(arms, dict):
-            raise ValueError("no 'arms' object")
+            raise TypeError("no 'arms' object")
         pulls = np.zeros(len(self.arms))
         rewards = np.zeros(len(self.arms))
         for index, arm in enumerate(self.arms):
             entry = arms.get(arm)
             if isinstance(entry, dict):
-                try:
-                    pulls[index] = float(entry.get("pulls", 0.0))
-                    rewards[index] = float(entry.get("reward", 0.0))
-                except TypeError:
-                    raise ValueError(f"arm {arm!r} has non-numeric counts") from None
+                pulls[index] = float(entry.get("pulls", 0.0))
+                rewards[index] = float(entry.get("reward", 0.0))
         return pulls, rewards
 
     def _write(self, pulls: np.ndarray, rewards: np.ndarray) -> None:

@@ -15,7 +15,8 @@ not forwarded, and a remote graph's ``routing`` does not become this graph's.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp

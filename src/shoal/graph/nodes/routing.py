@@ -69,9 +69,6 @@ class RoutingNode(GraphNode):
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "branches": self.branch_names}
 
-    def children(self) -> list[GraphNode]:
-        return list(self.branches)
-
     def inputs(self) -> list[TensorSpec]:
         return self.branches[0].inputs()
 

@@ -48,9 +48,6 @@ class Transform(GraphNode):
             response = as_response(result, f"{type(self.model).__name__}.postprocess")
         return response
 
-    def children(self) -> list[GraphNode]:
-        return [self.child] if self.child is not None else []
-
     def inputs(self) -> list[TensorSpec]:
         if self.model.inputs:
             return list(self.model.inputs)
