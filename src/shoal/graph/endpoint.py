@@ -18,7 +18,12 @@ from typing import Any
 
 from ..errors import DeadlineExceeded, InvalidInput, ShoalError, Unavailable
 from ..observe import logging as log
-from ..serving.endpoint import ModelEndpoint, ModelState, conform_inputs
+from ..serving.endpoint import (
+    ModelEndpoint,
+    ModelState,
+    conform_inputs,
+    requested_outputs,
+)
 from ..serving.stats import ModelStats
 from ..types import InferenceRequest, InferenceResponse, TensorSpec
 from .context import (
@@ -173,14 +178,7 @@ class GraphEndpoint:
         self, request: InferenceRequest, response: InferenceResponse, call: Call
     ) -> InferenceResponse:
         if request.outputs is not None:
-            produced = {t.name: t for t in response.outputs}
-            missing = [o.name for o in request.outputs if o.name not in produced]
-            if missing:
-                raise InvalidInput(
-                    f"graph {self.name!r} has no output {missing[0]!r}; it produced "
-                    f"{sorted(produced)}"
-                )
-            response.outputs = [produced[o.name] for o in request.outputs]
+            response.outputs = requested_outputs(response, request, f"graph {self.name!r}")
         response.model_name = self.name
         response.model_version = self.version
         response.id = call.request_id

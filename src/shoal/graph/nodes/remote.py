@@ -33,9 +33,9 @@ from ...runtimes.triton import (
     http_error,
     parse_url,
 )
+from ...serving.endpoint import DEFAULT_OUTPUT
 from ...types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from ..context import ROUTING_PARAMETER, Call
-from ..results import DEFAULT_OUTPUT
 from .base import GraphNode, Observer
 
 
