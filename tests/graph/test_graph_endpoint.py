@@ -275,7 +275,7 @@ def test_bandit_routes_learns_from_feedback_and_can_be_pinned(tmp_path: Path) ->
         assert await graph.feedback(0.0, routing={"root": "ident"}) == {"root": "ident"}
         # Greedy now: 'double' has mean 1, 'ident' mean 0.
         assert (await graph.infer(x([1.0, 2.0]))).parameters["routing"] == "root=double"
-        state = graph.router_state()["root"]["arms"]
+        state = (await graph.router_state())["root"]["arms"]
         assert state["double"]["pulls"] == 1 and state["ident"]["pulls"] == 1
         for bad, message in [
             (lambda: graph.feedback(1.5, request_id=response.id), "between 0 and 1"),
@@ -288,7 +288,7 @@ def test_bandit_routes_learns_from_feedback_and_can_be_pinned(tmp_path: Path) ->
         ]:
             with pytest.raises(InvalidInput, match=message):
                 await bad()
-        assert graph.router_state()["root"]["arms"] == state  # nothing changed
+        assert (await graph.router_state())["root"]["arms"] == state  # nothing changed
 
     run(repository(tmp_path, spec), scenario)
 
@@ -299,10 +299,36 @@ def test_bandit_state_survives_a_reload(tmp_path: Path) -> None:
     async def scenario(repo: ModelRepository, registry: Registry) -> None:
         await graph_of(registry).feedback(1.0, routing={"root": "double"})
         await repo.load("g")
-        assert graph_of(registry).router_state()["root"]["arms"]["double"]["pulls"] == 1
+        assert (await graph_of(registry).router_state())["root"]["arms"]["double"]["pulls"] == 1
         assert (tmp_path / ".state" / "g" / "root.json").is_file()
 
     run(repository(tmp_path, spec), scenario)
+
+
+def test_routing_picks_up_another_process_feedback_off_the_loop(tmp_path: Path) -> None:
+    """Two graph instances on one state directory, as two server processes would have."""
+    spec = nodes(root={"kind": "bandit", "strategy": "epsilon_greedy", "epsilon": 0.0,
+                       "arms": ["ident", "double"]})
+    repository(tmp_path, spec)
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        other_registry = Registry()
+        other = ModelRepository(tmp_path, other_registry, repo.executor, Metrics(),
+                                state_dir=tmp_path / ".state")
+        await other.load_all()
+        reader, writer = graph_of(registry), graph_of(other_registry)
+        store = reader.routers["root"].store  # type: ignore[attr-defined]
+        store.refresh = 0.0  # a reload is due at every request
+        await writer.feedback(1.0, routing={"root": "double"})
+        await writer.feedback(0.0, routing={"root": "ident"})
+        assert store.counts()[0].sum() == 0  # routing reads memory only
+        await reader.infer(x([1.0, 2.0]))  # asks for a reload, on a worker thread
+        await reader.routers["root"]._reloading  # type: ignore[attr-defined]
+        assert store.counts()[0].tolist() == [1.0, 1.0]
+        routed = [(await reader.infer(x([1.0, 2.0]))).parameters["routing"] for _ in range(5)]
+        assert routed == ["root=double"] * 5  # greedy on what the other instance learned
+
+    run(tmp_path, scenario)
 
 
 def test_transformer_custom_combiner_and_custom_router(tmp_path: Path) -> None:

@@ -242,8 +242,8 @@ class GraphEndpoint:
                                            float(reward))
         return {router.name: router.branch_names[index] for router, index in plan}
 
-    def router_state(self) -> dict[str, Any]:
-        return {name: router.state() for name, router in self.routers.items()}
+    async def router_state(self) -> dict[str, Any]:
+        return {name: await router.state() for name, router in self.routers.items()}
 
     def routing_indices(self, routing: dict[str, str]) -> dict[str, int]:
         """Seldon's ``meta.routing``: node -> branch index."""

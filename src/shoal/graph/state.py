@@ -6,9 +6,11 @@ One JSON file per bandit node: ``<state-dir>/<graph>/<node>.json``. The consiste
   on ``<node>.json.lock``: read the file, add the reward, write a temporary file and rename
   it over the old one (atomic: a reader sees the old or the new file, never half of one).
   Every process sharing the state directory goes through the same lock.
-- **Routing reads a recent view.** Choosing an arm uses the counts in memory, which a process
-  reloads when the file has changed, checked at most every ``refresh`` seconds (1 s by
-  default). A process sees another's feedback within that interval; its own at once.
+- **Routing reads a recent view.** Choosing an arm uses the counts in memory and does no I/O.
+  At most every ``refresh`` seconds (1 s by default) routing asks for a :meth:`reload` on a
+  worker thread (never on the event loop, which a slow or hung network file system would
+  stall), which re-reads the file if it changed. A process sees another's feedback about a
+  second later; its own at once.
 
 Locks are advisory and need a local file system (or one with working ``flock``, as NFSv4).
 """
@@ -39,7 +41,8 @@ class BanditStore:
         self._rewards = np.zeros(len(arms))
         self._lock = threading.Lock()
         self._signature: Signature | None = None
-        self._checked = 0.0
+        #: ``time.monotonic()`` of the last reload asked for (read at load, just below).
+        self._checked = time.monotonic()
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,17 +61,28 @@ class BanditStore:
         return self.path.with_name(self.path.name + ".lock")
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """(pulls, rewards) per arm, reloaded first if another process changed the file."""
-        if self.path is not None:
-            now = time.monotonic()
-            if now - self._checked >= self.refresh and self._lock.acquire(blocking=False):
-                try:
-                    self._checked = now
-                    if _signature(self.path) != self._signature:
-                        self._read()
-                finally:
-                    self._lock.release()
+        """(pulls, rewards) per arm, from memory: cheap, for the event loop."""
         return self._pulls, self._rewards
+
+    def due(self) -> bool:
+        """Whether a :meth:`reload` is due; claims it, so one caller runs it. For the loop."""
+        if self.path is None:
+            return False
+        now = time.monotonic()
+        if now - self._checked < self.refresh:
+            return False
+        self._checked = now
+        return True
+
+    def reload(self) -> None:
+        """Re-read the file if another process changed it. Blocking: off the event loop."""
+        if self.path is None or not self._lock.acquire(blocking=False):
+            return  # an update is running: it reads the file anyway
+        try:
+            if _signature(self.path) != self._signature:
+                self._read()
+        finally:
+            self._lock.release()
 
     def update(self, arm: int, reward: float) -> None:
         """Add one reward to an arm. Blocking (file I/O): run it off the event loop.
@@ -95,6 +109,8 @@ class BanditStore:
             self._pulls, self._rewards = pulls, rewards
 
     def snapshot(self) -> dict[str, dict[str, float]]:
+        """Each arm's counts, reloaded first. Blocking: off the event loop."""
+        self.reload()
         pulls, rewards = self.counts()
         return {
             arm: {"pulls": float(n), "reward": float(s), "mean": float(s / n) if n else 0.0}

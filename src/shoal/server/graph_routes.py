@@ -67,7 +67,7 @@ def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
     async def routers(request: Request) -> Response:
         params = request.path_params
         endpoint = graph(params["name"], params.get("version"))
-        return _json({"name": endpoint.name, "routers": endpoint.router_state()})
+        return _json({"name": endpoint.name, "routers": await endpoint.router_state()})
 
     def seldon_model(request: Request) -> str:
         name = request.path_params.get("name") or request.headers.get(SELDON_MODEL_HEADER)
