@@ -360,6 +360,22 @@ def test_transformer_custom_combiner_and_custom_router(tmp_path: Path) -> None:
     run(repository(tmp_path, spec), scenario)
 
 
+def test_a_reload_picks_up_edited_user_code_under_the_same_module(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "transformer", "path": "plugins.py", "class": "AddOne", "child": "ident"})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        first = await graph_of(registry).infer(x([1.0, 2.0]))
+        np.testing.assert_array_equal(first.outputs[0].data, [[2.0, 3.0]])
+        modules = {name for name in sys.modules if name.startswith("shoal_graphs.")}
+        write(tmp_path / "g" / "plugins.py", PLUGINS.replace("+ 1}", "+ 10}"))
+        await repo.load("g")
+        second = await graph_of(registry).infer(x([1.0, 2.0]))
+        np.testing.assert_array_equal(second.outputs[0].data, [[11.0, 12.0]])
+        assert {name for name in sys.modules if name.startswith("shoal_graphs.")} == modules
+
+    run(repository(tmp_path, spec), scenario)
+
+
 def test_requested_outputs_and_timeout(tmp_path: Path) -> None:
     spec = nodes(root={"kind": "sequence", "steps": ["slow"]}, slow={"kind": "model", "model": "slow"})
     spec["timeout"] = 0.05
