@@ -426,6 +426,10 @@ def test_the_example_graph_learns_from_feedback(tmp_path: Path) -> None:
                 "parameters": {"committee": True}}).json()
             assert committee["parameters"]["routing"] == "mode=committee"
             assert committee["outputs"][0]["data"] == [0]
+            numbers = http.post("/v2/models/iris-graph/infer", json={
+                "inputs": [{"name": "text", "datatype": "FP64", "shape": [1], "data": [5.1]}]})
+            assert numbers.status_code == 400, numbers.text  # the preprocessor declares BYTES
+            assert "node 'parse': input 'text' is FP64" in numbers.json()["error"]
             for _ in range(300):
                 index = int(rng.integers(len(iris.target)))
                 text = ",".join(str(v) for v in iris.data[index])
