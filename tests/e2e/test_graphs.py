@@ -124,6 +124,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory, backend: ShoalProcess) -> Pat
         "rest": {"kind": "remote", **far},
         "grpc": {"kind": "remote", **far, "url": backend.grpc_target, "protocol": "v2-grpc"},
     }})
+    # The backend's graph as a remote model (triton runtime) of this repository.
+    write(root / "ab-model" / "model.yaml", f"url: {backend.url}\nparameters: {{model_name: ab}}\n")
+    graph(root, "relay-model", {"nodes": {
+        "root": {"kind": "splitter", "branches": [{"node": "far", "weight": 100}]},
+        "far": {"kind": "model", "model": "ab-model"},
+    }})
     graph(root, "unreachable", {"nodes": {
         "root": {"kind": "remote", "url": "http://127.0.0.1:9", "model": "iris", "timeout": 2},
     }})
@@ -254,6 +260,10 @@ def test_routing_stays_in_its_graph(client: httpx.Client) -> None:
     assert reply.status_code == 200, reply.text
     assert reply.json()["parameters"] == {"routing": "root=both"}
     assert {o["name"] for o in reply.json()["outputs"]} == {"rest.predict", "grpc.predict"}
+    body["parameters"] = {"routing": "root=far"}
+    through_model = client.post("/v2/models/relay-model/infer", json=body)
+    assert through_model.status_code == 200, through_model.text
+    assert through_model.json()["parameters"] == {"routing": "root=far"}
 
 
 def test_ensemble_children_run_concurrently(client: httpx.Client) -> None:

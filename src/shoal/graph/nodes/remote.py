@@ -8,8 +8,7 @@ errors (its 400 is the client's 400, an unreachable or overloaded remote a 503, 
 504). Unlike a remote model, a node is not probed when the graph loads: connections are
 pooled per node and opened on first use.
 
-The graph's routing stays home: the ``routing`` parameter (this graph's pinned routes) is
-not forwarded, and a remote graph's ``routing`` does not become this graph's.
+The graph's ``routing`` parameter stays home (see :func:`~shoal.graph.context.without_routing`).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from ...runtimes.triton import (
 )
 from ...serving.endpoint import DEFAULT_OUTPUT
 from ...types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
-from ..context import ROUTING_PARAMETER, Call
+from ..context import Call, without_routing
 from .base import GraphNode, Observer
 
 
@@ -63,14 +62,14 @@ class RemoteCall(GraphNode):
     async def execute(self, call: Call, request: InferenceRequest) -> InferenceResponse:
         remaining = call.remaining()
         timeout = self.timeout if remaining is None else min(self.timeout, remaining)
-        parameters = _without_routing(request.parameters)
+        parameters = without_routing(request.parameters)
         if self.protocol == "v2-grpc":
             response = await self._grpc(call, request.inputs, parameters, timeout)
         elif self.protocol == "v1":
             response = await self._v1(request.inputs, timeout)
         else:
             response = await self._v2_rest(call, request.inputs, parameters, timeout)
-        return InferenceResponse(response.outputs, parameters=_without_routing(response.parameters))
+        return InferenceResponse(response.outputs, parameters=without_routing(response.parameters))
 
     # -- V2 REST and V1 --------------------------------------------------------------------
 
@@ -179,8 +178,3 @@ class RemoteCall(GraphNode):
         if self._channel is not None:
             await self._channel.close()
 
-
-def _without_routing(parameters: dict[str, Any]) -> dict[str, Any]:
-    if ROUTING_PARAMETER not in parameters:
-        return parameters
-    return {k: v for k, v in parameters.items() if k != ROUTING_PARAMETER}
