@@ -4,6 +4,8 @@ every node kind, feedback, readiness and load failures."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import textwrap
 import time
 from collections import Counter
@@ -273,7 +275,7 @@ def test_bandit_routes_learns_from_feedback_and_can_be_pinned(tmp_path: Path) ->
         assert await graph.feedback(0.0, routing={"root": "ident"}) == {"root": "ident"}
         # Greedy now: 'double' has mean 1, 'ident' mean 0.
         assert (await graph.infer(x([1.0, 2.0]))).parameters["routing"] == "root=double"
-        state = graph.router_state()["root"]["arms"]
+        state = (await graph.router_state())["root"]["arms"]
         assert state["double"]["pulls"] == 1 and state["ident"]["pulls"] == 1
         for bad, message in [
             (lambda: graph.feedback(1.5, request_id=response.id), "between 0 and 1"),
@@ -286,7 +288,7 @@ def test_bandit_routes_learns_from_feedback_and_can_be_pinned(tmp_path: Path) ->
         ]:
             with pytest.raises(InvalidInput, match=message):
                 await bad()
-        assert graph.router_state()["root"]["arms"] == state  # nothing changed
+        assert (await graph.router_state())["root"]["arms"] == state  # nothing changed
 
     run(repository(tmp_path, spec), scenario)
 
@@ -297,10 +299,36 @@ def test_bandit_state_survives_a_reload(tmp_path: Path) -> None:
     async def scenario(repo: ModelRepository, registry: Registry) -> None:
         await graph_of(registry).feedback(1.0, routing={"root": "double"})
         await repo.load("g")
-        assert graph_of(registry).router_state()["root"]["arms"]["double"]["pulls"] == 1
+        assert (await graph_of(registry).router_state())["root"]["arms"]["double"]["pulls"] == 1
         assert (tmp_path / ".state" / "g" / "root.json").is_file()
 
     run(repository(tmp_path, spec), scenario)
+
+
+def test_routing_picks_up_another_process_feedback_off_the_loop(tmp_path: Path) -> None:
+    """Two graph instances on one state directory, as two server processes would have."""
+    spec = nodes(root={"kind": "bandit", "strategy": "epsilon_greedy", "epsilon": 0.0,
+                       "arms": ["ident", "double"]})
+    repository(tmp_path, spec)
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        other_registry = Registry()
+        other = ModelRepository(tmp_path, other_registry, repo.executor, Metrics(),
+                                state_dir=tmp_path / ".state")
+        await other.load_all()
+        reader, writer = graph_of(registry), graph_of(other_registry)
+        store = reader.routers["root"].store  # type: ignore[attr-defined]
+        store.refresh = 0.0  # a reload is due at every request
+        await writer.feedback(1.0, routing={"root": "double"})
+        await writer.feedback(0.0, routing={"root": "ident"})
+        assert store.counts()[0].sum() == 0  # routing reads memory only
+        await reader.infer(x([1.0, 2.0]))  # asks for a reload, on a worker thread
+        await reader.routers["root"]._reloading  # type: ignore[attr-defined]
+        assert store.counts()[0].tolist() == [1.0, 1.0]
+        routed = [(await reader.infer(x([1.0, 2.0]))).parameters["routing"] for _ in range(5)]
+        assert routed == ["root=double"] * 5  # greedy on what the other instance learned
+
+    run(tmp_path, scenario)
 
 
 def test_transformer_custom_combiner_and_custom_router(tmp_path: Path) -> None:
@@ -328,6 +356,22 @@ def test_transformer_custom_combiner_and_custom_router(tmp_path: Path) -> None:
         assert plugin.rewards == [("sum", 0.5, [1])]
         with pytest.raises(ModelFailure, match="route\\(\\) returned 7"):
             await graph.infer(x([1.0, 2.0], arm=7))
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_a_reload_picks_up_edited_user_code_under_the_same_module(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "transformer", "path": "plugins.py", "class": "AddOne", "child": "ident"})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        first = await graph_of(registry).infer(x([1.0, 2.0]))
+        np.testing.assert_array_equal(first.outputs[0].data, [[2.0, 3.0]])
+        modules = {name for name in sys.modules if name.startswith("shoal_graphs.")}
+        write(tmp_path / "g" / "plugins.py", PLUGINS.replace("+ 1}", "+ 10}"))
+        await repo.load("g")
+        second = await graph_of(registry).infer(x([1.0, 2.0]))
+        np.testing.assert_array_equal(second.outputs[0].data, [[11.0, 12.0]])
+        assert {name for name in sys.modules if name.startswith("shoal_graphs.")} == modules
 
     run(repository(tmp_path, spec), scenario)
 
@@ -376,6 +420,10 @@ def test_readiness_follows_the_models(tmp_path: Path) -> None:
          "node 'root': '../x.py' is outside the graph folder"),
         (nodes(root={"kind": "bandit", "strategy": "thompson", "arms": ["ident"]}),
          "node 'root': a bandit needs at least two arms"),
+        (nodes(root={"kind": "remote", "url": "ftp://host", "model": "m"}),
+         "node 'root': url 'ftp://host': use http://"),
+        (nodes(root={"kind": "remote", "url": "http://host:1/x", "model": "m", "protocol": "v2-grpc"}),
+         "node 'root': url 'http://host:1/x' is http"),
     ],
 )
 def test_a_broken_graph_fails_alone(tmp_path: Path, spec: dict[str, Any], reason: str) -> None:
@@ -389,3 +437,26 @@ def test_a_broken_graph_fails_alone(tmp_path: Path, spec: dict[str, Any], reason
         assert (await graph_of(registry, "other").infer(x([1.0, 2.0]))).outputs
 
     run(tmp_path, scenario)
+
+
+def test_a_remote_node_without_aiohttp_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if the triton extra were missing
+    monkeypatch.delitem(sys.modules, "shoal.graph.nodes.remote", raising=False)
+    spec = nodes(root={"kind": "remote", "url": "http://127.0.0.1:9", "model": "m"})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        row = {r["name"]: r for r in repo.index()}["g"]
+        assert row["state"] == "UNAVAILABLE"
+        assert "node 'root': remote nodes need aiohttp: pip install 'shoal[triton]'" in row["reason"]
+        assert registry.get("double").ready
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_the_server_needs_no_http_client_library() -> None:
+    """httpx and aiohttp are optional (tests, the triton extra): importing the server and
+    the graph package must not need them."""
+    code = ("import sys; sys.modules['httpx'] = sys.modules['aiohttp'] = None; "
+            "import shoal.server.app, shoal.graph.build")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr

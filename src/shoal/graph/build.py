@@ -25,10 +25,9 @@ from .bandits import make_policy
 from .endpoint import GraphEndpoint
 from .expressions import Expression
 from .metrics import GraphMetrics
-from .nodes.base import GraphNode, call_user
+from .nodes.base import GraphNode, Observer, call_user
 from .nodes.ensemble import Ensemble
 from .nodes.model import ModelCall
-from .nodes.remote import RemoteCall
 from .nodes.routing import Bandit, CustomRouter, Splitter, Switch
 from .nodes.sequence import Sequence, SequenceStep
 from .nodes.transformer import Transform
@@ -127,8 +126,7 @@ class _Builder:
         if isinstance(spec, ModelNode):
             return ModelCall(name, observe, env.registry, spec.model, spec.version, spec.outputs)
         if isinstance(spec, RemoteNode):
-            return RemoteCall(name, observe, spec.url, spec.protocol, spec.model, spec.version,
-                              spec.timeout, spec.headers, spec.outputs)
+            return _remote(name, observe, spec)
         if isinstance(spec, TransformerNode):
             model = self._instance(name, spec, Model)
             child = self.node(spec.child) if spec.child else None
@@ -185,6 +183,20 @@ class _Builder:
             ) from exc
         self.loads.append((node, instance.load))
         return instance
+
+
+def _remote(name: str, observe: Observer, spec: RemoteNode) -> GraphNode:
+    try:  # aiohttp is the triton extra's: a graph without remote nodes does without it
+        from .nodes.remote import RemoteCall
+    except ImportError as exc:
+        raise LoadError(
+            f"node {name!r}: remote nodes need {exc.name}: pip install 'shoal[triton]'"
+        ) from None
+    try:
+        return RemoteCall(name, observe, spec.url, spec.protocol, spec.model, spec.version,
+                          spec.timeout, spec.headers, spec.outputs)
+    except LoadError as exc:
+        raise LoadError(f"node {name!r}: {exc}") from None
 
 
 def _refs(spec: Any) -> list[str]:

@@ -93,6 +93,15 @@ def parse_routing(value: Any) -> dict[str, str]:
     return routing
 
 
+def without_routing(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Parameters minus this graph's ``routing``: what its nodes send on and take back. A
+    model or remote never sees the graph's pinned routes (a remote graph would refuse nodes
+    it does not have), and a remote graph's routing never becomes this graph's."""
+    if ROUTING_PARAMETER not in parameters:
+        return parameters
+    return {k: v for k, v in parameters.items() if k != ROUTING_PARAMETER}
+
+
 def response_headers(parameters: dict[str, Any], request_id: str | None) -> list[tuple[bytes, bytes]]:
     """REST headers for a graph's answer: the routing taken and, for bodies that cannot carry
     it (V1), the request id. Values that are not plain ASCII stay out of the headers."""

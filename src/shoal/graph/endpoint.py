@@ -18,7 +18,13 @@ from typing import Any
 
 from ..errors import DeadlineExceeded, InvalidInput, ShoalError, Unavailable
 from ..observe import logging as log
-from ..serving.endpoint import ModelEndpoint, ModelState, conform_inputs
+from ..serving.endpoint import (
+    ModelEndpoint,
+    ModelState,
+    conform_inputs,
+    requested_outputs,
+)
+from ..serving.stats import ModelStats
 from ..types import InferenceRequest, InferenceResponse, TensorSpec
 from .context import (
     HEADERS,
@@ -57,6 +63,11 @@ class GraphEndpoint:
         self.metrics = metrics
         self.timeout = timeout or 0.0
         self.state = ModelState.READY
+        #: Requests answered and failed (Triton's statistics extension); the models a graph
+        #: calls count their own executions.
+        self.stats = ModelStats()
+        #: A graph batches nothing itself; its models batch as configured.
+        self.batching = None
         self.routers = {n: node for n, node in nodes.items() if isinstance(node, RoutingNode)}
         self._models = [node for node in nodes.values() if isinstance(node, ModelCall)]
         self._declared_inputs = inputs or []
@@ -109,7 +120,7 @@ class GraphEndpoint:
         """``timeout`` (a client's own limit) replaces the graph's; ``deadline`` caps it."""
         if self.state is not ModelState.READY:
             raise Unavailable(f"graph {self.name!r} is {self.state.value.lower()}")
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         call = Call(
             self.name, request.id or new_request_id(), client_timeout=timeout,
             client_gone=request.client_gone, header_source=HEADERS.get(),
@@ -137,15 +148,22 @@ class GraphEndpoint:
                     ) from None
             else:
                 response = await self.root.run(call, request)
-            return self._finish(request, response, call)
+            response = self._finish(request, response, call)
+            self.stats.succeeded(started, time.perf_counter_ns())
+            return response
         except ShoalError as exc:
+            self.stats.failed(started, time.perf_counter_ns())
             status = exc.http_status
             # The data plane's request_failed line carries these: which way the request went.
             exc.log_fields = {"id": call.request_id, "path": call.path,  # type: ignore[attr-defined]
                               "routing": call.routing}
             raise
         except asyncio.CancelledError:
-            status = 499  # the client went away
+            status = 499  # the client went away: neither a success nor a failure
+            raise
+        except Exception:
+            self.stats.failed(started, time.perf_counter_ns())
+            status = 500
             raise
         finally:
             self._in_flight -= 1
@@ -154,20 +172,13 @@ class GraphEndpoint:
             if status == 200 and log.logger.isEnabledFor(logging.DEBUG):
                 log.event("graph_request", logging.DEBUG, graph=self.name, id=call.request_id,
                           path=call.path, routing=call.routing,
-                          seconds=round(time.perf_counter() - started, 6))
+                          seconds=round((time.perf_counter_ns() - started) / 1e9, 6))
 
     def _finish(
         self, request: InferenceRequest, response: InferenceResponse, call: Call
     ) -> InferenceResponse:
         if request.outputs is not None:
-            produced = {t.name: t for t in response.outputs}
-            missing = [o.name for o in request.outputs if o.name not in produced]
-            if missing:
-                raise InvalidInput(
-                    f"graph {self.name!r} has no output {missing[0]!r}; it produced "
-                    f"{sorted(produced)}"
-                )
-            response.outputs = [produced[o.name] for o in request.outputs]
+            response.outputs = requested_outputs(response, request, f"graph {self.name!r}")
         response.model_name = self.name
         response.model_version = self.version
         response.id = call.request_id
@@ -196,9 +207,6 @@ class GraphEndpoint:
 
     # -- feedback --------------------------------------------------------------------------
 
-    def routing_of(self, request_id: str) -> dict[str, str] | None:
-        return self._recent.get(request_id)
-
     async def feedback(
         self,
         reward: float,
@@ -212,7 +220,7 @@ class GraphEndpoint:
         """
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             raise InvalidInput("'reward' must be a finite number")
-        if routing is None:
+        if not routing:  # absent, or naming no node
             if request_id is None:
                 raise InvalidInput("feedback needs the request's 'id' or the 'routing' it took")
             routing = self._recent.get(request_id)
@@ -234,8 +242,8 @@ class GraphEndpoint:
                                            float(reward))
         return {router.name: router.branch_names[index] for router, index in plan}
 
-    def router_state(self) -> dict[str, Any]:
-        return {name: router.state() for name, router in self.routers.items()}
+    async def router_state(self) -> dict[str, Any]:
+        return {name: await router.state() for name, router in self.routers.items()}
 
     def routing_indices(self, routing: dict[str, str]) -> dict[str, int]:
         """Seldon's ``meta.routing``: node -> branch index."""

@@ -8,9 +8,7 @@ routers subclass :class:`Combiner` and :class:`Router`. Each method may be a pla
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from ..errors import LoadError
 from ..model import PredictResult
 from ..runtimes import IMPORT_LOCK
+from ..runtimes.custom import import_source
 from ..types import InferenceRequest, InferenceResponse
 
 
@@ -79,19 +78,12 @@ class ClassLoader:
         return cls
 
     def _import(self, node: str, source: Path) -> ModuleType:
-        safe = "".join(c if c.isalnum() else "_" for c in f"{self.graph}_{source.stem}")
-        name = f"shoal_graphs.{safe}_{id(self):x}"
-        spec = importlib.util.spec_from_file_location(name, source)
-        if spec is None or spec.loader is None:
-            raise LoadError(f"node {node!r}: cannot import {source.name}")
-        module = importlib.util.module_from_spec(spec)
+        # One name per graph and file: a reload replaces the module rather than adding one.
+        relative = source.relative_to(self.folder).with_suffix("")
+        safe = "".join(c if c.isalnum() else "_" for c in relative.as_posix())
+        graph = "".join(c if c.isalnum() else "_" for c in self.graph)
         with IMPORT_LOCK:
-            sys.modules[name] = module
             try:
-                spec.loader.exec_module(module)
-            except Exception as exc:
-                sys.modules.pop(name, None)
-                raise LoadError(
-                    f"node {node!r}: importing {source.name} failed: {type(exc).__name__}: {exc}"
-                ) from exc
-        return module
+                return import_source(source, f"shoal_graphs.{graph}.{safe}")  # type: ignore[return-value]
+            except LoadError as exc:
+                raise LoadError(f"node {node!r}: {exc}") from exc

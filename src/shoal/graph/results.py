@@ -9,45 +9,30 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ..errors import ModelFailure, ShoalError
+from ..serving.endpoint import as_response as predict_result
 from ..types import InferenceRequest, InferenceResponse, Tensor
 
-DEFAULT_OUTPUT = "output-0"
 
-
-def tensors_of(result: Any, what: str) -> list[Tensor]:
+def as_response(result: Any, what: str) -> InferenceResponse:
+    if isinstance(result, InferenceRequest):  # a transformer without a child passes its request on
+        return InferenceResponse(result.inputs)
+    if result is None:
+        raise ModelFailure(f"{what} returned None")
     try:
-        if isinstance(result, Tensor):
-            return [result]
-        if isinstance(result, dict):
-            return [Tensor.from_numpy(k, v) for k, v in result.items()]
-        if isinstance(result, (list, tuple)) and result and all(isinstance(t, Tensor) for t in result):
-            return list(result)
-        if result is None:
-            raise ModelFailure(f"{what} returned None")
-        return [Tensor.from_numpy(DEFAULT_OUTPUT, np.asarray(result))]
+        return predict_result(result)
     except ModelFailure:
         raise
     except ShoalError as exc:
         raise ModelFailure(f"{what} returned an unusable result: {exc}") from exc
 
 
-def as_response(result: Any, what: str) -> InferenceResponse:
-    if isinstance(result, InferenceResponse):
-        return result
-    if isinstance(result, InferenceRequest):  # a transformer without a child passes its request on
-        return InferenceResponse(result.inputs)
-    return InferenceResponse(tensors_of(result, what))
-
-
 def as_request(result: Any, like: InferenceRequest, what: str) -> InferenceRequest:
     if isinstance(result, InferenceRequest):
         return result
     return InferenceRequest(
-        tensors_of(result, what), id=like.id, parameters=like.parameters, outputs=like.outputs,
-        client_gone=like.client_gone,
+        as_response(result, what).outputs, id=like.id, parameters=like.parameters,
+        outputs=like.outputs, client_gone=like.client_gone,
     )
 
 

@@ -20,7 +20,7 @@ import orjson
 
 from ..errors import InvalidInput, NotSupported
 from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
-from .v1 import DEFAULT_INPUT
+from .v1 import DEFAULT_INPUT, json_tensor
 from .v2_json import json_data, json_numbers, parse_json_object
 
 Kind = Literal["ndarray", "tensor", "strData", "jsonData", "binData"]
@@ -118,25 +118,12 @@ def _payload(message: dict[str, Any], name: str, datatype: str | None) -> tuple[
 def _array_tensor(name: str, value: Any, datatype: str | None, parameters: dict[str, Any]) -> Tensor:
     if not isinstance(value, list):
         raise InvalidInput("'data.ndarray' must be a (nested) list")
-    if _holds_text(value):
-        try:
-            array = np.array(_encode_text(value), dtype=object)
-        except ValueError:
-            array = None
-        if array is None or any(isinstance(v, list) for v in array.reshape(-1)):
-            raise InvalidInput("'data.ndarray' rows have different lengths")
-        return Tensor(name, "BYTES", tuple(array.shape), array, parameters)
-    wanted = datatype if datatype and datatype != "BYTES" else None
-    if wanted is None:
-        try:
-            probe = np.array(value)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise InvalidInput(f"'data.ndarray': {exc}") from None
-        if probe.dtype.kind not in "biuf":
-            raise InvalidInput("'data.ndarray' must hold numbers, booleans or strings")
-        wanted = {"b": "BOOL", "f": "FP64"}.get(probe.dtype.kind, "INT64")
-    array = json_numbers(value, wanted, name)
-    return Tensor(name, wanted, tuple(array.shape), array, parameters)
+    try:
+        tensor = json_tensor(name, value, datatype)  # V1's rows are the same nested lists
+    except InvalidInput as exc:
+        raise InvalidInput(f"'data.ndarray': {exc}") from None
+    tensor.parameters = parameters
+    return tensor
 
 
 def _tensor_tensor(name: str, value: Any, datatype: str | None, parameters: dict[str, Any]) -> Tensor:
@@ -161,20 +148,6 @@ def _bytes_tensor(name: str, raw: bytes, content_type: str) -> Tensor:
     array = np.empty(1, dtype=object)
     array[0] = raw
     return Tensor(name, "BYTES", (1,), array, {CONTENT_TYPE: content_type})
-
-
-def _holds_text(value: Any) -> bool:
-    while isinstance(value, list) and value:
-        value = value[0]
-    return isinstance(value, str)
-
-
-def _encode_text(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_encode_text(v) for v in value]
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    raise InvalidInput("'data.ndarray' mixes strings with other values")
 
 
 # -- answers ------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def decode_request(body: bytes, inputs: list[TensorSpec]) -> tuple[InferenceRequ
     else:
         raise InvalidInput("a V1 request needs 'instances' or 'inputs'")
     declared = {spec.name: spec.datatype for spec in inputs}
-    tensors = [_tensor(name, value, declared.get(name)) for name, value in columns.items()]
+    tensors = [json_tensor(name, value, declared.get(name)) for name, value in columns.items()]
     return InferenceRequest(inputs=tensors), fmt
 
 
@@ -60,7 +60,9 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and "b64" in value
 
 
-def _tensor(name: str, value: Any, datatype: str | None) -> Tensor:
+def json_tensor(name: str, value: Any, datatype: str | None) -> Tensor:
+    """Nested JSON lists as a tensor: strings (or ``{"b64": ...}``) as BYTES, numbers as the
+    declared datatype, else as JSON has them (FP64, INT64, BOOL). Seldon's ndarray too."""
     if _contains_text(value):
         array = _bytes_array(value, name)
         return Tensor(name, "BYTES", tuple(array.shape), array)

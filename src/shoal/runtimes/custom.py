@@ -24,12 +24,14 @@ def create(name: str, version: str, version_dir: Path, model_dir: Path, config: 
     )
     if source is None:
         raise LoadError(f"runtime 'custom' needs a {MODULE_FILE} in {model_dir.name}/")
-    module = _import(source, f"shoal_models.{name.replace('.', '_').replace('-', '_')}.v{version}")
+    module = import_source(source, f"shoal_models.{name.replace('.', '_').replace('-', '_')}.v{version}")
     cls = _pick_class(module, config.model_class, source)
     return cls(name, version, version_dir, config.parameters)
 
 
-def _import(source: Path, module_name: str) -> object:
+def import_source(source: Path, module_name: str) -> object:
+    """Import a user's file as ``module_name`` (replacing an earlier import of that name, so a
+    reload picks up edits); LoadError if the file fails to import."""
     spec = importlib.util.spec_from_file_location(module_name, source)
     if spec is None or spec.loader is None:
         raise LoadError(f"cannot import {source}")

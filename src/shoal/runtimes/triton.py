@@ -55,7 +55,7 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 5.0
 #: Pause before the first retry; it doubles after each further attempt.
 BACKOFF_S = 0.05
-_GRPC_OPTIONS = [
+GRPC_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
     # A remote that comes back is reached again within about a second (the default waits
@@ -284,11 +284,12 @@ class HttpRemote:
         except aiohttp.ClientError as exc:  # refused, reset, closed mid-answer
             raise RemoteDown(f"{where} is unreachable: {exc or type(exc).__name__}") from None
         if response.status >= 400:
-            raise http_error(response.status, _error_message(content, response.reason), where)
+            raise http_error(response.status, error_message(content, response.reason), where)
         return response.status, response.headers, content
 
 
-def _error_message(content: bytes, reason: str | None) -> str:
+def error_message(content: bytes, reason: str | None) -> str:
+    """A remote's error answer in a few words: its V2 ``error`` field, else its body's start."""
     try:
         return str(v2_json.parse_json_object(content)["error"])
     except (InvalidInput, KeyError):
@@ -323,7 +324,7 @@ class GrpcRemote:
 
     def __init__(self, model: TritonModel) -> None:
         self.model = model
-        self.channel = grpc.aio.insecure_channel(model.address, options=_GRPC_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(model.address, options=GRPC_OPTIONS)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
 
     async def ready(self) -> bool:

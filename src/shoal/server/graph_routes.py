@@ -27,6 +27,7 @@ from ..graph.context import (
 from ..graph.endpoint import GraphEndpoint, declared_inputs
 from ..protocol import seldon, v2_json
 from ..serving.dataplane import DataPlane
+from ..serving.endpoint import ModelState
 from .infer_asgi import read_body
 
 JSON = "application/json"
@@ -38,8 +39,16 @@ def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) 
 
 
 def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
+    def loaded(name: str, version: str | None = None) -> Any:
+        """The endpoint, ready or not: feedback about past requests and router state need the
+        graph loaded, not every model it calls up."""
+        entry = dataplane.registry.entry(name, version)
+        if entry.state is ModelState.READY and entry.endpoint is not None:
+            return entry.endpoint
+        return dataplane.registry.get(name, version)  # raises: 503 with the reason
+
     def graph(name: str, version: str | None = None) -> GraphEndpoint:
-        endpoint = dataplane.registry.get(name, version)
+        endpoint = loaded(name, version)
         if not isinstance(endpoint, GraphEndpoint):
             raise InvalidInput(f"model {name!r} is not a graph; feedback updates a graph's routers")
         return endpoint
@@ -58,7 +67,7 @@ def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
     async def routers(request: Request) -> Response:
         params = request.path_params
         endpoint = graph(params["name"], params.get("version"))
-        return _json({"name": endpoint.name, "routers": endpoint.router_state()})
+        return _json({"name": endpoint.name, "routers": await endpoint.router_state()})
 
     def seldon_model(request: Request) -> str:
         name = request.path_params.get("name") or request.headers.get(SELDON_MODEL_HEADER)
@@ -104,7 +113,7 @@ def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
             name = seldon_model(request)
             body = await read_body(request.scope, request.receive, max_request_size)
             message = seldon.decode_feedback(body)
-            endpoint = dataplane.registry.get(name)
+            endpoint = loaded(name)
             if not isinstance(endpoint, GraphEndpoint):
                 # A plain model has no routers: accepted and ignored, as Seldon's wrapper does
                 # for a model without send_feedback.

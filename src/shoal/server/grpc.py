@@ -99,6 +99,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        REQUEST_HEADERS.set(context.invocation_metadata)
         async for request in request_iterator:
             try:
                 response = await self._infer(request)

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from ..graph.context import HEADERS as REQUEST_HEADERS
 from ..protocol import tfs_grpc
 from ..protocol.tfs_gen import (
     get_model_metadata_pb2,
@@ -35,6 +36,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: Any
     ) -> predict_pb2.PredictResponse:
+        REQUEST_HEADERS.set(context.invocation_metadata)  # read only by graph conditions
         return await _guard(context, lambda: self._predict(request, context.time_remaining()))
 
     async def _predict(

@@ -231,31 +231,43 @@ class ModelEndpoint:
             raise ModelFailure(f"model {self.name!r} returned an unusable result: {exc}") from exc
 
     def _as_response(self, result: Any) -> InferenceResponse:
-        if isinstance(result, InferenceResponse):
-            return result
-        if isinstance(result, Tensor):
-            return InferenceResponse([result])
-        if isinstance(result, dict):
-            return InferenceResponse([Tensor.from_numpy(k, v) for k, v in result.items()])
-        if isinstance(result, (list, tuple)) and result and all(isinstance(t, Tensor) for t in result):
-            return InferenceResponse(list(result))
         name = self.model.outputs[0].name if len(self.model.outputs) == 1 else DEFAULT_OUTPUT
-        return InferenceResponse([Tensor.from_numpy(name, np.asarray(result))])
+        return as_response(result, name)
 
     def _finish(self, request: InferenceRequest, response: InferenceResponse) -> InferenceResponse:
         if request.outputs is not None:
-            produced = {t.name: t for t in response.outputs}
-            missing = [o.name for o in request.outputs if o.name not in produced]
-            if missing:
-                raise InvalidInput(
-                    f"model {self.name!r} has no output {missing[0]!r}; it produced "
-                    f"{sorted(produced)}"
-                )
-            response.outputs = [produced[o.name] for o in request.outputs]
+            response.outputs = requested_outputs(response, request, f"model {self.name!r}")
         response.model_name = self.name
         response.model_version = self.version
         response.id = request.id
         return response
+
+
+def as_response(result: Any, default_output: str = DEFAULT_OUTPUT) -> InferenceResponse:
+    """What a ``predict`` (or other user code) returned, as a response: a response, a dict of
+    name -> array, a list of ``Tensor``, one ``Tensor``, or one array (named
+    ``default_output``). ShoalError for what no protocol can carry."""
+    if isinstance(result, InferenceResponse):
+        return result
+    if isinstance(result, Tensor):
+        return InferenceResponse([result])
+    if isinstance(result, dict):
+        return InferenceResponse([Tensor.from_numpy(k, v) for k, v in result.items()])
+    if isinstance(result, (list, tuple)) and result and all(isinstance(t, Tensor) for t in result):
+        return InferenceResponse(list(result))
+    return InferenceResponse([Tensor.from_numpy(default_output, np.asarray(result))])
+
+
+def requested_outputs(
+    response: InferenceResponse, request: InferenceRequest, owner: str
+) -> list[Tensor]:
+    """The outputs a request asked for, in its order; a 400 naming ``owner`` for a missing one."""
+    assert request.outputs is not None
+    produced = {t.name: t for t in response.outputs}
+    missing = [o.name for o in request.outputs if o.name not in produced]
+    if missing:
+        raise InvalidInput(f"{owner} has no output {missing[0]!r}; it produced {sorted(produced)}")
+    return [produced[o.name] for o in request.outputs]
 
 
 def conform_inputs(inputs: list[Tensor], specs: list[TensorSpec], model: str) -> list[Tensor]:

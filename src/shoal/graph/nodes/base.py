@@ -40,9 +40,6 @@ class GraphNode:
     async def execute(self, call: Call, request: InferenceRequest) -> InferenceResponse:
         raise NotImplementedError
 
-    def children(self) -> list[GraphNode]:
-        return []
-
     def inputs(self) -> list[TensorSpec]:
         """What this node takes, as far as it can tell (for the graph's metadata)."""
         return []

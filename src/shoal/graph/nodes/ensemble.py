@@ -32,9 +32,6 @@ class Ensemble(GraphNode):
             responses = list(await asyncio.gather(*(m.run(call, request) for m in self.members)))
         return await self.combine(responses, self._names)
 
-    def children(self) -> list[GraphNode]:
-        return list(self.members)
-
     def inputs(self) -> list[TensorSpec]:
         return self.members[0].inputs()
 

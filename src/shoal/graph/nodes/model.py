@@ -9,7 +9,7 @@ from __future__ import annotations
 from ...errors import ShoalError
 from ...serving.registry import Registry
 from ...types import InferenceRequest, InferenceResponse, RequestedOutput, TensorSpec
-from ..context import Call
+from ..context import Call, without_routing
 from ..results import copy_tensors
 from .base import GraphNode, Observer
 
@@ -30,11 +30,13 @@ class ModelCall(GraphNode):
     async def execute(self, call: Call, request: InferenceRequest) -> InferenceResponse:
         endpoint = self.registry.get(self.model, self.version)
         child = InferenceRequest(
-            copy_tensors(request.inputs), id=call.request_id, parameters=request.parameters,
-            outputs=self.requested, model_name=self.model, model_version=endpoint.version,
-            client_gone=call.client_gone,
+            copy_tensors(request.inputs), id=call.request_id,
+            parameters=without_routing(request.parameters), outputs=self.requested,
+            model_name=self.model, model_version=endpoint.version, client_gone=call.client_gone,
         )
-        return await endpoint.infer(child, call.client_timeout, call.remaining())
+        response = await endpoint.infer(child, call.client_timeout, call.remaining())
+        response.parameters = without_routing(response.parameters)
+        return response
 
     def unready_reason(self) -> str | None:
         try:

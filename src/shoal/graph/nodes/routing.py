@@ -7,6 +7,7 @@ or Seldon's ``meta.routing``): the node then takes that branch without choosing.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import math
@@ -66,11 +67,8 @@ class RoutingNode(GraphNode):
     async def learn(self, index: int, reward: float, truth: Any) -> None:
         """Feedback for a request this node sent down branch ``index``."""
 
-    def state(self) -> dict[str, Any]:
+    async def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "branches": self.branch_names}
-
-    def children(self) -> list[GraphNode]:
-        return list(self.branches)
 
     def inputs(self) -> list[TensorSpec]:
         return self.branches[0].inputs()
@@ -133,8 +131,8 @@ class Splitter(RoutingNode):
             point = self.rng.random()
         return min(bisect.bisect_right(self._bounds, point), len(self._bounds) - 1)
 
-    def state(self) -> dict[str, Any]:
-        return {**super().state(), "weights": dict(zip(self.branch_names, self.weights))}
+    async def state(self) -> dict[str, Any]:
+        return {**await super().state(), "weights": dict(zip(self.branch_names, self.weights))}
 
 
 def _unit_hash(key: Any) -> float:
@@ -160,8 +158,12 @@ class Bandit(RoutingNode):
         self.store = store
         self.rng = rng
         self.executor = executor
+        #: The background reload of the counts, held so it is not garbage-collected.
+        self._reloading: asyncio.Task[None] | None = None
 
     async def choose(self, call: Call, request: InferenceRequest) -> int:
+        if self.store.due():  # another process's feedback: picked up in the background
+            self._reloading = asyncio.ensure_future(self.executor.run(self.store.reload))
         pulls, rewards = self.store.counts()
         return self.policy.choose(pulls, rewards, self.rng)
 
@@ -174,8 +176,9 @@ class Bandit(RoutingNode):
     async def learn(self, index: int, reward: float, truth: Any) -> None:
         await self.executor.run(self.store.update, index, reward)
 
-    def state(self) -> dict[str, Any]:
-        return {**super().state(), "strategy": self.strategy, "arms": self.store.snapshot()}
+    async def state(self) -> dict[str, Any]:
+        arms = await self.executor.run(self.store.snapshot)
+        return {**await super().state(), "strategy": self.strategy, "arms": arms}
 
 
 class CustomRouter(RoutingNode):

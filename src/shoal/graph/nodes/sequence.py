@@ -38,9 +38,6 @@ class Sequence(GraphNode):
         assert response is not None  # a sequence has at least one step
         return response
 
-    def children(self) -> list[GraphNode]:
-        return [s.node for s in self.steps]
-
     def inputs(self) -> list[TensorSpec]:
         first = self.steps[0]
         return [] if first.mapping is not None else first.node.inputs()

@@ -9,6 +9,7 @@ be one step of a sequence.
 from __future__ import annotations
 
 from ...model import Model
+from ...serving.endpoint import conform_inputs
 from ...serving.executor import Executor
 from ...types import InferenceRequest, InferenceResponse, TensorSpec
 from ..context import Call
@@ -32,8 +33,11 @@ class Transform(GraphNode):
         self._post = model.postprocess if cls.postprocess is not Model.postprocess else None
 
     async def execute(self, call: Call, request: InferenceRequest) -> InferenceResponse:
+        inputs = copy_tensors(request.inputs)
+        if self.model.inputs:  # declared, as a model's are: checked (and cast) the same way
+            inputs = conform_inputs(inputs, self.model.inputs, self.name)
         current = InferenceRequest(
-            copy_tensors(request.inputs), id=call.request_id, parameters=request.parameters,
+            inputs, id=call.request_id, parameters=request.parameters,
             client_gone=request.client_gone,
         )
         if self._pre is not None:
@@ -47,9 +51,6 @@ class Transform(GraphNode):
             result = await call_user(self.executor, self.name, self._post, response)
             response = as_response(result, f"{type(self.model).__name__}.postprocess")
         return response
-
-    def children(self) -> list[GraphNode]:
-        return [self.child] if self.child is not None else []
 
     def inputs(self) -> list[TensorSpec]:
         if self.model.inputs:
