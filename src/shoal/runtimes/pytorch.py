@@ -32,7 +32,7 @@ import torch
 from ..errors import InvalidInput, LoadError, ModelFailure
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
-from . import IMPORT_LOCK
+from . import IMPORT_LOCK, first_line
 from .trust import refuse_untrusted
 
 ARTIFACTS = ("model.pt", "model.pt2")
@@ -272,11 +272,8 @@ def _logged_errors(logger_name: str) -> Iterator[list[BaseException]]:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
     # PyTorch's archive errors append a long generic paragraph after the first sentence.
-    text = text.split(". This is an internal miniz error")[0]
-    return f"{type(exc).__name__}: {text}"
+    return first_line(exc).split(". This is an internal miniz error")[0]
 
 
 def _hint(artifact: Path) -> str:

@@ -36,7 +36,7 @@ from ..datatypes import datatype_of
 from ..errors import InvalidInput, LoadError, ShoalError
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
-from . import IMPORT_LOCK
+from . import IMPORT_LOCK, first_line
 
 SAVED_MODEL = "saved_model.pb"
 KERAS = "model.keras"
@@ -68,7 +68,7 @@ class TensorFlowModel(Model):
         except ShoalError:
             raise
         except Exception as exc:
-            raise LoadError(f"cannot read {artifact}: {_first_line(exc)}") from exc
+            raise LoadError(f"cannot read {artifact}: {first_line(exc)}") from exc
         # model.yaml's inputs/outputs (set before load) may restate the model's tensors, not
         # rename them; declared outputs are the default ones. A tensor of unknown rank has no
         # V2 shape: its metadata comes from model.yaml or is left out (inputs: all or none,
@@ -165,7 +165,7 @@ class TensorFlowModel(Model):
             with tf.device(self.device):
                 result = self._run(*[tf.constant(a) for a in arrays])
         except tf.errors.InvalidArgumentError as exc:
-            raise InvalidInput(f"model {self.name!r} rejected the input: {_first_line(exc)}") from None
+            raise InvalidInput(f"model {self.name!r} rejected the input: {first_line(exc)}") from None
         return [Tensor.from_numpy(n, result[n].numpy()) for n in wanted or self.default_outputs]
 
     def _ordered(self, request: InferenceRequest) -> list[np.ndarray]:
@@ -233,8 +233,3 @@ def _damaged(artifact: Path) -> str:
     if artifact.suffix == ".keras" and not zipfile.is_zipfile(artifact):
         return "not a zip archive (truncated or corrupt)"
     return ""
-
-
-def _first_line(exc: Exception) -> str:
-    lines = (getattr(exc, "message", None) or str(exc)).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
