@@ -1,8 +1,9 @@
 """ONNX, PyTorch and TensorFlow models end to end: one real server, every protocol.
 
 The models are built here, and the answers each framework gives in this process are what
-V2 REST, V2 gRPC and V1 must return through Shoal. Corrupt artifacts of every format sit in
-the same repository: they must fail to load with a reason while the rest serve.
+V2 REST, V2 gRPC and V1 must return through Shoal, in the server process and in a worker
+process. Corrupt artifacts of every format sit in the same repository: they must fail to load
+with a reason while the rest serve.
 """
 
 from __future__ import annotations
@@ -197,6 +198,17 @@ def corrupt(root: Path) -> dict[str, str]:
     return {name: f"cannot read {artifact}" for name, (_, artifact, _) in damaged.items()}
 
 
+IN_WORKERS = ["onnx-two", "torch-export", "tf-saved"]
+
+
+def in_workers(root: Path) -> None:
+    """Copies that run in a worker process (``workers: 1``; the three share one process):
+    only requests and responses cross to it, so any framework's objects may live there."""
+    for name in IN_WORKERS:
+        shutil.copytree(root / name, root / f"{name}-worker")
+        (root / f"{name}-worker" / "model.yaml").write_text("workers: 1\n")
+
+
 @dataclass
 class Served:
     process: ShoalProcess
@@ -211,6 +223,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     onnx_models(root, cases)
     torch_models(root, cases)
     tensorflow_models(root, cases)
+    in_workers(root)
     broken = corrupt(root)
     process = ShoalProcess(root)
     try:
@@ -345,10 +358,47 @@ def test_fp64_to_an_fp32_model_is_400_naming_both_types(server: ShoalProcess, ca
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_metadata(server: ShoalProcess, cases: dict[str, Case], model: str) -> None:
+def test_metadata(server: ShoalProcess, stub, cases: dict[str, Case], model: str) -> None:
     meta = httpx.get(f"{server.url}/v2/models/{model}").json()
     assert {"inputs": meta["inputs"], "outputs": meta["outputs"]} == cases[model].metadata
     assert meta["platform"] == {"onnx": "onnx", "torch": "pytorch", "tf": "tensorflow"}[model.split("-")[0]]
+    answer = stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=30)
+    assert answer.platform == meta["platform"]
+    over_grpc = {
+        kind: [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in tensors]
+        for kind, tensors in (("inputs", answer.inputs), ("outputs", answer.outputs))
+    }
+    assert over_grpc == cases[model].metadata
+
+
+def test_tensorflow_serving_client_calls_a_two_input_saved_model(
+    server: ShoalProcess, cases: dict[str, Case]
+) -> None:
+    """What a TF Serving user sends, unchanged: the real client's messages, tensors from
+    ``tf.make_tensor_proto``, inputs by signature name."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+    case = cases["tf-saved"]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tf-saved"
+    request.model_spec.signature_name = "serving_default"
+    for name, value in case.inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    request.output_filter.append("sum")
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        service = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = service.Predict(request, timeout=30)
+        ask = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        ask.model_spec.name = "tf-saved"
+        metadata = service.GetModelMetadata(ask, timeout=30)
+    assert list(response.outputs) == ["sum"]
+    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["sum"]), case.expected["sum"])
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    metadata.metadata["signature_def"].Unpack(signatures)
+    inputs = signatures.signature_def["serving_default"].inputs
+    assert sorted(inputs) == ["a", "b"]
+    assert [d.size for d in inputs["a"].tensor_shape.dim] == [-1, 3]
 
 
 def test_corrupt_artifacts_are_unavailable_with_a_reason(served: Served) -> None:
@@ -361,3 +411,22 @@ def test_corrupt_artifacts_are_unavailable_with_a_reason(served: Served) -> None
         assert index[name]["state"] == "READY", index[name]
     response = infer(server, "broken-onnx", {"inputs": []})
     assert response.status_code == 503
+
+
+@pytest.mark.parametrize("model", IN_WORKERS)
+def test_models_in_a_worker_process(server: ShoalProcess, stub, cases: dict[str, Case], model: str) -> None:
+    case = cases[model]
+    meta = httpx.get(f"{server.url}/v2/models/{model}-worker").json()
+    assert {"inputs": meta["inputs"], "outputs": meta["outputs"]} == case.metadata
+    got = rest_outputs(infer(server, f"{model}-worker", v2_body(case.inputs)))
+    for name, expected in case.expected.items():
+        np.testing.assert_allclose(got[name], expected, rtol=1e-6, atol=1e-7)
+    request = pb.ModelInferRequest(model_name=f"{model}-worker")
+    for name, value in case.inputs.items():
+        request.inputs.add(name=name, datatype="FP32", shape=list(value.shape))
+        request.raw_input_contents.append(value.tobytes())
+    answer = stub.ModelInfer(request, timeout=30)
+    assert sorted(o.name for o in answer.outputs) == sorted(case.expected)
+    wrong = {n: np.ones((1, 7), np.float32) for n in case.inputs}
+    response = infer(server, f"{model}-worker", v2_body(wrong))
+    assert response.status_code == 400 and "expects [-1," in response.json()["error"]

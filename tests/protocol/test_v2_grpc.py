@@ -250,3 +250,10 @@ def test_negative_shape() -> None:
     message = pb.ModelInferRequest()
     message.inputs.add(name="x", datatype="FP32", shape=[-1, 2])
     assert "input 'x': shape dimensions must be non-negative" in bad(message)
+
+
+def test_a_bad_response_names_the_output() -> None:
+    message = pb.ModelInferResponse(model_name="m")
+    message.outputs.add(name="y", datatype="FP32", shape=[2]).contents.fp32_contents.append(1.0)
+    with pytest.raises(InvalidInput, match=r"output 'y': 1 FP32 elements do not match shape \[2\]"):
+        v2_grpc.decode_response(message)

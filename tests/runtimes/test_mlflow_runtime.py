@@ -190,7 +190,8 @@ def test_column_types_without_a_v2_datatype_fail_the_load(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [("flavors: [unclosed\n", "ParserError"),
-     ("hello: 1\n", 'does not have the "python_function" flavor')],
+     ("hello: 1\n", 'does not have the "python_function" flavor'),
+     ("\n", "its MLmodel file is empty")],
 )
 def test_corrupt_mlmodel_fails_the_load(tmp_path: Path, content: str, fragment: str) -> None:
     folder = save_pyfunc(tmp_path / "m", Echo(), ECHO_SIGNATURE)

@@ -202,6 +202,16 @@ def test_corrupt_artifact_is_a_load_error(tmp_path: Path, artifact: str, damage)
         load(tmp_path)
 
 
+def test_damaged_program_archive_names_the_reason(tmp_path: Path) -> None:
+    """A .pt2 whose zip records Python still reads but PyTorch's reader refuses: the reason
+    torch.export.load only logs must reach the repository index, not "see the warnings"."""
+    path = exported(MLP(), (torch.ones(2, 4),), tmp_path) / "model.pt2"
+    path.write_bytes(path.read_bytes()[:-50])
+    with pytest.raises(LoadError, match="cannot read model.pt2: .*archive is corrupted") as info:
+        load(tmp_path)
+    assert "warnings" not in str(info.value)
+
+
 def test_torch_save_output_gets_a_hint(tmp_path: Path) -> None:
     torch.save(MLP(), tmp_path / "model.pt")
     with pytest.raises(LoadError, match="looks like torch.save output"):

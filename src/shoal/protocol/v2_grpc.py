@@ -79,38 +79,39 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
     )
 
 
-def _decode_tensors(items: Any, raw: Any) -> list[Tensor]:
+def _decode_tensors(items: Any, raw: Any, kind: str = "input") -> list[Tensor]:
     """Input or output tensor messages, their data typed or in the matching raw contents."""
     tensors = []
     for index, item in enumerate(items):
         name, datatype = item.name, item.datatype
         if not name:
-            raise InvalidInput(f"input {index} needs a name")
+            raise InvalidInput(f"{kind} {index} needs a name")
         numpy_dtype(datatype)
         shape = tuple(item.shape)
         if any(d < 0 for d in shape):
-            raise InvalidInput(f"input {name!r}: shape dimensions must be non-negative")
+            raise InvalidInput(f"{kind} {name!r}: shape dimensions must be non-negative")
         if raw:
             if item.HasField("contents"):
+                message = "request" if kind == "input" else "response"
                 raise InvalidInput(
-                    f"input {name!r} sets contents while the request uses raw_input_contents"
+                    f"{kind} {name!r} sets contents while the {message} uses raw_{kind}_contents"
                 )
             data = v2_binary.decode_tensor_bytes(raw[index], datatype, shape, name)
         else:
-            data = _typed_contents(item, datatype, shape)
+            data = _typed_contents(item, datatype, shape, kind)
         tensors.append(Tensor(name, datatype, shape, data, parameters_from_proto(item.parameters)))
     return tensors
 
 
-def _typed_contents(item: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+def _typed_contents(item: Any, datatype: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
-        raise InvalidInput(f"input {item.name!r}: {datatype} data must be sent as raw_input_contents")
+        raise InvalidInput(f"{kind} {item.name!r}: {datatype} data must be sent as raw_{kind}_contents")
     values = getattr(item.contents, field)
     count = v2_binary.element_count(shape)
     if len(values) != count:
         raise InvalidInput(
-            f"input {item.name!r}: {len(values)} {datatype} elements do not match shape "
+            f"{kind} {item.name!r}: {len(values)} {datatype} elements do not match shape "
             f"{list(shape)} ({count} elements)"
         )
     if datatype == "BYTES":
@@ -124,14 +125,14 @@ def _typed_contents(item: Any, datatype: str, shape: tuple[int, ...]) -> np.ndar
         info = np.iinfo(dtype)
         if wide.min() < info.min or wide.max() > info.max:
             raise InvalidInput(
-                f"input {item.name!r}: a value is out of range for {datatype} "
+                f"{kind} {item.name!r}: a value is out of range for {datatype} "
                 f"({info.min} to {info.max})"
             )
         return wide.astype(dtype).reshape(shape)
     try:
         return np.array(values, dtype=dtype).reshape(shape)
     except OverflowError as exc:
-        raise InvalidInput(f"input {item.name!r}: {exc}") from None
+        raise InvalidInput(f"{kind} {item.name!r}: {exc}") from None
 
 
 def encode_response(response: InferenceResponse, raw: bool) -> pb.ModelInferResponse:
@@ -203,7 +204,7 @@ def decode_response(message: pb.ModelInferResponse) -> InferenceResponse:
             f"the response has {len(message.outputs)} outputs but {len(raw)} raw_output_contents"
         )
     return InferenceResponse(
-        outputs=_decode_tensors(message.outputs, raw),
+        outputs=_decode_tensors(message.outputs, raw, "output"),
         model_name=message.model_name,
         model_version=message.model_version or None,
         id=message.id or None,

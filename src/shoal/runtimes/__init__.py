@@ -67,6 +67,14 @@ def detect_runtime(folders: list[Path]) -> str:
 IMPORT_LOCK = threading.RLock()
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: first line``: framework errors (onnxruntime, PyTorch, TensorFlow) append pages
+    of context that a repository index or a 400 should not carry. TensorFlow's ``OpError``
+    keeps its own text in ``message`` (``str()`` adds the op's name)."""
+    lines = (getattr(exc, "message", None) or str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def create_model(
     name: str, version: str, version_dir: Path, model_dir: Path, config: ModelConfig
 ) -> Model:

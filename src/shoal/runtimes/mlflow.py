@@ -59,6 +59,8 @@ class MLflowModel(Model):
     def load(self) -> None:
         if not (self.path / ARTIFACT).is_file():
             raise LoadError(f"no {ARTIFACT} file in {self.path}")
+        if not (self.path / ARTIFACT).read_bytes().strip():  # MLflow: "'NoneType' ... 'copy'"
+            raise LoadError(f"cannot load the MLflow model: its {ARTIFACT} file is empty")
         for artifact in sorted(p for p in self.path.rglob("*") if p.is_file()):
             refuse_untrusted(artifact)
         try:

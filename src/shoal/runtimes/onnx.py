@@ -26,6 +26,7 @@ import onnxruntime as ort
 from ..errors import InvalidInput, LoadError
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
+from . import first_line
 
 ARTIFACT = "model.onnx"
 DEFAULT_PROVIDERS = ["CPUExecutionProvider"]
@@ -64,7 +65,7 @@ class ONNXModel(Model):
                 str(artifact), sess_options=self._options(), providers=providers
             )
         except Exception as exc:
-            raise LoadError(f"cannot read {ARTIFACT}: {_first_line(exc)}") from exc
+            raise LoadError(f"cannot read {ARTIFACT}: {first_line(exc)}") from exc
         started = self.session.get_providers()
         missing = [p for p in (_provider_name(p) for p in providers) if p not in started]
         if missing:
@@ -190,8 +191,3 @@ def _tensor(name: str, value: np.ndarray) -> Tensor:
         value = np.array(flat, dtype=object).reshape(value.shape)
         return Tensor(name, "BYTES", tuple(value.shape), value)
     return Tensor.from_numpy(name, value)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

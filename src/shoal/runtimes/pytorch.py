@@ -19,7 +19,10 @@ read-only request buffers, which a model's in-place op must not write through).
 
 from __future__ import annotations
 
+import logging
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ import torch
 from ..errors import InvalidInput, LoadError, ModelFailure
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
-from . import IMPORT_LOCK
+from . import IMPORT_LOCK, first_line
 from .trust import refuse_untrusted
 
 ARTIFACTS = ("model.pt", "model.pt2")
@@ -104,7 +107,13 @@ class PyTorchModel(Model):
         ]
 
     def _load_exported(self, artifact: Path) -> None:
-        program = torch.export.load(str(artifact))
+        with _logged_errors("torch.export") as logged:
+            try:
+                program = torch.export.load(str(artifact))
+            except RuntimeError:
+                if not logged:
+                    raise
+                raise logged[0] from None  # the reason, not "check the warnings above"
         if self.device.type != "cpu":
             from torch.export.passes import move_to_device_pass
 
@@ -237,12 +246,34 @@ def _numpy(value: Any) -> np.ndarray:
     return value.cpu().numpy()
 
 
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
+@contextmanager
+def _logged_errors(logger_name: str) -> Iterator[list[BaseException]]:
+    """Exceptions that ``logger_name`` logs meanwhile.
+
+    ``torch.export.load`` logs why it could not read an archive (``PytorchStreamReader failed
+    reading zip archive: invalid header``) and then raises a generic error that says to read
+    the log; a failed load must carry the reason itself. Loads hold ``IMPORT_LOCK``, so no
+    other thread's records land here.
+    """
+    caught: list[BaseException] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.exc_info and record.exc_info[1] is not None:
+                caught.append(record.exc_info[1])
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield caught
+    finally:
+        logger.removeHandler(handler)
+
+
+def _first_line(exc: BaseException) -> str:
     # PyTorch's archive errors append a long generic paragraph after the first sentence.
-    text = text.split(". This is an internal miniz error")[0]
-    return f"{type(exc).__name__}: {text}"
+    return first_line(exc).split(". This is an internal miniz error")[0]
 
 
 def _hint(artifact: Path) -> str:
