@@ -23,6 +23,7 @@ from ..datatypes import numpy_dtype
 from ..errors import InvalidInput
 from ..types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from . import v2_binary
+from .v1 import tf_serving_state
 from .tfs_gen import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -75,12 +76,6 @@ VALUE_FIELD = {
     "BYTES": "string_val",
 }
 
-#: Shoal's version states -> TF Serving's; a version that failed to load has ended.
-_STATES = {
-    "READY": ModelVersionStatus.AVAILABLE,
-    "LOADING": ModelVersionStatus.LOADING,
-    "UNLOADING": ModelVersionStatus.UNLOADING,
-}
 
 
 class VersionState(Protocol):
@@ -301,7 +296,7 @@ def encode_status_response(
     """As the REST status route: OK for an available version, else UNAVAILABLE + reason."""
     message = get_model_status_pb2.GetModelStatusResponse()
     for entry in entries:
-        state = _STATES.get(entry.state.value, ModelVersionStatus.END)
+        state = ModelVersionStatus.State.Value(tf_serving_state(entry.state.value))
         status = message.model_version_status.add(version=int(entry.version), state=state)
         status.status.error_code = OK if state == ModelVersionStatus.AVAILABLE else UNAVAILABLE
         status.status.error_message = entry.reason

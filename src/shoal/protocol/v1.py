@@ -134,3 +134,12 @@ def _row_count(outputs: list[Tensor]) -> int:
             "the model's outputs do not share one batch size; use the columnar format ('inputs')"
         )
     return counts.pop()
+
+
+#: Shoal's version states -> TensorFlow Serving's; a version that failed to load has ended.
+TF_SERVING_STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING"}
+
+
+def tf_serving_state(state: str) -> str:
+    """A version's state as TF Serving's GetModelStatus names it (REST and gRPC alike)."""
+    return TF_SERVING_STATES.get(state, "END")

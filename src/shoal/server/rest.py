@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from ..errors import InvalidInput, ShoalError, Unavailable
 from ..observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..protocol import v2_json
+from ..protocol import v1, v2_json
 from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
 from . import infer_asgi
@@ -169,9 +169,7 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.Inferen
 
 def _tf_status(entry: Any) -> dict[str, Any]:
     """TensorFlow Serving's GetModelStatus shape."""
-    state = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING"}.get(
-        entry.state.value, "END"
-    )
+    state = v1.tf_serving_state(entry.state.value)
     return {
         "version": entry.version,
         "state": state,
