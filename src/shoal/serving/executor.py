@@ -44,33 +44,25 @@ class Executor:
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or max(4, 2 * usable_cpus())
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._workers: list[threading.Thread] = []
-        self._idle = 0
-        self._lock = threading.Lock()
+        # All threads start now: starting them on demand would have to count queued jobs
+        # against idle threads under a lock on every call; idle threads cost next to nothing.
+        self._workers = [
+            threading.Thread(target=self._work, name=f"shoal-model-{i}", daemon=True)
+            for i in range(self.threads)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((fn, args, loop, future))
-        if not self._idle and len(self._workers) < self.threads:
-            self._start_worker()
         return await future
-
-    def _start_worker(self) -> None:
-        worker = threading.Thread(
-            target=self._work, name=f"shoal-model-{len(self._workers)}", daemon=True
-        )
-        self._workers.append(worker)
-        worker.start()
 
     def _work(self) -> None:
         jobs = self._jobs
         while True:
-            with self._lock:
-                self._idle += 1
             job = jobs.get()
-            with self._lock:
-                self._idle -= 1
             if job is None:
                 return
             fn, args, loop, future = job
