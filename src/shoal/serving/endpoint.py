@@ -83,7 +83,11 @@ class ModelEndpoint:
             for stage in ("preprocess", "predict", "postprocess")
             if stage == "predict" or getattr(type(model), stage) is not getattr(Model, stage)
         ]
-        self._all_sync = not any(inspect.iscoroutinefunction(s) for s in self._stages)
+        # Per stage, decided once: (the stage, is it predict, is it a coroutine function).
+        self._plan = [
+            (s, s.__name__ == "predict", inspect.iscoroutinefunction(s)) for s in self._stages
+        ]
+        self._all_sync = not any(is_async for _, _, is_async in self._plan)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -171,11 +175,10 @@ class ModelEndpoint:
             else:
                 result = request
                 began = predicting = predicted = handed
-                for stage in self._stages:
-                    is_predict = stage.__name__ == "predict"
+                for stage, is_predict, is_async in self._plan:
                     if is_predict:
                         predicting = perf_counter_ns()
-                    if inspect.iscoroutinefunction(stage):
+                    if is_async:
                         result = await stage(result)
                     else:
                         result = await self.executor.run(stage, result)
@@ -214,8 +217,8 @@ class ModelEndpoint:
         predict returned (``perf_counter_ns``), for the statistics."""
         began = predicting = predicted = perf_counter_ns()
         result: Any = request
-        for stage in self._stages:
-            if stage.__name__ == "predict":
+        for stage, is_predict, _ in self._plan:
+            if is_predict:
                 predicting = perf_counter_ns()
                 result = stage(result)
                 predicted = perf_counter_ns()
