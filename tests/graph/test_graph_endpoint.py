@@ -204,6 +204,34 @@ def test_ensemble_children_run_concurrently(tmp_path: Path) -> None:
     run(repository(tmp_path, spec), scenario)
 
 
+def test_a_failing_ensemble_child_cancels_its_siblings(tmp_path: Path) -> None:
+    marker = tmp_path / "finished"
+    write(tmp_path / "late" / "model.py", f"""
+        import asyncio
+        from pathlib import Path
+        from shoal import Model
+
+        class Late(Model):
+            async def predict(self, request):
+                await asyncio.sleep(0.3)
+                Path({str(marker)!r}).write_text("ran to the end")
+                return request.inputs
+    """)
+    write(tmp_path / "late" / "model.yaml", "runtime: custom\n")
+    spec = nodes(
+        root={"kind": "ensemble", "children": ["late_node", "boom_node"], "combiner": "collect"},
+        late_node={"kind": "model", "model": "late"}, boom_node={"kind": "model", "model": "boom"},
+    )
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        with pytest.raises(ModelFailure):
+            await graph_of(registry).infer(x([1.0, 2.0]))
+        await asyncio.sleep(0.5)
+
+    run(repository(tmp_path, spec), scenario)
+    assert not marker.exists()
+
+
 def test_switch_on_parameters_headers_and_values(tmp_path: Path) -> None:
     spec = nodes(root={"kind": "switch", "cases": [
         {"when": "parameters.mode == 'double'", "node": "double"},

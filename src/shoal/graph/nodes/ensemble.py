@@ -12,6 +12,18 @@ from .base import GraphNode, Observer
 Combine = Callable[[list[InferenceResponse], list[str]], Awaitable[InferenceResponse]]
 
 
+async def _all_or_none(calls: list[Awaitable[InferenceResponse]]) -> list[InferenceResponse]:
+    """Every child's answer; when one fails, the others are cancelled instead of running on
+    (holding batch slots and remote connections) for an answer nobody will read."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+
+
 class Ensemble(GraphNode):
     kind = "ensemble"
 
@@ -29,7 +41,7 @@ class Ensemble(GraphNode):
         if len(self.members) == 1:
             responses = [await self.members[0].run(call, request)]
         else:
-            responses = list(await asyncio.gather(*(m.run(call, request) for m in self.members)))
+            responses = await _all_or_none([m.run(call, request) for m in self.members])
         return await self.combine(responses, self._names)
 
     def inputs(self) -> list[TensorSpec]:
