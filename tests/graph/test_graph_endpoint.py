@@ -232,6 +232,20 @@ def test_a_failing_ensemble_child_cancels_its_siblings(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_the_index_shows_a_graph_unavailable_while_a_model_it_calls_is_down(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "model", "model": "double"})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        row = next(r for r in repo.index() if r["name"] == "g")
+        assert row["state"] == "READY"
+        await repo.unload("double")
+        row = next(r for r in repo.index() if r["name"] == "g")
+        assert row["state"] == "UNAVAILABLE" and "root" in row["reason"]
+        assert "g" not in {r["name"] for r in repo.index(ready_only=True)}
+
+    run(repository(tmp_path, spec), scenario)
+
+
 def test_switch_on_parameters_headers_and_values(tmp_path: Path) -> None:
     spec = nodes(root={"kind": "switch", "cases": [
         {"when": "parameters.mode == 'double'", "node": "double"},

@@ -252,10 +252,15 @@ class ModelRepository:
             if not entries and not ready_only:
                 rows.append({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
             for entry in entries:
-                if ready_only and entry.state is not ModelState.READY:
+                state, reason = entry.state.value, entry.reason
+                # A graph is loaded but not ready while a model it calls is down.
+                waiting = getattr(entry.endpoint, "unready_reason", None)
+                if state == "READY" and waiting is not None and (why := waiting()) is not None:
+                    state, reason = "UNAVAILABLE", why
+                if ready_only and state != "READY":
                     continue
-                row = {"name": name, "version": entry.version, "state": entry.state.value}
-                if entry.reason:
-                    row["reason"] = entry.reason
+                row = {"name": name, "version": entry.version, "state": state}
+                if reason:
+                    row["reason"] = reason
                 rows.append(row)
         return rows
