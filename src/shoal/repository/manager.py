@@ -254,9 +254,10 @@ class ModelRepository:
             for entry in entries:
                 state, reason = entry.state.value, entry.reason
                 # A graph is loaded but not ready while a model it calls is down.
-                waiting = getattr(entry.endpoint, "unready_reason", None)
-                if state == "READY" and waiting is not None and (why := waiting()) is not None:
-                    state, reason = "UNAVAILABLE", why
+                if state == "READY" and entry.endpoint is not None:
+                    why = entry.endpoint.unready_reason()
+                    if why is not None:
+                        state, reason = "UNAVAILABLE", why
                 if ready_only and state != "READY":
                     continue
                 row = {"name": name, "version": entry.version, "state": state}

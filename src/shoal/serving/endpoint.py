@@ -50,6 +50,10 @@ class Endpoint(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    def unready_reason(self) -> str | None:
+        """Why a loaded endpoint cannot answer now (a graph whose model is down); None if ready."""
+        ...
+
     def metadata(self) -> dict[str, Any]: ...
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
@@ -100,6 +104,9 @@ class ModelEndpoint:
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
+
+    def unready_reason(self) -> str | None:
+        return None if self.state is ModelState.READY else self.state.value.lower()
 
     def metadata(self) -> dict[str, Any]:
         return {

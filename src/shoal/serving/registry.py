@@ -58,7 +58,7 @@ class Registry:
                 f"model {name!r} version {entry.version} is {entry.state.value.lower()}{detail}"
             )
         if not entry.endpoint.ready:  # a graph is ready only while the models it calls are
-            reason = getattr(entry.endpoint, "unready_reason", lambda: None)()
+            reason = entry.endpoint.unready_reason()
             raise Unavailable(
                 f"model {name!r} version {entry.version} is not ready"
                 + (f": {reason}" if reason else "")
