@@ -48,3 +48,20 @@ def datatype_of(array: np.ndarray) -> str:
         return _KIND_SIZE_TO_DATATYPE[(kind, array.dtype.itemsize)]
     except KeyError:
         raise InvalidInput(f"numpy dtype {array.dtype} has no V2 datatype") from None
+
+
+def canonical(array: np.ndarray, datatype: str) -> np.ndarray:
+    """``array`` with the very numpy dtype :data:`NUMPY_DTYPES` gives ``datatype``.
+
+    numpy has several names for one layout (``numpy.longlong`` and ``numpy.int64`` are both
+    8-byte integers on Linux). Runtimes return any of them, and serializers that dispatch on
+    the exact type (orjson) know only one: the same bytes viewed under the canonical name cost
+    nothing and encode everywhere. Another byte order is converted.
+    """
+    if datatype == "BYTES":
+        return array
+    target = NUMPY_DTYPES[datatype]
+    dtype = array.dtype
+    if dtype == target:
+        return array if dtype.char == target.char else array.view(target)
+    return array.astype(target)

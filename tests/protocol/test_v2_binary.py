@@ -95,7 +95,7 @@ def test_too_many_bytes_is_a_mismatch_too() -> None:
 
 
 def test_bytes_truncated_length_prefix() -> None:
-    raw = b"\x01\x00\x00\x00a" + b"\x05\x00"
+    raw = b"\x01\x00\x00\x00a" + b"\x05\x00\x00"
     with pytest.raises(InvalidInput, match="ends after 1 of 2 elements"):
         v2_binary.decode_tensor_bytes(raw, "BYTES", (2,), "x")
 

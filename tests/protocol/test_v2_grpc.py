@@ -217,7 +217,7 @@ def test_raw_size_mismatch() -> None:
 
 def test_raw_bytes_overrun() -> None:
     message = raw_message(tensor("BYTES", "s"))
-    message.raw_input_contents[0] = b"\xff\x00\x00\x00abc"
+    message.raw_input_contents[0] = b"\xff\x00\x00\x00abc" + b"\x00" * 9  # room for 4 lengths
     assert "BYTES element 0 claims 255 bytes" in bad(message)
 
 

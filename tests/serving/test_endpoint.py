@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from shoal import InferenceRequest, InferenceResponse, Model, RequestedOutput, Tensor, TensorSpec
+from shoal.datatypes import numpy_dtype
 from shoal.errors import InvalidInput, ModelFailure, Unavailable
 from shoal.serving.endpoint import DEFAULT_OUTPUT, ModelEndpoint, ModelState, conform_inputs
 from shoal.serving.executor import Executor
@@ -83,13 +84,60 @@ def test_safe_casts_to_fp64(source: str) -> None:
     assert out.data.tolist() == [[1.0] * 4] * 2
 
 
-@pytest.mark.parametrize("source,target", [("FP64", "FP32"), ("BYTES", "FP64"),
-                                           ("FP32", "BYTES"), ("INT64", "INT32")])
-def test_lossy_casts_are_refused_naming_both_types(source: str, target: str) -> None:
+@pytest.mark.parametrize("source,target", [("BYTES", "FP64"), ("FP32", "BYTES")])
+def test_bytes_never_converts(source: str, target: str) -> None:
     with pytest.raises(InvalidInput) as info:
         conform_inputs([tensor(source)], [TensorSpec("x", target, (-1, 4))], "m")
     message = str(info.value)
     assert f"is {source} but model 'm' expects {target}" in message
+
+
+@pytest.mark.parametrize("values,source,target", [
+    ([5, -7], np.int64, "FP64"),
+    ([5, 16777216], np.int64, "FP32"),
+    ([0.5, -2.25, np.inf, np.nan], np.float64, "FP32"),
+    ([3.0, -4.0], np.float64, "INT64"),
+    ([2**31 - 1, -(2**31)], np.int64, "INT32"),
+    ([0, 1], np.int64, "BOOL"),
+    ([2**63 - 1], np.uint64, "INT64"),
+])
+def test_a_conversion_in_which_every_value_survives_is_made(values, source, target) -> None:
+    sent = Tensor.from_numpy("x", np.array(values, dtype=source))
+    (out,) = conform_inputs([sent], [TensorSpec("x", target, (-1,))], "m")
+    assert out.datatype == target and out.data.dtype == numpy_dtype(target)
+    assert np.array_equal(out.data.astype(np.float64), sent.data.astype(np.float64), equal_nan=True)
+
+
+@pytest.mark.parametrize("values,source,target,culprit", [
+    ([1, 9007199254740993], np.int64, "FP64", "9007199254740993"),  # no FP64 holds 2**53 + 1
+    ([16777217], np.int64, "FP32", "16777217"),
+    ([1.0, 1e40], np.float64, "FP32", "1e+40"),  # would be inf
+    ([0.1], np.float64, "FP32", "0.1"),
+    ([1.5], np.float64, "INT64", "1.5"),
+    ([np.nan], np.float64, "INT64", "nan"),
+    ([2**40], np.int64, "INT32", "1099511627776"),
+    ([-1], np.int64, "UINT64", "-1"),  # would wrap to 2**64 - 1
+    ([2], np.int64, "BOOL", "2"),
+])
+def test_a_conversion_that_would_change_a_value_is_refused_naming_it(
+    values, source, target, culprit
+) -> None:
+    sent = Tensor.from_numpy("x", np.array(values, dtype=source))
+    with pytest.raises(InvalidInput) as info:
+        conform_inputs([sent], [TensorSpec("x", target, (-1,))], "m")
+    message = str(info.value)
+    assert f"is {sent.datatype} but model 'm' expects {target}" in message
+    assert f"its value {culprit}" in message and f"send {target} data" in message
+
+
+def test_every_mismatch_is_named_with_the_owner_kind() -> None:
+    sent = Tensor.from_numpy("x", np.ones((1, 4)))
+    with pytest.raises(InvalidInput) as info:
+        conform_inputs([sent], [TensorSpec("text", "BYTES", (-1,))], "parse", "transformer")
+    assert str(info.value) == (
+        "input 'x' (its input 'text') has shape [1, 4] and is FP64 but transformer 'parse' "
+        "expects [-1] (-1 is any size) and BYTES"
+    )
 
 
 def test_same_datatype_is_passed_through_unchanged() -> None:

@@ -131,7 +131,16 @@ def fill_model_spec(
 # ---- tensors ------------------------------------------------------------------------------
 
 
-def decode_tensor(name: str, proto: tensor_pb2.TensorProto) -> Tensor:
+#: The largest tensor a few typed values may be padded to when the server passes no limit.
+DEFAULT_PADDING_LIMIT = 64 * 1024 * 1024
+
+
+def decode_tensor(
+    name: str, proto: tensor_pb2.TensorProto, limit: int = DEFAULT_PADDING_LIMIT
+) -> Tensor:
+    """``limit``: the most bytes a tensor padded from fewer values than its shape holds may
+    take (the server's request size limit): padding is how a 30-byte message would
+    otherwise ask for gigabytes."""
     datatype = DT_TO_DATATYPE.get(proto.dtype)
     if datatype is None:
         raise InvalidInput(
@@ -143,18 +152,19 @@ def decode_tensor(name: str, proto: tensor_pb2.TensorProto) -> Tensor:
     shape = tuple(dim.size for dim in proto.tensor_shape.dim)
     if any(size < 0 for size in shape):
         raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    v2_binary.check_shape(shape, name)
     content = proto.tensor_content
     if content:
         if datatype == "BYTES":
             raise InvalidInput(f"input {name!r}: DT_STRING elements go in string_val")
         data = v2_binary.decode_tensor_bytes(content, datatype, shape, name)
     else:
-        data = _typed_values(name, proto, datatype, shape)
+        data = _typed_values(name, proto, datatype, shape, limit)
     return Tensor(name, datatype, shape, data)
 
 
 def _typed_values(
-    name: str, proto: tensor_pb2.TensorProto, datatype: str, shape: tuple[int, ...]
+    name: str, proto: tensor_pb2.TensorProto, datatype: str, shape: tuple[int, ...], limit: int
 ) -> np.ndarray:
     field = VALUE_FIELD[datatype]
     values = getattr(proto, field)
@@ -163,6 +173,13 @@ def _typed_values(
         raise InvalidInput(
             f"input {name!r}: {given} values in {field} do not fit shape {list(shape)} "
             f"({count} elements)"
+        )
+    itemsize = 8 if datatype == "BYTES" else numpy_dtype(datatype).itemsize  # BYTES: a pointer each
+    if given < count and count * itemsize > limit:
+        raise InvalidInput(
+            f"input {name!r}: shape {list(shape)} padded from {given} value(s) in {field} would "
+            f"take {count * itemsize} bytes, more than the {limit}-byte request limit; send "
+            "every value (or tensor_content)"
         )
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
@@ -219,13 +236,16 @@ def _dtype_name(dt: int) -> str:
 
 
 def decode_predict_request(
-    message: predict_pb2.PredictRequest, input_names: Sequence[str] = ()
+    message: predict_pb2.PredictRequest,
+    input_names: Sequence[str] = (),
+    limit: int = DEFAULT_PADDING_LIMIT,
 ) -> InferenceRequest:
-    """``input_names`` (the model's declared inputs) orders the inputs, which a map does not."""
+    """``input_names`` (the model's declared inputs) orders the inputs, which a map does not;
+    ``limit`` bounds padded tensors (see :func:`decode_tensor`)."""
     check_signature(message.model_spec)
     order = {n: i for i, n in enumerate(input_names)}
     names = sorted(message.inputs, key=lambda n: (order.get(n, len(order)), n))
-    inputs = [decode_tensor(n, message.inputs[n]) for n in names]
+    inputs = [decode_tensor(n, message.inputs[n], limit) for n in names]
     outputs = None
     if message.output_filter:
         wanted = list(message.output_filter)

@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..datatypes import canonical
 from ..errors import InvalidInput
 from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
-from .v2_json import json_data, json_numbers, parse_json_object
+from .v2_json import json_array, json_data, json_numbers, parse_json_object
 
 Format = Literal["row", "columnar"]
 DEFAULT_INPUT = "input-0"
@@ -124,7 +125,7 @@ def encode_response(response: InferenceResponse, fmt: Format) -> dict[str, Any]:
 def _value(tensor: Tensor) -> Any:
     if tensor.datatype == "BYTES":
         return np.array(json_data(tensor), dtype=object).reshape(tensor.shape).tolist()
-    return json_data(tensor).reshape(tensor.shape)
+    return json_array(canonical(tensor.data, tensor.datatype))
 
 
 def _row_count(outputs: list[Tensor]) -> int:

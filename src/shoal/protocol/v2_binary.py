@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 
 import numpy as np
 
@@ -18,8 +19,20 @@ from ..errors import InvalidInput
 _LENGTH = struct.Struct("<I")
 
 
+#: numpy refuses an array whose dimensions, zeros aside, multiply to more bytes than an
+#: address holds, even an empty one ([0, 2**62]): such shapes are refused first.
+_MAX_ELEMENTS = sys.maxsize // 16
+
+
 def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
+
+
+def check_shape(shape: tuple[int, ...], name: str, kind: str = "input") -> tuple[int, ...]:
+    """``shape``, or a 400 if no array could have it (a client's arithmetic, not ours)."""
+    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:
+        raise InvalidInput(f"{kind} {name!r}: shape {list(shape)} is larger than any tensor can be")
+    return shape
 
 
 def decode_tensor_bytes(
@@ -42,6 +55,13 @@ def decode_tensor_bytes(
 def decode_bytes_elements(buffer: bytes | memoryview, count: int, name: str) -> np.ndarray:
     view = memoryview(buffer)
     size = len(view)
+    if count * _LENGTH.size > size:
+        # Checked before allocating: every element takes at least its 4-byte length, so a
+        # shape of 200 million elements over 9 bytes is refused without an 1.6 GB array.
+        raise InvalidInput(
+            f"input {name!r}: shape needs {count} BYTES elements, but the {size} bytes of "
+            f"data hold at most {size // _LENGTH.size}"
+        )
     elements = np.empty(count, dtype=object)
     offset = 0
     for index in range(count):

@@ -90,6 +90,7 @@ def _decode_tensors(items: Any, raw: Any, kind: str = "input") -> list[Tensor]:
         shape = tuple(item.shape)
         if any(d < 0 for d in shape):
             raise InvalidInput(f"{kind} {name!r}: shape dimensions must be non-negative")
+        v2_binary.check_shape(shape, name, kind)
         if raw:
             if item.HasField("contents"):
                 message = "request" if kind == "input" else "response"

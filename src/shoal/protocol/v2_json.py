@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..datatypes import numpy_dtype
+from ..datatypes import canonical, numpy_dtype
 from ..errors import InvalidInput
 from ..types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from . import v2_binary
@@ -119,7 +119,7 @@ def parse_shape(value: Any, name: str) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
         raise InvalidInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    return tuple(value)
+    return v2_binary.check_shape(tuple(value), name)
 
 
 def json_data_to_array(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -160,8 +160,11 @@ def json_numbers(data: Any, datatype: str, name: str) -> np.ndarray:
         if kind != "b":
             raise InvalidInput(f"input {name!r}: {datatype} data must be true or false")
     elif dtype.kind == "f":
+        if kind in "UO":  # "NaN" / "Infinity" strings, or integers beyond 64 bits
+            return _special_floats(data, dtype, datatype, name).reshape(array.shape)
         if kind not in "iuf":
             raise InvalidInput(f"input {name!r}: {datatype} data must be numbers")
+        return _floats(array, dtype, datatype, name)
     elif kind == "f":
         # numpy widens integers beyond INT64 (or mixed with 3.0) to float64: convert exactly.
         return _exact_integers(data, dtype, datatype, name).reshape(array.shape)
@@ -170,6 +173,69 @@ def json_numbers(data: Any, datatype: str, name: str) -> np.ndarray:
     else:
         _check_range(int(array.min()), int(array.max()), dtype, datatype, name)
     return array.astype(dtype, copy=False)
+
+
+#: How JSON, which has no literal for them, carries non-finite floats (as proto3's JSON
+#: mapping does): these strings are read as the values, and written for them.
+NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _floats(array: np.ndarray, dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
+    """JSON numbers as a float datatype. A decimal literal becomes the nearest value (that is
+    what 0.1 means), but an integer too large to be represented (9007199254740993 as FP64)
+    or a number beyond the type's range (1e40 as FP32, which would become inf) is refused."""
+    result = array.astype(dtype, copy=False)
+    if array.dtype.kind in "iu":
+        limit = 2 ** (np.finfo(dtype).nmant + 1)  # every integer up to this one is exact
+        if int(array.max()) > limit or int(array.min()) < -limit:
+            back = result.astype(array.dtype)
+            with np.errstate(invalid="ignore"):
+                changed = (back != array) | ~np.isfinite(result)
+            if changed.any():
+                value = array.reshape(-1)[int(np.argmax(changed.reshape(-1)))]
+                raise InvalidInput(
+                    f"input {name!r}: {int(value)} cannot be represented exactly as {datatype}"
+                )
+    elif dtype.itemsize < array.dtype.itemsize and np.isinf(result).any():
+        overflow = np.isinf(result) & np.isfinite(array)
+        if overflow.any():
+            value = array.reshape(-1)[int(np.argmax(overflow.reshape(-1)))]
+            info = np.finfo(dtype)
+            raise InvalidInput(
+                f"input {name!r}: {value!r} is out of range for {datatype} "
+                f"({float(info.min):g} to {float(info.max):g})"
+            )
+    return result
+
+
+def _special_floats(data: Any, dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
+    """The slow path: numbers mixed with ``"NaN"``/``"Infinity"``/``"-Infinity"``, or
+    integers that do not fit 64 bits."""
+    values: list[float] = []
+    for value in _flatten(data):
+        if isinstance(value, str):
+            if value not in NONFINITE:
+                raise InvalidInput(
+                    f"input {name!r}: {datatype} data must be numbers (or \"NaN\", "
+                    f"\"Infinity\", \"-Infinity\"), not {value[:40]!r}"
+                )
+            values.append(NONFINITE[value])
+        elif isinstance(value, int) and not isinstance(value, bool):
+            with np.errstate(over="ignore"):
+                try:
+                    exact = float(dtype.type(value)) == value
+                except OverflowError:
+                    exact = False
+            if not exact:
+                raise InvalidInput(
+                    f"input {name!r}: {value} cannot be represented exactly as {datatype}"
+                )
+            values.append(float(value))
+        elif isinstance(value, float):
+            values.append(value)
+        else:
+            raise InvalidInput(f"input {name!r}: {datatype} data must be numbers")
+    return _floats(np.array(values, dtype=np.float64), dtype, datatype, name)
 
 
 def _exact_integers(data: Any, dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
@@ -283,7 +349,7 @@ def encode_response(
     if response.parameters:
         body["parameters"] = response.parameters
     body["outputs"] = outputs
-    header = orjson.dumps(body, option=_DUMP_OPTIONS)
+    header = dumps(body)
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
@@ -294,10 +360,23 @@ def json_data(tensor: Tensor) -> Any:
     data = tensor.data
     if tensor.datatype == "BYTES":
         return [_text(v) for v in data.reshape(-1)]
-    flat = data.reshape(-1)
-    if not flat.flags.c_contiguous or flat.dtype.byteorder == ">":
-        flat = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))
-    return flat
+    return json_array(canonical(data.reshape(-1), tensor.datatype))
+
+
+def json_array(array: np.ndarray) -> Any:
+    """A numeric array, in its shape, as JSON can hold it: the array itself when orjson writes
+    it natively (contiguous, one of numpy's canonical dtypes: see ``datatypes.canonical``),
+    nested lists when it holds NaN or infinities, which become ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"`` (orjson would write ``null``, and a client could not tell them apart)."""
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        return array
+    values = array.astype(object)
+    values[np.isnan(array)] = "NaN"
+    values[array == np.inf] = "Infinity"
+    values[array == -np.inf] = "-Infinity"
+    return values.tolist()
 
 
 def _text(value: Any) -> str:
@@ -311,8 +390,18 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _fallback(value: Any) -> Any:
+    """What orjson cannot write by itself: numpy scalars of a non-canonical type
+    (``numpy.longlong``, ...), and arrays it does not take natively (non-contiguous, object)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=_DUMP_OPTIONS)
+    return orjson.dumps(value, default=_fallback, option=_DUMP_OPTIONS)
 
 
 # -- the client direction (remote models) ------------------------------------------------

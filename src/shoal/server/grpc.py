@@ -156,5 +156,5 @@ def build_server(
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
     from . import tfs_grpc  # TF Serving's services; that module builds on this one's _guard
 
-    tfs_grpc.add_to_server(dataplane, server)
+    tfs_grpc.add_to_server(dataplane, server, max_message_size)
     return server

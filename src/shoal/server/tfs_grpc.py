@@ -30,8 +30,10 @@ PROTOCOL = "tfs-grpc"
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, max_message_size: int) -> None:
         self.dataplane = dataplane
+        #: Bounds what a few typed values may be padded to (TensorFlow's fill rule).
+        self.max_message_size = max_message_size
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: Any
@@ -49,7 +51,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             names: list[str] = []
             if len(request.inputs) > 1:
                 names = [spec["name"] for spec in endpoint.metadata()["inputs"]]
-            return tfs_grpc.decode_predict_request(request, names)
+            return tfs_grpc.decode_predict_request(request, names, self.max_message_size)
 
         _, response = await self.dataplane.infer(
             tfs_grpc.model_name(spec),
@@ -94,8 +96,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return await _guard(context, call)
 
 
-def add_to_server(dataplane: DataPlane, server: grpc.aio.Server) -> None:
+def add_to_server(dataplane: DataPlane, server: grpc.aio.Server, max_message_size: int) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(dataplane), server
+        PredictionServicer(dataplane, max_message_size), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)

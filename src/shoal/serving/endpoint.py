@@ -280,14 +280,19 @@ def requested_outputs(
     return [produced[o.name] for o in request.outputs]
 
 
-def conform_inputs(inputs: list[Tensor], specs: list[TensorSpec], model: str) -> list[Tensor]:
-    """Match inputs to the declared ones, check shapes, cast datatypes where it is lossless."""
+def conform_inputs(
+    inputs: list[Tensor], specs: list[TensorSpec], name: str, kind: str = "model"
+) -> list[Tensor]:
+    """Match inputs to the declared ones, check shapes, convert datatypes where every value
+    survives. ``kind`` and ``name`` say whose inputs they are in errors (``model 'iris'``,
+    ``transformer 'parse'``, ``graph 'g'``)."""
     if not specs:
         return inputs
+    owner = f"{kind} {name!r}"
     if len(specs) == 1 and len(inputs) == 1:
         # A one-input model takes its input under any name (clients say "input-0", "x", ...);
         # the model sees it under the name it declared.
-        tensor = _conform(inputs[0], specs[0], model)
+        tensor = _conform(inputs[0], specs[0], owner)
         if tensor.name != specs[0].name:
             tensor = Tensor(specs[0].name, tensor.datatype, tensor.shape, tensor.data, tensor.parameters)
         return [tensor]
@@ -295,29 +300,83 @@ def conform_inputs(inputs: list[Tensor], specs: list[TensorSpec], model: str) ->
     for tensor in inputs:
         if tensor.name not in by_name:
             raise InvalidInput(
-                f"model {model!r} has no input {tensor.name!r}; it expects {sorted(by_name)}"
+                f"{owner} has no input {tensor.name!r}; it expects {sorted(by_name)}"
             )
     missing = set(by_name) - {t.name for t in inputs}
     if missing:
-        raise InvalidInput(f"model {model!r} is missing input(s) {sorted(missing)}")
-    return [_conform(t, by_name[t.name], model) for t in inputs]
+        raise InvalidInput(f"{owner} is missing input(s) {sorted(missing)}")
+    return [_conform(t, by_name[t.name], owner) for t in inputs]
 
 
-def _conform(tensor: Tensor, spec: TensorSpec, model: str) -> Tensor:
+def _conform(tensor: Tensor, spec: TensorSpec, owner: str) -> Tensor:
+    """The tensor as ``spec`` declares it; every mismatch is named at once."""
+    sent: list[str] = []
+    wanted: list[str] = []
     if len(tensor.shape) != len(spec.shape) or any(
         want != -1 and got != want for got, want in zip(tensor.shape, spec.shape)
     ):
+        sent.append(f"has shape {list(tensor.shape)}")
+        wanted.append(f"{list(spec.shape)} (-1 is any size)")
+    if tensor.datatype != spec.datatype and "BYTES" in (tensor.datatype, spec.datatype):
+        sent.append(f"is {tensor.datatype}")
+        wanted.append(spec.datatype)
+    if sent:
+        alias = f" (its input {spec.name!r})" if tensor.name != spec.name else ""
         raise InvalidInput(
-            f"input {tensor.name!r} has shape {list(tensor.shape)}; model {model!r} expects "
-            f"{list(spec.shape)} (-1 is any size)"
+            f"input {tensor.name!r}{alias} {' and '.join(sent)} but {owner} expects "
+            + " and ".join(wanted)
         )
     if tensor.datatype == spec.datatype:
         return tensor
-    target = numpy_dtype(spec.datatype)
-    if spec.datatype == "BYTES" or not np.can_cast(tensor.data.dtype, target, "safe"):
+    data = convert_exactly(tensor.data, numpy_dtype(spec.datatype))
+    if data is None:
         raise InvalidInput(
-            f"input {tensor.name!r} is {tensor.datatype} but model {model!r} expects "
-            f"{spec.datatype}, and {tensor.datatype} does not convert to it without loss"
+            f"input {tensor.name!r} is {tensor.datatype} but {owner} expects {spec.datatype}, "
+            f"and {_first_changed(tensor.data, numpy_dtype(spec.datatype))} does not convert "
+            f"to {spec.datatype} exactly; send {spec.datatype} data"
         )
-    data = tensor.data.astype(target)
     return Tensor(tensor.name, spec.datatype, tensor.shape, data, tensor.parameters)
+
+
+def convert_exactly(data: np.ndarray, target: np.dtype) -> np.ndarray | None:
+    """``data`` as ``target`` if every value survives the conversion unchanged, else None.
+
+    One rule for every pair of numeric datatypes: INT64 5 becomes FP64 5.0, but INT64
+    9007199254740993 (no FP64 has it), FP64 1e40 (FP32's inf), FP64 0.1 into FP32 or 1.5
+    into INT64 refuse the request instead of changing what the model sees. Pairs where no
+    value can change (FP32 into FP64, INT32 into INT64) skip the check.
+    """
+    source = data.dtype
+    if np.can_cast(source, target, "safe") and not _inexact_widening(source, target):
+        return data.astype(target)
+    if not data.size:
+        return data.astype(target)
+    if source.kind in "iub" and target.kind in "iu":
+        info = np.iinfo(target)
+        low, high = int(data.min()), int(data.max())
+        return data.astype(target) if info.min <= low and high <= info.max else None
+    with np.errstate(invalid="ignore", over="ignore"):
+        converted = data.astype(target)
+        back = converted.astype(source)
+    same = back == data
+    if source.kind == "f" and target.kind == "f":
+        same |= np.isnan(data) & np.isnan(back)
+    return converted if same.all() else None
+
+
+def _inexact_widening(source: np.dtype, target: np.dtype) -> bool:
+    """Integers into a float whose mantissa cannot hold all of them: numpy calls INT64 into
+    FP64 "safe", yet 2**53 + 1 has no FP64."""
+    if source.kind not in "iu" or target.kind != "f":
+        return False
+    bits = source.itemsize * 8 - (source.kind == "i")
+    return bits > np.finfo(target).nmant + 1
+
+
+def _first_changed(data: np.ndarray, target: np.dtype) -> str:
+    """The first value of ``data`` that ``target`` cannot hold, for the error message."""
+    flat = data.reshape(-1)
+    for value in flat:
+        if convert_exactly(np.array([value], dtype=data.dtype), target) is None:
+            return f"its value {value.item()!r}"
+    return "a value"

@@ -35,7 +35,7 @@ class Transform(GraphNode):
     async def execute(self, call: Call, request: InferenceRequest) -> InferenceResponse:
         inputs = copy_tensors(request.inputs)
         if self.model.inputs:  # declared, as a model's are: checked (and cast) the same way
-            inputs = conform_inputs(inputs, self.model.inputs, self.name)
+            inputs = conform_inputs(inputs, self.model.inputs, self.name, "transformer")
         current = InferenceRequest(
             inputs, id=call.request_id, parameters=request.parameters,
             client_gone=request.client_gone,
