@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,9 +22,16 @@ class ShoalProcess:
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})},
         )
+        # stderr is drained as it is written: a server whose log lines fill an unread pipe
+        # (64 KiB) blocks in its next write, and every request then hangs.
+        self._stderr: list[str] = []
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line:
-            raise RuntimeError(f"shoal serve exited early: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            self.proc.wait()
+            self._drain.join()
+            raise RuntimeError(f"shoal serve exited early: {''.join(self._stderr)}")
         self.listening = json.loads(line)
         self.http_port = self.listening["http_port"]
         self.grpc_port = self.listening["grpc_port"]
@@ -52,11 +60,17 @@ class ShoalProcess:
             self.proc.kill()
             return self.proc.wait()
 
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
     def logs(self) -> str:
-        """Everything written to stderr so far (only after the process has exited)."""
+        """Everything written to stderr (only after the process has exited)."""
         if self.proc.poll() is None:
             raise RuntimeError("read logs after stop()")
-        return self.proc.stderr.read() if self.proc.stderr else ""
+        self._drain.join()
+        return "".join(self._stderr)
 
     def log_events(self) -> list[dict]:
         return [json.loads(line) for line in self.logs().splitlines() if line.startswith("{")]

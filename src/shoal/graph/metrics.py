@@ -7,6 +7,7 @@ sum of rewards (so a dashboard divides the two for each arm's mean reward).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -32,14 +33,26 @@ class GraphMetrics:
             "Sum of the rewards received per routing node and branch.",
             ["graph", "node", "branch"], registry=registry, multiprocess_mode="sum",
         )
+        #: Every (metric, label values) made, so an unloaded graph's series can be dropped.
+        self._made: set[tuple[Any, tuple[str, ...]]] = set()
+
+    def _labels(self, metric: Any, *labels: str) -> Any:
+        self._made.add((metric, labels))
+        return metric.labels(*labels)
 
     def node_observer(self, graph: str, node: str) -> Callable[[float], None]:
-        return self.node_latency.labels(graph, node).observe
+        return self._labels(self.node_latency, graph, node).observe
 
     def route_counter(self, graph: str, node: str, branches: list[str]) -> Callable[[int], None]:
-        children = [self.routes.labels(graph, node, b) for b in branches]
+        children = [self._labels(self.routes, graph, node, b) for b in branches]
         return lambda index: children[index].inc()
 
     def feedback_received(self, graph: str, node: str, branch: str, reward: float) -> None:
-        self.feedback.labels(graph, node, branch).inc()
-        self.reward.labels(graph, node, branch).inc(reward)
+        self._labels(self.feedback, graph, node, branch).inc()
+        self._labels(self.reward, graph, node, branch).inc(reward)
+
+    def forget(self, graph: str) -> None:
+        """Drop an unloaded graph's series."""
+        for metric, labels in [made for made in self._made if made[1][0] == graph]:
+            self._made.discard((metric, labels))
+            metric.remove(*labels)

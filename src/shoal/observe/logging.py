@@ -13,6 +13,15 @@ from typing import Any
 import orjson
 
 logger = logging.getLogger("shoal")
+#: A string field longer than this is cut: a client's 60,000-character model name (echoed in
+#: its error) must not make every log line it causes that long.
+FIELD_LIMIT = 2048
+
+
+def _capped(value: str) -> str:
+    if len(value) <= FIELD_LIMIT:
+        return value
+    return f"{value[:FIELD_LIMIT]}... ({len(value) - FIELD_LIMIT} more characters)"
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,7 +31,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "event": record.getMessage(),
         }
-        line.update(getattr(record, "fields", {}))
+        for key, value in getattr(record, "fields", {}).items():
+            line[key] = _capped(value) if isinstance(value, str) else value
         if record.exc_info and record.levelno >= logging.ERROR:
             line["traceback"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()

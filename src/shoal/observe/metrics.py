@@ -25,6 +25,9 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STATES = ("LOADING", "READY", "UNAVAILABLE")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The ``model`` label of requests for names that are not served, and the ``version`` label
+#: of requests for versions that are not: made-up names must not each become a series.
+UNKNOWN = "_unknown"
 
 
 class Metrics:
@@ -62,10 +65,11 @@ class Metrics:
             "shoal_worker_restarts", "Model worker processes restarted after they died.",
             registry=self.registry,
         )
-        self._children: dict[tuple[Any, ...], Any] = {}
+        #: (metric, label values) -> the labelled child, made once.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
+        key = (metric, labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)
@@ -78,21 +82,36 @@ class Metrics:
         self, model: str, version: str, protocol: str, outcome: str, seconds: float
     ) -> None:
         self._child(self.in_flight, model).dec()
+        self.request_counted(model, version, protocol, outcome, seconds)
+
+    def request_counted(
+        self, model: str, version: str, protocol: str, outcome: str, seconds: float
+    ) -> None:
+        """A request's outcome and latency (one that was never in flight: refused at once)."""
         self._child(self.requests, model, version, protocol, outcome).inc()
         self._child(self.latency, model, version, protocol).observe(seconds)
 
-    def model_state_changed(self, model: str, version: str, state: str | None) -> None:
+    def model_state_changed(self, model: str, version: str, state: str) -> None:
         for candidate in STATES:
             self._child(self.model_state, model, version, candidate).set(
                 1.0 if candidate == state else 0.0
             )
 
+    def forget(self, model: str, version: str | None = None) -> None:
+        """Drop the series of an unloaded model version (``version`` None: of the whole model,
+        its in-flight gauge included), so a scrape lists what is served, not everything that
+        ever was. Called once the version's requests have finished."""
+        for metric, labels in [key for key in self._children if key[1][0] == model]:
+            if version is None or (metric is not self.in_flight and labels[1] == version):
+                del self._children[metric, labels]
+                metric.remove(*labels)
+
     def model_loaded(self, model: str, version: str, seconds: float) -> None:
         self._child(self.load_duration, model, version).set(seconds)
 
     def batch_observer(self, model: str, version: str) -> Callable[[int, list[float]], None]:
-        sizes = self.batch_size.labels(model, version)
-        delays = self.batch_queue_delay.labels(model, version)
+        sizes = self._child(self.batch_size, model, version)
+        delays = self._child(self.batch_queue_delay, model, version)
 
         def observe(rows: int, waits: list[float]) -> None:
             sizes.observe(rows)

@@ -12,9 +12,9 @@ import time
 from typing import Any, Callable
 
 from .. import __version__
-from ..errors import ModelFailure, ShoalError
+from ..errors import ModelFailure, ModelNotFound, ShoalError
 from ..observe import logging as log
-from ..observe.metrics import Metrics
+from ..observe.metrics import UNKNOWN, Metrics
 from ..protocol import triton_config, triton_stats
 from ..repository.manager import ModelRepository
 from ..types import InferenceRequest, InferenceResponse
@@ -111,11 +111,14 @@ class DataPlane:
         deadline: float | None = None,
     ) -> tuple[InferenceRequest, InferenceResponse]:
         started = time.perf_counter()
-        self.metrics.request_started(name)
-        served_version = version or ""
         try:
             endpoint = self.registry.get(name, version)
-            served_version = endpoint.version
+        except ShoalError as exc:  # not served (404) or not ready (503): never in flight
+            self._failed(name, version or "", protocol, exc, started, in_flight=False)
+            raise
+        served_version = endpoint.version
+        self.metrics.request_started(name)
+        try:
             request = decode(endpoint)
             request.model_name = name
             request.model_version = served_version
@@ -138,14 +141,26 @@ class DataPlane:
         return request, response
 
     def _failed(
-        self, name: str, version: str, protocol: str, error: ShoalError, started: float
+        self, name: str, version: str, protocol: str, error: ShoalError, started: float,
+        in_flight: bool = True,
     ) -> None:
         seconds = time.perf_counter() - started
-        self.metrics.request_finished(name, version, protocol, str(error.http_status), seconds)
+        outcome = str(error.http_status)
+        if in_flight:
+            self.metrics.request_finished(name, version, protocol, outcome, seconds)
+        else:
+            self.metrics.request_counted(*self._labels(name, version, error), protocol, outcome, seconds)
         level = logging.ERROR if error.http_status >= 500 else logging.WARNING
         log.event("request_failed", level, model=name, version=version, protocol=protocol,
                   status=error.http_status, error=str(error), seconds=round(seconds, 6),
                   **getattr(error, "log_fields", {}))  # a graph adds the path it took
+
+    def _labels(self, name: str, version: str, error: ShoalError) -> tuple[str, str]:
+        """The metric labels of a request the registry refused: a name or version that is not
+        served counts under ``_unknown``, so made-up names never become series of their own."""
+        if not isinstance(error, ModelNotFound):
+            return name, version
+        return (name, UNKNOWN) if self.registry.entries(name) else (UNKNOWN, "")
 
     async def load(self, name: str) -> list[str]:
         return await self.repository.load(name)
