@@ -1,5 +1,7 @@
 """The Seldon protocol through a real server, for models and graphs, as Seldon Core's
-clients send it (``/api/v1.0/...`` and the ingress paths ``/seldon/<ns>/<model>/...``)."""
+clients send it (``/api/v1.0/...`` and the ingress paths ``/seldon/[<ns>/]<model>/...``).
+Feedback bodies and answers go through ``seldon_proto``: what ``SeldonClient`` sends and
+what it can parse."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from .models import custom, sklearn_iris, write
+from . import seldon_proto
+from .models import IDENTITY, custom, sklearn_iris, write
 from .process import ShoalProcess
 
 TEXT = """
@@ -29,6 +32,8 @@ TEXT = """
 """
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+#: How deep a Seldon message may nest: what orjson writes back (it reads 1024 levels).
+MAX_DEPTH = 254
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +43,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShoalProcess]:
     sklearn_iris(root / "iris" / "2")
     write(root / "iris" / "model.yaml", "version_policy: all\n")
     custom(root / "text", TEXT)
+    custom(root / "echo", IDENTITY)
     write(root / "ab" / "graph.yaml", yaml.safe_dump({"nodes": {
         "root": {"kind": "bandit", "strategy": "thompson", "arms": ["old", "new"]},
         "old": {"kind": "model", "model": "iris", "version": "1"},
         "new": {"kind": "model", "model": "iris", "version": "2"},
+    }}))
+    write(root / "chain" / "graph.yaml", yaml.safe_dump({"nodes": {  # no routers
+        "root": {"kind": "sequence", "steps": ["iris"]},
+        "iris": {"kind": "model", "model": "iris", "version": "2"},
     }}))
     process = ShoalProcess(root, "--state-dir", str(tmp_path_factory.mktemp("state")))
     try:
@@ -79,34 +89,132 @@ def test_str_json_and_bin_data(client: httpx.Client) -> None:
     assert client.post(path, json={"binData": raw}).json()["binData"] == base64.b64encode(b"ABC").decode()
 
 
-def test_graph_routing_and_feedback(client: httpx.Client) -> None:
-    def pulls() -> dict[str, float]:
-        arms = client.get("/v2/models/ab/routers").json()["routers"]["root"]["arms"]
-        return {arm: stats["pulls"] for arm, stats in arms.items()}
+def pulls(client: httpx.Client) -> dict[str, dict[str, float]]:
+    """The bandit's arms in graph 'ab': pulls and summed reward."""
+    arms = client.get("/v2/models/ab/routers").json()["routers"]["root"]["arms"]
+    return {arm: {"pulls": s["pulls"], "reward": s["reward"]} for arm, s in arms.items()}
 
-    reply = client.post("/seldon/default/ab/api/v1.0/predictions", json={"data": {"ndarray": ROWS}})
+
+def test_graph_routing_and_feedback(client: httpx.Client) -> None:
+    request = {"data": {"ndarray": ROWS}}
+    reply = client.post("/seldon/default/ab/api/v1.0/predictions", json=request)
     assert reply.status_code == 200, reply.text
     prediction = reply.json()
     index = prediction["meta"]["routing"]["root"]
     arm = ["old", "new"][index]
     assert reply.headers["shoal-routing"] == f"root={arm}"
-    before = pulls()
+    before = pulls(client)
     # The Seldon client echoes the response (and its meta.routing) with the reward.
     feedback = client.post("/seldon/default/ab/api/v1.0/feedback",
-                           json={"request": {"data": {"ndarray": ROWS}}, "response": prediction,
-                                 "reward": 1.0, "truth": {"data": {"ndarray": [0, 2]}}})
+                           json={**seldon_proto.feedback_body(request, prediction, 1.0),
+                                 "truth": {"data": {"ndarray": [0, 2]}}})
     assert feedback.status_code == 200, feedback.text
-    assert feedback.json()["meta"]["routing"] == {"root": index}
+    assert seldon_proto.parse(feedback.json()).meta.routing == {"root": index}
+    assert pulls(client)[arm]["pulls"] == before[arm]["pulls"] + 1
     # Without routing, the puid finds the request this process served.
+    other = client.post("/seldon/default/ab/api/v1.0/predictions", json=request).json()
+    other_arm = ["old", "new"][other["meta"]["routing"]["root"]]
     by_puid = client.post("/api/v1.0/feedback", headers={"Seldon-Model": "ab"},
-                          json={"response": {"meta": {"puid": prediction["meta"]["puid"]}}, "reward": 0})
+                          json={"response": {"meta": {"puid": other["meta"]["puid"]}}, "reward": 1})
     assert by_puid.status_code == 200, by_puid.text
-    assert pulls()[arm] == before[arm] + 2
+    assert seldon_proto.parse(by_puid.json()).meta.routing == other["meta"]["routing"]
+    assert pulls(client)[other_arm]["pulls"] == before[other_arm]["pulls"] + 1 + (arm == other_arm)
     # meta.routing in a request pins the route.
     for choice in (0, 1):
         pinned = client.post("/seldon/default/ab/api/v1.0/predictions",
                              json={"data": {"ndarray": ROWS}, "meta": {"routing": {"root": choice}}})
         assert pinned.json()["meta"]["routing"] == {"root": choice}
+
+
+def test_client_feedback_with_reward_0_counts_once(client: httpx.Client) -> None:
+    """``SeldonClient.feedback(reward=0)`` sends no 'reward' (proto3 JSON leaves out
+    defaults): it is a reward of 0. Sending it again (a retry) is a duplicate that says so."""
+    request = {"data": {"ndarray": ROWS}}
+    prediction = client.post("/seldon/default/ab/api/v1.0/predictions", json=request).json()
+    arm = ["old", "new"][prediction["meta"]["routing"]["root"]]
+    before = pulls(client)[arm]
+    body = seldon_proto.feedback_body(request, prediction, 0.0)
+    assert "reward" not in body
+    first = client.post("/seldon/default/ab/api/v1.0/feedback", json=body)
+    assert first.status_code == 200, first.text
+    assert "duplicate" not in seldon_proto.parse(first.json()).meta.tags
+    for retry in (body, seldon_proto.feedback_body(request, prediction, 1.0)):
+        again = client.post("/seldon/default/ab/api/v1.0/feedback", json=retry)
+        assert again.status_code == 200, again.text
+        answer = seldon_proto.parse(again.json())
+        assert answer.meta.tags["duplicate"].bool_value is True and answer.meta.routing == {}
+    assert pulls(client)[arm] == {"pulls": before["pulls"] + 1, "reward": before["reward"]}
+
+
+def test_v2_feedback_by_id_counts_once(client: httpx.Client) -> None:
+    reply = client.post("/v2/models/ab/infer", json={"inputs": [
+        {"name": "input-0", "datatype": "FP64", "shape": [2, 4], "data": ROWS}]})
+    assert reply.status_code == 200, reply.text
+    request_id, arm = reply.json()["id"], reply.json()["parameters"]["routing"].split("=")[1]
+    before = pulls(client)[arm]["pulls"]
+    first = client.post("/v2/models/ab/feedback", json={"id": request_id, "reward": 1})
+    assert first.json() == {"name": "ab", "updated": {"root": arm}}
+    again = client.post("/v2/models/ab/feedback", json={"id": request_id, "reward": 1})
+    assert again.status_code == 200 and again.json() == {"name": "ab", "updated": {}, "duplicate": True}
+    refused = client.post("/v2/models/ab/feedback", json={"id": request_id, "reward": 5})
+    assert refused.status_code == 400  # a duplicate is checked like any feedback
+    assert pulls(client)[arm]["pulls"] == before + 1
+
+
+def test_feedback_for_a_graph_without_routers_is_accepted(client: httpx.Client) -> None:
+    request = {"data": {"ndarray": ROWS}}
+    for path in ("/seldon/default/chain/api/v1.0", "/seldon/chain/api/v1.0"):
+        prediction = client.post(f"{path}/predictions", json=request)
+        assert prediction.status_code == 200, prediction.text
+        feedback = client.post(f"{path}/feedback",
+                               json=seldon_proto.feedback_body(request, prediction.json(), 1.0))
+        assert feedback.status_code == 200, feedback.text
+        answer = seldon_proto.parse(feedback.json())
+        assert answer.meta.puid == prediction.json()["meta"]["puid"] and answer.meta.routing == {}
+    reply = client.post("/v2/models/chain/infer", json={"inputs": [
+        {"name": "input-0", "datatype": "FP64", "shape": [2, 4], "data": ROWS}]})
+    for request_id in (reply.json()["id"], "never-served"):
+        v2 = client.post("/v2/models/chain/feedback", json={"id": request_id, "reward": 1})
+        assert v2.status_code == 200 and v2.json() == {"name": "chain", "updated": {}}, v2.text
+
+
+def test_deployment_paths_without_a_namespace(client: httpx.Client) -> None:
+    """``SeldonClient`` without a namespace posts to ``/seldon/<deployment>/api/v1.0/...``."""
+    request = {"data": {"ndarray": ROWS}}
+    reply = client.post("/seldon/ab/api/v1.0/predictions", json=request)
+    assert reply.status_code == 200, reply.text
+    prediction = seldon_proto.parse(reply.json())
+    feedback = client.post("/seldon/ab/api/v1.0/feedback",
+                           json=seldon_proto.feedback_body(request, reply.json(), 1.0))
+    assert feedback.status_code == 200, feedback.text
+    assert seldon_proto.parse(feedback.json()).meta.routing == prediction.meta.routing
+
+
+def nested(levels: int) -> str:
+    """A JSON value of ``levels`` nested lists."""
+    return "[" * levels + "1" + "]" * levels
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "around"),
+    [  # around: the levels the answer puts around the value (the message; message, meta, tags)
+        ("jsonData", '{{"jsonData": {}}}', 1),
+        ("meta.tags", '{{"strData": "x", "meta": {{"tags": {{"t": {}}}}}}}', 3),
+    ],
+)
+def test_json_that_nests_too_deep_is_refused(
+    client: httpx.Client, kind: str, message: str, around: int
+) -> None:
+    """orjson reads 1024 levels but writes 254: what the answer echoes must fit, else 400."""
+    path = "/seldon/default/echo/api/v1.0/predictions"
+    deepest = MAX_DEPTH - around
+    fits = client.post(path, content=message.format(nested(deepest)))
+    assert fits.status_code == 200, fits.text
+    assert fits.text.count("[" * deepest) == 1  # echoed whole
+    for levels in (deepest + 1, 1000):
+        reply = client.post(path, content=message.format(nested(levels)))
+        assert reply.status_code == 400, reply.text
+        assert f"'{kind}' nests too deep" in seldon_proto.parse(reply.json()).status.info
 
 
 def test_feedback_for_a_plain_model_is_accepted(client: httpx.Client) -> None:
@@ -119,20 +227,25 @@ def test_feedback_for_a_plain_model_is_accepted(client: httpx.Client) -> None:
     [
         ("/seldon/default/iris/api/v1.0/predictions", {"nothing": 1}, 400, "needs 'data'"),
         ("/seldon/default/ghost/api/v1.0/predictions", {"data": {"ndarray": [[1]]}}, 404, "not served"),
+        ("/seldon/ghost/api/v1.0/feedback", {"reward": 1}, 404, "not served"),
         ("/api/v1.0/predictions", {"data": {"ndarray": [[1]]}}, 400, "Seldon-Model header"),
         ("/seldon/default/ab/api/v1.0/feedback", {"reward": 1}, 400, "needs the request's 'id'"),
+        ("/seldon/default/ab/api/v1.0/feedback", {"reward": "high"}, 400, "'reward' must be a number"),
         ("/seldon/default/ab/api/v1.0/feedback",
          {"response": {"meta": {"routing": {"root": 5}}}, "reward": 1}, 400, "no branch 5"),
         ("/seldon/default/ab/api/v1.0/predictions",
          {"data": {"ndarray": ROWS}, "meta": {"routing": {"nope": 0}}}, 400, "no routing node 'nope'"),
     ],
 )
-def test_errors_carry_seldon_status(client: httpx.Client, path: str, body: dict, status: int, error: str) -> None:
+def test_errors_are_seldon_messages(
+    client: httpx.Client, path: str, body: dict, status: int, error: str
+) -> None:
+    """The client parses every answer as a SeldonMessage: an extra field would lose it."""
     reply = client.post(path, json=body)
     assert reply.status_code == status
-    payload = reply.json()
-    assert payload["status"]["status"] == "FAILURE" and payload["status"]["code"] == status
-    assert error in payload["error"] and payload["status"]["info"] == payload["error"]
+    answer = seldon_proto.parse(reply.json())
+    assert (answer.status.code, answer.status.status) == (status, 1)  # FAILURE
+    assert error in answer.status.info and answer.status.reason
 
 
 def test_seldon_requests_are_counted(client: httpx.Client) -> None:

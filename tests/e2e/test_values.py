@@ -195,3 +195,11 @@ def test_grpc_conversion_errors_are_invalid_argument(server: ShoalProcess) -> No
             stub.ModelInfer(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "9007199254740993" in info.value.details()
+
+
+def test_seldon_answers_carry_non_finite_floats_as_strings(server: ShoalProcess) -> None:
+    for data in ({"ndarray": [1.0, 2.0, 3.0]}, {"tensor": {"shape": [3], "values": [1.0, 2.0, 3.0]}}):
+        response = httpx.post(f"{server.url}/seldon/default/odd/api/v1.0/predictions", json={"data": data})
+        assert response.status_code == 200, response.text
+        assert "null" not in response.text  # several outputs: jsonData by name
+        assert response.json()["jsonData"]["special"] == ["NaN", "Infinity", "-Infinity"]

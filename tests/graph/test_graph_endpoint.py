@@ -20,7 +20,8 @@ import yaml
 from shoal import InferenceRequest, RequestedOutput, Tensor
 from shoal.errors import DeadlineExceeded, InvalidInput, ModelFailure, Unavailable
 from shoal.graph.context import HEADERS
-from shoal.graph.endpoint import GraphEndpoint
+from shoal.graph import endpoint as graph_endpoint
+from shoal.graph.endpoint import FeedbackResult, GraphEndpoint
 from shoal.observe.metrics import Metrics
 from shoal.repository.manager import ModelRepository
 from shoal.serving.executor import Executor
@@ -88,6 +89,8 @@ PLUGINS = """
             return request.parameters.get("arm", 0)
 
         def feedback(self, arm, reward, truth):
+            if truth == "fail":
+                raise RuntimeError("cannot learn now")
             self.rewards.append((arm, reward, truth))
 """
 
@@ -312,9 +315,9 @@ def test_bandit_routes_learns_from_feedback_and_can_be_pinned(tmp_path: Path) ->
         graph = graph_of(registry)
         pinned = await graph.infer(x([1.0, 2.0], routing="root=double"))
         assert pinned.parameters["routing"] == "root=double"
-        assert await graph.feedback(1.0, request_id=pinned.id) == {"root": "double"}
+        assert await graph.feedback(1.0, request_id=pinned.id) == FeedbackResult({"root": "double"})
         response = await graph.infer(x([1.0, 2.0], routing="root=ident"))
-        assert await graph.feedback(0.0, routing={"root": "ident"}) == {"root": "ident"}
+        assert await graph.feedback(0.0, routing={"root": "ident"}) == FeedbackResult({"root": "ident"})
         # Greedy now: 'double' has mean 1, 'ident' mean 0.
         assert (await graph.infer(x([1.0, 2.0]))).parameters["routing"] == "root=double"
         state = (await graph.router_state())["root"]["arms"]
@@ -333,6 +336,130 @@ def test_bandit_routes_learns_from_feedback_and_can_be_pinned(tmp_path: Path) ->
         assert (await graph.router_state())["root"]["arms"] == state  # nothing changed
 
     run(repository(tmp_path, spec), scenario)
+
+
+def test_feedback_by_id_counts_once(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "bandit", "strategy": "epsilon_greedy", "epsilon": 0.0,
+                       "arms": ["ident", "double"], "seed": 1})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+
+        async def pulls() -> float:
+            return (await graph.router_state())["root"]["arms"]["double"]["pulls"]
+
+        first = await graph.infer(x([1.0, 2.0], routing="root=double"))
+        assert await graph.feedback(1.0, request_id=first.id) == FeedbackResult({"root": "double"})
+        duplicate = FeedbackResult({}, duplicate=True)
+        assert await graph.feedback(1.0, request_id=first.id) == duplicate
+        # Seldon's feedback echoes the routing with the puid: the id still counts once.
+        assert await graph.feedback(0.0, {"root": "double"}, first.id) == duplicate
+        with pytest.raises(InvalidInput, match="between 0 and 1"):  # checked like any feedback
+            await graph.feedback(2.0, request_id=first.id)
+        assert await pulls() == 1
+        # Two at once (a client retrying before the first answer): one counts.
+        second = await graph.infer(x([1.0, 2.0], routing="root=double"))
+        both = await asyncio.gather(graph.feedback(1.0, request_id=second.id),
+                                    graph.feedback(1.0, request_id=second.id))
+        assert sorted(r.duplicate for r in both) == [False, True]
+        assert await pulls() == 2
+        # Routing alone names no request: it cannot be told from another request's feedback.
+        assert await graph.feedback(1.0, {"root": "double"}) == FeedbackResult({"root": "double"})
+        # A new request under a reused id is a new request.
+        again = x([1.0, 2.0], routing="root=double")
+        again.id = first.id
+        await graph.infer(again)
+        assert await graph.feedback(1.0, request_id=first.id) == FeedbackResult({"root": "double"})
+        assert await pulls() == 4
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_feedback_that_failed_can_be_sent_again(tmp_path: Path) -> None:
+    spec = nodes(root={"kind": "router", "path": "plugins.py", "class": "ByParameter",
+                       "arms": ["ident", "double"]})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+        response = await graph.infer(x([1.0, 2.0]))
+        with pytest.raises(ModelFailure, match="cannot learn now"):
+            await graph.feedback(1.0, request_id=response.id, truth="fail")
+        assert await graph.feedback(1.0, request_id=response.id) == FeedbackResult({"root": "ident"})
+        assert (await graph.feedback(1.0, request_id=response.id)).duplicate
+        assert graph.routers["root"].plugin.rewards == [("ident", 1.0, None)]  # type: ignore[attr-defined]
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_remembered_requests_and_their_feedback_stay_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graph_endpoint, "REMEMBERED_REQUESTS", 3)
+    spec = nodes(root={"kind": "bandit", "strategy": "thompson", "arms": ["ident", "double"]})
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+        ids = [(await graph.infer(x([1.0, 2.0]))).id for _ in range(3)]
+        for request_id in ids:
+            await graph.feedback(1.0, request_id=request_id)
+        for _ in range(3):  # the three are forgotten, with their feedback
+            await graph.infer(x([1.0, 2.0]))
+        assert len(graph._recent) == 3 and not graph._rewarded
+        with pytest.raises(InvalidInput, match="no routing for request id"):
+            await graph.feedback(1.0, request_id=ids[0])
+
+    run(repository(tmp_path, spec), scenario)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        nodes(root={"kind": "sequence", "steps": ["ident", "double"]}),
+        nodes(root={"kind": "switch", "cases": [{"when": "parameters.d", "node": "double"}],
+                    "default": "ident"}),
+    ],
+    ids=["no routers", "no learning router"],
+)
+def test_feedback_to_a_graph_that_learns_nothing_is_taken(tmp_path: Path, spec: dict[str, Any]) -> None:
+    """As for a plain model (and in Seldon Core): nothing to update, whatever the request."""
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        graph = graph_of(registry)
+        response = await graph.infer(x([1.0, 2.0]))
+        for request_id in (response.id, "never-served", None):
+            assert await graph.feedback(1.0, request_id=request_id) == FeedbackResult({})
+        for bad, message in [
+            (lambda: graph.feedback(float("inf"), request_id=response.id), "finite"),
+            (lambda: graph.feedback(1.0, routing={"nope": "ident"}), "no routing node 'nope'"),
+        ]:
+            with pytest.raises(InvalidInput, match=message):
+                await bad()
+        assert not graph._recent  # nothing to remember
+
+    run(repository(tmp_path, spec), scenario)
+
+
+def test_a_request_that_took_no_learning_router_has_nothing_to_update(tmp_path: Path) -> None:
+    bandit = {"kind": "bandit", "strategy": "thompson", "arms": ["ident", "double"]}
+    switch = nodes(root={"kind": "switch", "cases": [{"when": "parameters.learn", "node": "pick"}],
+                         "default": "ident"}, pick=bandit)
+    unreached = nodes(spare=bandit)  # a bandit on no path: requests take no router at all
+    unreached["root"] = "ident"
+    repository(tmp_path, switch, "switch")
+    repository(tmp_path, unreached, "unreached")
+
+    async def scenario(repo: ModelRepository, registry: Registry) -> None:
+        for name, routing in (("switch", "root=ident"), ("unreached", None)):
+            graph = graph_of(registry, name)
+            response = await graph.infer(x([1.0, 2.0]))
+            assert response.parameters.get("routing") == routing
+            assert await graph.feedback(1.0, request_id=response.id) == FeedbackResult({})
+            again = await graph.feedback(1.0, request_id=response.id)
+            assert again == FeedbackResult({}, duplicate=True)
+            with pytest.raises(InvalidInput, match="no routing for request id"):
+                await graph.feedback(1.0, request_id="never-served")
+
+    run(tmp_path, scenario)
 
 
 def test_bandit_state_survives_a_reload(tmp_path: Path) -> None:
@@ -393,7 +520,7 @@ def test_transformer_custom_combiner_and_custom_router(tmp_path: Path) -> None:
         second = await graph.infer(x([1.0, 2.0], arm="sum"))
         assert second.outputs[0].name == "sum"
         np.testing.assert_array_equal(second.outputs[0].data, [[6.0, 9.0]])  # 2,3 + 4,6
-        assert await graph.feedback(0.5, request_id=second.id, truth=[1]) == {"pick": "sum"}
+        assert await graph.feedback(0.5, request_id=second.id, truth=[1]) == FeedbackResult({"pick": "sum"})
         plugin = graph.routers["pick"].plugin  # type: ignore[attr-defined]
         assert plugin.rewards == [("sum", 0.5, [1])]
         with pytest.raises(ModelFailure, match="route\\(\\) returned 7"):

@@ -104,11 +104,45 @@ def test_feedback() -> None:
     }))
     assert feedback.reward == 1.0 and feedback.meta.routing == {"router": 1}
     assert feedback.meta.puid == "from-request" and feedback.truth == {"data": {"ndarray": [1]}}
-    with pytest.raises(InvalidInput, match="numeric 'reward'"):
-        seldon.decode_feedback(b'{"reward": "high"}')
+    for bad in (b'{"reward": "high"}', b'{"reward": true}', b'{"reward": [1]}'):
+        with pytest.raises(InvalidInput, match="'reward' must be a number"):
+            seldon.decode_feedback(bad)
 
 
-def test_error_message_has_seldon_status_and_shoal_error() -> None:
+def test_feedback_without_reward_is_a_reward_of_0() -> None:
+    """proto3 JSON leaves out default values: SeldonClient.feedback(reward=0) sends none."""
+    for body in (b'{"response": {"meta": {"puid": "p"}}}', b'{"reward": null}'):
+        assert seldon.decode_feedback(body).reward == 0.0
+
+
+def test_feedback_answer() -> None:
+    meta = seldon.Meta("p", routing={"r": 1})
+    assert seldon.encode_feedback_answer(meta) == {"meta": {"puid": "p", "routing": {"r": 1}}}
+    assert seldon.encode_feedback_answer(seldon.Meta(), duplicate=True) == {
+        "meta": {"puid": "", "routing": {}, "tags": {"duplicate": True}}}
+
+
+def test_error_message_is_only_seldon_status() -> None:
+    """A SeldonMessage has no 'error' field: the client would refuse the whole answer."""
     body = seldon.error_message(400, "bad")
-    assert body == {"status": {"code": 400, "info": "bad", "reason": "BAD_DATA", "status": "FAILURE"},
-                    "error": "bad"}
+    assert body == {"status": {"code": 400, "info": "bad", "reason": "BAD_DATA", "status": "FAILURE"}}
+
+
+def nested(levels: int) -> bytes:
+    return b"[" * levels + b"1" + b"]" * levels
+
+
+def test_json_is_refused_at_decode_unless_the_answer_can_carry_it_back() -> None:
+    """orjson reads 1024 levels but writes only 254: jsonData (one level in the message) and
+    meta.tags (three levels: message, meta, tags) are checked where the answer echoes them."""
+    deepest = seldon.MAX_WRITTEN_DEPTH - 1
+    raw = seldon.decode_request(b'{"jsonData": ' + nested(deepest) + b"}", []).request.inputs[0]
+    assert raw.data[0] == nested(deepest)
+    tags = b'{"strData": "x", "meta": {"tags": {"t": %s}}}'
+    assert seldon.decode_request(tags % nested(deepest - 2), []).meta.tags["t"]
+    for body, where in [(b'{"jsonData": ' + nested(deepest + 1) + b"}", "'jsonData'"),
+                        (b'{"jsonData": ' + nested(1000) + b"}", "'jsonData'"),
+                        (tags % nested(deepest - 1), "'meta.tags'"),
+                        (tags % nested(1000), "'meta.tags'")]:
+        with pytest.raises(InvalidInput, match=f"{where} nests too deep"):
+            seldon.decode_request(body, [])

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import InvalidInput
-from shoal.protocol import tfs_grpc, v1, v2_grpc, v2_json
+from shoal.protocol import seldon, tfs_grpc, v1, v2_grpc, v2_json
 from shoal.protocol.grpc_gen import grpc_service_pb2 as pb
 from shoal.protocol.tfs_gen import tensor_pb2
 from shoal.types import TensorSpec
@@ -158,6 +158,14 @@ def test_v1(datatype: str | None, instances: Any) -> None:
         except InvalidInput:
             return
     assert all(isinstance(t.data, np.ndarray) for t in request.inputs)
+
+
+@FUZZ
+@given(st.sampled_from(["FP64", "FP32", "INT64", None]), shapes, counts)
+def test_seldon_tensor(datatype: str | None, shape: list[int], count: int) -> None:
+    specs = [TensorSpec("x", datatype, (-1,))] if datatype else []
+    body = orjson.dumps({"data": {"tensor": {"shape": shape, "values": elements("FP64", count)}}})
+    check(lambda: [seldon.decode_request(body, specs).request.inputs[0].data], shape, count)
 
 
 def test_the_reported_bomb_is_refused_cheaply_on_every_binary_path() -> None:

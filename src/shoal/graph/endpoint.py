@@ -4,7 +4,7 @@
 ``routing`` response parameter, ``router=arm,...``) and the request id (the request's own,
 or a new one). Readiness follows the nodes: the graph is ready while every model it calls
 has a ready version. ``feedback`` updates the routers a past request went through, found by
-its routing or, for the last requests this process answered, by its id.
+its routing or, for the last requests this process answered, by its id (once per id).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DeadlineExceeded, InvalidInput, ShoalError, Unavailable
@@ -44,6 +45,14 @@ REMEMBERED_REQUESTS = 50_000
 PLATFORM = "graph"
 
 
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    updated: dict[str, str]
+    """The learning routers updated, each with the branch it learned about."""
+    duplicate: bool = False
+    """The request id already had its feedback: nothing was updated this time."""
+
+
 class GraphEndpoint:
     def __init__(
         self,
@@ -72,7 +81,13 @@ class GraphEndpoint:
         self._models = [node for node in nodes.values() if isinstance(node, ModelCall)]
         self._declared_inputs = inputs or []
         self._declared_outputs = outputs or []
+        #: Whether any router learns: only then are requests remembered for feedback by id.
+        self._learns = any(router.learns for router in self.routers.values())
+        #: Request id -> the routing it took (maybe none), for the last REMEMBERED_REQUESTS.
         self._recent: OrderedDict[str, dict[str, str]] = OrderedDict()
+        #: The ids in ``_recent`` whose feedback was taken (forgotten with them): feedback by
+        #: id counts once, so a client may retry it safely.
+        self._rewarded: set[str] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -138,7 +153,9 @@ class GraphEndpoint:
             if pinned is not None:
                 call.pinned = self._check_routing(parse_routing(pinned))
             if self._declared_inputs:
-                request.inputs = conform_inputs(request.inputs, self._declared_inputs, self.name)
+                request.inputs = conform_inputs(
+                    request.inputs, self._declared_inputs, self.name, "graph"
+                )
             if limit:
                 try:
                     response = await asyncio.wait_for(self.root.run(call, request), limit)
@@ -186,13 +203,18 @@ class GraphEndpoint:
             response.parameters = {
                 **response.parameters, ROUTING_PARAMETER: format_routing(call.routing)
             }
+        if self._learns:
             self._remember(call.request_id, call.routing)
         return response
 
     def _remember(self, request_id: str, routing: dict[str, str]) -> None:
+        """Every answered request, routed or not: feedback for one that took no learning
+        router is then known to have nothing to update (not an unknown id)."""
         self._recent[request_id] = routing
+        self._rewarded.discard(request_id)  # a new request under a reused id: a new feedback
         if len(self._recent) > REMEMBERED_REQUESTS:
-            self._recent.popitem(last=False)
+            forgotten, _ = self._recent.popitem(last=False)
+            self._rewarded.discard(forgotten)
 
     def _check_routing(self, routing: dict[str, str]) -> dict[str, str]:
         for node, branch in routing.items():
@@ -213,34 +235,59 @@ class GraphEndpoint:
         routing: dict[str, str] | None = None,
         request_id: str | None = None,
         truth: Any = None,
-    ) -> dict[str, str]:
+    ) -> FeedbackResult:
         """Update the learning routers on a request's path; returns them with their arms.
 
-        Everything is checked before anything changes: a bad request updates nothing.
+        Everything is checked before anything changes: a bad request updates nothing. A graph
+        without learning routers has nothing to update on any path: every feedback is taken,
+        as for a plain model. Feedback for a remembered id counts once; a second one (a client
+        retrying after a timeout) is a duplicate that changes nothing. Feedback by routing
+        alone cannot be told apart from another request's.
         """
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             raise InvalidInput("'reward' must be a finite number")
+        if routing:
+            self._check_routing(routing)
+        if not self._learns:
+            return FeedbackResult({})
+        remembered = self._recent.get(request_id) if request_id is not None else None
         if not routing:  # absent, or naming no node
             if request_id is None:
                 raise InvalidInput("feedback needs the request's 'id' or the 'routing' it took")
-            routing = self._recent.get(request_id)
-            if routing is None:
+            if remembered is None:
                 raise InvalidInput(
                     f"graph {self.name!r} has no routing for request id {request_id!r}: this "
-                    f"process remembers its last {REMEMBERED_REQUESTS} routed requests; send "
-                    "the response's 'routing' instead"
+                    f"process remembers its last {REMEMBERED_REQUESTS} requests; send the "
+                    "response's 'routing' instead"
                 )
+            routing = remembered
+        plan = self._learning_plan(routing, float(reward))
+        once = request_id if remembered is not None else None  # an id this process can count
+        if once is not None:
+            if once in self._rewarded:
+                return FeedbackResult({}, duplicate=True)
+            self._rewarded.add(once)  # before the first await: a concurrent retry sees it
+        try:
+            for router, index in plan:
+                await router.learn(index, float(reward), truth)
+                self.metrics.feedback_received(self.name, router.name,
+                                               router.branch_names[index], float(reward))
+        except BaseException:
+            if once is not None:
+                self._rewarded.discard(once)  # not (all) recorded: a retry must count
+            raise
+        return FeedbackResult({router.name: router.branch_names[index] for router, index in plan})
+
+    def _learning_plan(self, routing: dict[str, str], reward: float) -> list[tuple[RoutingNode, int]]:
+        """The learning routers of a (checked) routing and their branch indices, once each
+        has accepted the reward."""
         plan = []
-        for node, branch in self._check_routing(routing).items():
+        for node, branch in routing.items():
             router = self.routers[node]
             if router.learns:
-                router.check_reward(float(reward))
+                router.check_reward(reward)
                 plan.append((router, router.index_of(branch)))
-        for router, index in plan:
-            await router.learn(index, float(reward), truth)
-            self.metrics.feedback_received(self.name, router.name, router.branch_names[index],
-                                           float(reward))
-        return {router.name: router.branch_names[index] for router, index in plan}
+        return plan
 
     async def router_state(self) -> dict[str, Any]:
         return {name: await router.state() for name, router in self.routers.items()}

@@ -6,26 +6,35 @@ A request carries one payload: ``data`` (``ndarray`` or ``tensor``, with column 
 input (else ``input-0``). The answer mirrors the question's payload kind, as Seldon's wrapper
 does; ``meta`` echoes the tags and carries the puid and the routing taken (node -> branch
 index).
+
+Every answer, errors included, is a ``SeldonMessage`` and nothing more: Seldon's clients
+parse it as the proto (unknown fields refused), so one extra field loses the whole answer.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import orjson
 
+from ..datatypes import canonical
 from ..errors import InvalidInput, NotSupported
 from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
 from .v1 import DEFAULT_INPUT, json_tensor
-from .v2_json import json_data, json_numbers, parse_json_object
+from .v2_binary import check_shape
+from .v2_json import json_array, json_data, json_numbers, parse_json_object
 
 Kind = Literal["ndarray", "tensor", "strData", "jsonData", "binData"]
 #: Tensor parameter that tells a model how a BYTES input from Seldon should be read.
 CONTENT_TYPE = "content_type"
+#: How many levels deep orjson writes JSON (it reads 1024): a request's values that the
+#: answer carries back must fit, where the answer puts them.
+MAX_WRITTEN_DEPTH = 254
 
 
 @dataclass(slots=True)
@@ -60,6 +69,7 @@ def decode_request(body: bytes, inputs: list[TensorSpec]) -> SeldonRequest:
     name = inputs[0].name if inputs else DEFAULT_INPUT
     datatype = inputs[0].datatype if inputs else None
     kind, tensor = _payload(message, name, datatype)
+    _as_json(meta.tags, "'meta.tags'", 2)  # echoed in the answer's meta
     request = InferenceRequest([tensor], id=meta.puid)
     return SeldonRequest(request, kind, meta)
 
@@ -105,7 +115,7 @@ def _payload(message: dict[str, Any], name: str, datatype: str | None) -> tuple[
             raise InvalidInput("'strData' must be a string")
         return "strData", _bytes_tensor(name, text.encode("utf-8"), "str")
     if "jsonData" in message:
-        return "jsonData", _bytes_tensor(name, orjson.dumps(message["jsonData"]), "json")
+        return "jsonData", _bytes_tensor(name, _as_json(message["jsonData"], "'jsonData'", 1), "json")
     if "binData" in message:
         try:
             raw = base64.b64decode(message["binData"], validate=True)
@@ -136,12 +146,29 @@ def _tensor_tensor(name: str, value: Any, datatype: str | None, parameters: dict
         raise InvalidInput("'data.tensor.values' must be a list of numbers")
     wanted = datatype if datatype and datatype != "BYTES" else "FP64"
     array = json_numbers(values, wanted, name)
-    if array.size != int(np.prod(shape)):
-        raise InvalidInput(
-            f"'data.tensor' has {array.size} values but shape {shape} needs {int(np.prod(shape))}"
-        )
+    count = math.prod(check_shape(tuple(shape), name))  # exact: numpy's prod wraps around
+    if array.size != count:
+        raise InvalidInput(f"'data.tensor' has {array.size} values but shape {shape} needs {count}")
     array = array.reshape(shape)
     return Tensor(name, wanted, tuple(shape), array, parameters)
+
+
+def _as_json(value: Any, where: str, depth: int) -> bytes:
+    """``value`` written as JSON, refused (400) unless it could also be written ``depth``
+    levels down, where the answer puts it (``jsonData`` in the message, ``meta.tags`` in its
+    meta): orjson writes fewer levels than it reads, and would fail only after the model ran.
+    A parsed request holds nothing else that orjson cannot write."""
+    wrapped = value
+    for _ in range(depth):
+        wrapped = [wrapped]
+    try:
+        raw = orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        raise InvalidInput(
+            f"{where} nests too deep: JSON that a Seldon answer carries back may nest at most "
+            f"{MAX_WRITTEN_DEPTH} levels, the message's own included"
+        ) from None
+    return raw[depth:len(raw) - depth]  # orjson writes the wrapping lists as bare brackets
 
 
 def _bytes_tensor(name: str, raw: bytes, content_type: str) -> Tensor:
@@ -189,7 +216,7 @@ def _single(tensor: Tensor, kind: Kind) -> dict[str, Any]:
         return {"jsonData": _nested(tensor)}
     names = _names(tensor)
     if kind == "tensor" and not text:
-        values = np.ascontiguousarray(tensor.data.reshape(-1), dtype=np.float64)
+        values = json_array(np.ascontiguousarray(tensor.data.reshape(-1), dtype=np.float64))
         return {"data": {"names": names, "tensor": {"shape": list(tensor.shape), "values": values}}}
     return {"data": {"names": names, "ndarray": _nested(tensor)}}
 
@@ -197,7 +224,7 @@ def _single(tensor: Tensor, kind: Kind) -> dict[str, Any]:
 def _nested(tensor: Tensor) -> Any:
     if tensor.datatype == "BYTES":
         return np.array(json_data(tensor), dtype=object).reshape(tensor.shape).tolist()
-    return np.ascontiguousarray(tensor.data)
+    return json_array(canonical(tensor.data, tensor.datatype))
 
 
 def _names(tensor: Tensor) -> list[str]:
@@ -209,11 +236,17 @@ def _names(tensor: Tensor) -> list[str]:
 
 
 def decode_feedback(body: bytes) -> Feedback:
-    """``{"request", "response", "reward", "truth"}``; the routing comes from the response."""
+    """``{"request", "response", "reward", "truth"}``; the routing comes from the response.
+
+    ``reward`` is a proto3 float: its JSON form leaves out the default, so an absent (or
+    null) reward is 0, as Seldon Core reads it; ``SeldonClient.feedback(reward=0)`` sends none.
+    """
     message = parse_json_object(body)
     reward = message.get("reward")
+    if reward is None:
+        reward = 0.0
     if isinstance(reward, bool) or not isinstance(reward, (int, float)):
-        raise InvalidInput("feedback needs a numeric 'reward'")
+        raise InvalidInput("feedback's 'reward' must be a number")
     response = message.get("response") or {}
     request = message.get("request") or {}
     if not isinstance(response, dict) or not isinstance(request, dict):
@@ -224,12 +257,20 @@ def decode_feedback(body: bytes) -> Feedback:
     return Feedback(float(reward), message.get("truth"), meta)
 
 
+def encode_feedback_answer(meta: Meta, duplicate: bool = False) -> dict[str, Any]:
+    """The answer to feedback: its ``puid`` and the routers updated (node -> branch index).
+    Feedback that repeats a request id's updates nothing and says so in ``meta.tags``."""
+    answer: dict[str, Any] = {"puid": meta.puid or "", "routing": meta.routing}
+    if duplicate:
+        answer["tags"] = {"duplicate": True}
+    return {"meta": answer}
+
+
 def error_message(status: int, message: str) -> dict[str, Any]:
-    """Seldon's failure status, plus Shoal's ``error`` field."""
+    """Seldon's failure status, the whole answer: a SeldonMessage has no other error field."""
     return {
         "status": {"code": status, "info": message, "reason": _REASONS.get(status, "ERROR"),
                    "status": "FAILURE"},
-        "error": message,
     }
 
 

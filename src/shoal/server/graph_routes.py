@@ -5,7 +5,8 @@
 - Seldon protocol, for any model or graph: ``POST /api/v1.0/predictions`` and
   ``/api/v1.0/feedback`` (the model is named by the ``Seldon-Model`` header, or is the only
   one served), and the per-deployment paths of Seldon's ingress,
-  ``/seldon/{namespace}/{model}/api/v1.0/predictions`` and ``.../feedback``.
+  ``/seldon/{namespace}/{model}/api/v1.0/predictions`` and ``.../feedback``, also without the
+  namespace (``SeldonClient`` leaves it out when it is given none).
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidInput("'id' must be a string")
         routing = parse_routing(body["routing"]) if body.get("routing") is not None else None
-        updated = await endpoint.feedback(body.get("reward"), routing, request_id, body.get("truth"))  # type: ignore[arg-type]
-        return _json({"name": endpoint.name, "updated": updated})
+        result = await endpoint.feedback(body.get("reward"), routing, request_id, body.get("truth"))  # type: ignore[arg-type]
+        answer: dict[str, Any] = {"name": endpoint.name, "updated": result.updated}
+        if result.duplicate:
+            answer["duplicate"] = True
+        return _json(answer)
 
     async def routers(request: Request) -> Response:
         params = request.path_params
@@ -117,17 +121,18 @@ def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
             if not isinstance(endpoint, GraphEndpoint):
                 # A plain model has no routers: accepted and ignored, as Seldon's wrapper does
                 # for a model without send_feedback.
-                return _json({"meta": {"puid": message.meta.puid or "", "routing": {}}})
+                return _json(seldon.encode_feedback_answer(seldon.Meta(message.meta.puid)))
             routing = endpoint.routing_names(message.meta.routing) if message.meta.routing else None
-            updated = await endpoint.feedback(message.reward, routing, message.meta.puid, message.truth)
-            return _json({"meta": {"puid": message.meta.puid or "",
-                                   "routing": endpoint.routing_indices(updated)}})
+            result = await endpoint.feedback(message.reward, routing, message.meta.puid, message.truth)
+            meta = seldon.Meta(message.meta.puid, routing=endpoint.routing_indices(result.updated))
+            return _json(seldon.encode_feedback_answer(meta, result.duplicate))
         except ShoalError as exc:
             return _seldon_error(exc)
 
     m = "/v2/models/{name}"
     mv = "/v2/models/{name}/versions/{version}"
     seldon_prefix = "/seldon/{namespace}/{name}/api/v1.0"
+    default_namespace = "/seldon/{name}/api/v1.0"
     return [
         Route(f"{m}/feedback", feedback, methods=["POST"]),
         Route(f"{mv}/feedback", feedback, methods=["POST"]),
@@ -137,6 +142,8 @@ def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
         Route("/api/v1.0/feedback", seldon_feedback, methods=["POST"]),
         Route(f"{seldon_prefix}/predictions", seldon_predict, methods=["POST"]),
         Route(f"{seldon_prefix}/feedback", seldon_feedback, methods=["POST"]),
+        Route(f"{default_namespace}/predictions", seldon_predict, methods=["POST"]),
+        Route(f"{default_namespace}/feedback", seldon_feedback, methods=["POST"]),
     ]
 
 
