@@ -138,3 +138,28 @@ def test_stream_infer(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     answers = list(stub.ModelStreamInfer(iter(requests)))
     assert answers[0].infer_response.id == "a" and not answers[0].error_message
     assert "nosuch" in answers[1].error_message
+
+
+@pytest.mark.parametrize("method", [
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/inference.GRPCInferenceService/ModelMetadata",
+    "/tensorflow.serving.PredictionService/Predict",
+    "/tensorflow.serving.ModelService/GetModelStatus",
+])
+def test_corrupted_protobuf_is_invalid_argument(server: ShoalProcess, method: str) -> None:
+    """gRPC's own deserializer answered UNKNOWN, which reads like a server fault."""
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"\xff\xff\xff\xff\x0f not protobuf", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in info.value.details()
+
+
+def test_corrupted_protobuf_in_a_stream_is_invalid_argument(server: ShoalProcess) -> None:
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                       request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(iter([b"\xff\xff\xff\xff\x0f not protobuf"]), timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -15,8 +15,18 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _VERSION = re.compile(r"^(0|[1-9][0-9]*)$")  # ASCII, no leading zeros: "01" is not a version
 
 
+#: A model name is a folder name: at most 255 bytes on every common file system.
+MAX_NAME_LENGTH = 255
+
+
 def check_model_name(name: str) -> str:
-    """Reject names that could escape the repository (``..``, ``/``, NUL, ...)."""
+    """Reject names that could escape the repository (``..``, ``/``, NUL, ...) or that no
+    folder can have."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(
+            f"invalid model name {name[:40]!r}... ({len(name)} characters): a model name is a "
+            f"folder name, at most {MAX_NAME_LENGTH} characters"
+        )
     if not _NAME.fullmatch(name) or ".." in name:
         raise InvalidInput(
             f"invalid model name {name!r}: use letters, digits, '_', '-' and '.', "

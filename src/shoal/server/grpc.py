@@ -18,6 +18,7 @@ from ..protocol.grpc_gen import grpc_service_pb2 as pb
 from ..protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
+from .grpc_parsing import add_parsed_service
 
 T = TypeVar("T")
 
@@ -153,7 +154,9 @@ def build_server(
             ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    add_parsed_service(
+        server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(dataplane)
+    )
     from . import tfs_grpc  # TF Serving's services; that module builds on this one's _guard
 
     tfs_grpc.add_to_server(dataplane, server, max_message_size)

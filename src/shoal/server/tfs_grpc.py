@@ -25,6 +25,7 @@ from ..protocol.tfs_gen import (
 from ..serving.dataplane import DataPlane
 from ..serving.endpoint import Endpoint
 from .grpc import _guard
+from .grpc_parsing import add_parsed_service
 
 PROTOCOL = "tfs-grpc"
 
@@ -97,7 +98,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def add_to_server(dataplane: DataPlane, server: grpc.aio.Server, max_message_size: int) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(dataplane, max_message_size), server
+    add_parsed_service(
+        server, prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+        PredictionServicer(dataplane, max_message_size),
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)
+    add_parsed_service(
+        server, model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(dataplane)
+    )
