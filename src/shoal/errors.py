@@ -18,11 +18,14 @@ class ShoalError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        #: Headers (gRPC: trailing metadata) whoever raised or passed on this error adds to
+        #: the answer, e.g. the routing a graph request took before it failed.
+        self.context: dict[str, str] = {}
 
     @property
     def headers(self) -> dict[str, str]:
-        """Extra REST response headers that come with this error."""
-        return {}
+        """Extra REST response headers (gRPC trailing metadata) that come with this error."""
+        return self.context
 
     def __str__(self) -> str:
         return self.message
@@ -60,7 +63,7 @@ class Overloaded(Unavailable):
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+        return {"Retry-After": str(self.retry_after), **self.context}
 
 
 class DeadlineExceeded(ShoalError):

@@ -47,6 +47,7 @@ from .spec import (
     read_graph,
 )
 from .state import BanditStore
+from .wiring import check_wiring
 
 
 @dataclass
@@ -73,6 +74,11 @@ async def load_graph(name: str, folder: Path, env: GraphEnvironment) -> GraphEnd
             await call_user(env.executor, node, load)
         except ShoalError as exc:
             raise LoadError(f"node {node!r}: {exc}") from exc
+    try:
+        check_wiring(endpoint.nodes)  # user classes declare their tensors in load()
+    except LoadError:
+        await endpoint.close()
+        raise
     return endpoint
 
 

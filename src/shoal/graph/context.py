@@ -114,5 +114,17 @@ def response_headers(parameters: dict[str, Any], request_id: str | None) -> list
     return headers
 
 
+def error_context(routing: dict[str, str], request_id: str) -> dict[str, str]:
+    """What a failed graph request's answer carries (REST headers, gRPC trailing metadata):
+    the routing it took before it failed, and its request id."""
+    context = {}
+    formatted = format_routing(routing)
+    if formatted and _header_safe(formatted):
+        context[ROUTING_HEADER] = formatted
+    if _header_safe(request_id):
+        context[REQUEST_ID_HEADER] = request_id
+    return context
+
+
 def _header_safe(value: str) -> bool:
     return value.isascii() and value.isprintable()

@@ -25,12 +25,14 @@ from ..serving.endpoint import (
     conform_inputs,
     requested_outputs,
 )
+from ..serving.batcher import batch_rows
 from ..serving.stats import ModelStats
 from ..types import InferenceRequest, InferenceResponse, TensorSpec
 from .context import (
     HEADERS,
     ROUTING_PARAMETER,
     Call,
+    error_context,
     format_routing,
     new_request_id,
     parse_routing,
@@ -166,7 +168,10 @@ class GraphEndpoint:
             else:
                 response = await self.root.run(call, request)
             response = self._finish(request, response, call)
-            self.stats.succeeded(started, time.perf_counter_ns())
+            ended = time.perf_counter_ns()
+            self.stats.succeeded(started, ended)
+            # One execution of the whole graph: Triton's inference_count counts its rows.
+            self.stats.executed(batch_rows(request) or 1, 1, 0, 0, ended - started, 0)
             return response
         except ShoalError as exc:
             self.stats.failed(started, time.perf_counter_ns())
@@ -174,6 +179,8 @@ class GraphEndpoint:
             # The data plane's request_failed line carries these: which way the request went.
             exc.log_fields = {"id": call.request_id, "path": call.path,  # type: ignore[attr-defined]
                               "routing": call.routing}
+            # And so does the answer: the routing taken, and the id to look it up by.
+            exc.context.update(error_context(call.routing, call.request_id))
             raise
         except asyncio.CancelledError:
             status = 499  # the client went away: neither a success nor a failure

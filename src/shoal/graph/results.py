@@ -7,11 +7,30 @@ array, as a model's ``predict`` may.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelFailure, ShoalError
 from ..serving.endpoint import as_response as predict_result
 from ..types import InferenceRequest, InferenceResponse, Tensor
+
+
+@dataclass(slots=True)
+class NodeInput(InferenceRequest):
+    """A request that one node made for the next (a sequence step's outputs, a transformer's
+    preprocessed request): when the next node cannot take it, the graph is miswired, and
+    that is the server's fault (500 naming both nodes), not the client's (400)."""
+
+    producer: str = ""
+
+
+def passed_on(request: InferenceRequest, tensors: list[Tensor], request_id: str | None) -> InferenceRequest:
+    """A new request over ``tensors`` that keeps where ``request`` came from."""
+    if isinstance(request, NodeInput):
+        return NodeInput(tensors, id=request_id, parameters=request.parameters,
+                         client_gone=request.client_gone, producer=request.producer)
+    return InferenceRequest(tensors, id=request_id, parameters=request.parameters,
+                            client_gone=request.client_gone)
 
 
 def as_response(result: Any, what: str) -> InferenceResponse:

@@ -26,8 +26,9 @@ T = TypeVar("T")
 async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
     try:
         return await call()
-    except ShoalError as exc:
-        await context.abort(exc.grpc_code, str(exc))
+    except ShoalError as exc:  # headers (a failed graph request's routing) as trailing metadata
+        trailing = tuple((key.lower(), value) for key, value in exc.headers.items())
+        await context.abort(exc.grpc_code, str(exc), trailing)
     except Exception as exc:
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
     raise AssertionError("unreachable")

@@ -347,7 +347,7 @@ def convert_exactly(data: np.ndarray, target: np.dtype) -> np.ndarray | None:
     value can change (FP32 into FP64, INT32 into INT64) skip the check.
     """
     source = data.dtype
-    if np.can_cast(source, target, "safe") and not _inexact_widening(source, target):
+    if _always_exact(source, target):
         return data.astype(target)
     if not data.size:
         return data.astype(target)
@@ -362,6 +362,20 @@ def convert_exactly(data: np.ndarray, target: np.dtype) -> np.ndarray | None:
     if source.kind == "f" and target.kind == "f":
         same |= np.isnan(data) & np.isnan(back)
     return converted if same.all() else None
+
+
+def converts_every_value(source: str, target: str) -> bool:
+    """Whether every value of datatype ``source`` survives conversion to ``target`` (FP32
+    into FP64, INT32 into INT64; not INT64 into FP64): the pairs a graph may wire together."""
+    if source == target:
+        return True
+    if "BYTES" in (source, target):
+        return False
+    return _always_exact(numpy_dtype(source), numpy_dtype(target))
+
+
+def _always_exact(source: np.dtype, target: np.dtype) -> bool:
+    return bool(np.can_cast(source, target, "safe")) and not _inexact_widening(source, target)
 
 
 def _inexact_widening(source: np.dtype, target: np.dtype) -> bool:

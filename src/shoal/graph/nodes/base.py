@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import ModelFailure, ShoalError
+from ...errors import InvalidInput, ModelFailure, ShoalError
 from ...serving.executor import Executor
 from ...types import InferenceRequest, InferenceResponse, TensorSpec
 from ..context import Call
+from ..results import NodeInput
 
 Observer = Callable[[float], None]
 
@@ -33,6 +34,8 @@ class GraphNode:
         try:
             return await self.execute(call, request)
         except ShoalError as exc:
+            if isinstance(exc, InvalidInput) and isinstance(request, NodeInput):
+                exc = miswired(exc, request.producer)
             raise located(exc, self.name) from exc
         finally:
             self._observe(time.perf_counter() - started)
@@ -47,8 +50,22 @@ class GraphNode:
     def outputs(self) -> list[TensorSpec]:
         return []
 
+    def receivers(self) -> list[tuple[GraphNode, list[TensorSpec]]]:
+        """The nodes that check what this node is given, with what each declares it takes
+        (for the wiring check at load): this node itself, unless it passes requests on."""
+        taken = self.inputs()
+        return [(self, taken)] if taken else []
+
     async def close(self) -> None:
         """Release connections; called when the graph is unloaded or replaced."""
+
+
+def miswired(error: InvalidInput, producer: str) -> ShoalError:
+    """A node refused what another node gave it: the graph's wiring is wrong, and the client
+    did nothing wrong (500, naming both). An error from further down stays as it is."""
+    if getattr(error, "graph_node", None) is not None:
+        return error
+    return ModelFailure(f"cannot take what node {producer!r} produced: {error.message}")
 
 
 def located(error: ShoalError, node: str) -> ShoalError:

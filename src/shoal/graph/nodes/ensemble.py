@@ -49,3 +49,6 @@ class Ensemble(GraphNode):
 
     def outputs(self) -> list[TensorSpec]:
         return self.members[0].outputs() if self._keeps_signature else []
+
+    def receivers(self) -> list[tuple[GraphNode, list[TensorSpec]]]:
+        return [found for member in self.members for found in member.receivers()]

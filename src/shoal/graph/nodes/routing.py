@@ -76,6 +76,9 @@ class RoutingNode(GraphNode):
     def outputs(self) -> list[TensorSpec]:
         return self.branches[0].outputs()
 
+    def receivers(self) -> list[tuple[GraphNode, list[TensorSpec]]]:
+        return [found for branch in self.branches for found in branch.receivers()]
+
 
 class Switch(RoutingNode):
     """The first case whose condition holds; else the default; else a 400."""

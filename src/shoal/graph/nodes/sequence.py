@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...types import InferenceRequest, InferenceResponse, TensorSpec
 from ..context import Call
-from ..results import renamed
+from ..results import NodeInput, renamed
 from .base import GraphNode, Observer
 
 
@@ -27,12 +27,16 @@ class Sequence(GraphNode):
     async def execute(self, call: Call, request: InferenceRequest) -> InferenceResponse:
         response: InferenceResponse | None = None
         for index, step in enumerate(self.steps):
-            tensors = request.inputs if response is None or step.from_request else response.outputs
+            fed = response is not None and not step.from_request  # by the previous step
+            tensors = response.outputs if fed else request.inputs  # type: ignore[union-attr]
             if step.mapping is not None:
                 tensors = renamed(tensors, step.mapping, f"step {index + 1} ({step.node.name})")
-            current = InferenceRequest(
-                tensors, id=request.id, parameters=request.parameters,
-                client_gone=request.client_gone,
+            current = (
+                NodeInput(tensors, id=request.id, parameters=request.parameters,
+                          client_gone=request.client_gone, producer=self.steps[index - 1].node.name)
+                if fed else
+                InferenceRequest(tensors, id=request.id, parameters=request.parameters,
+                                 client_gone=request.client_gone)
             )
             response = await step.node.run(call, current)
         assert response is not None  # a sequence has at least one step
@@ -44,3 +48,7 @@ class Sequence(GraphNode):
 
     def outputs(self) -> list[TensorSpec]:
         return self.steps[-1].node.outputs()
+
+    def receivers(self) -> list[tuple[GraphNode, list[TensorSpec]]]:
+        first = self.steps[0]
+        return [] if first.mapping is not None else first.node.receivers()

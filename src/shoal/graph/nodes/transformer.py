@@ -13,7 +13,7 @@ from ...serving.endpoint import conform_inputs
 from ...serving.executor import Executor
 from ...types import InferenceRequest, InferenceResponse, TensorSpec
 from ..context import Call
-from ..results import as_request, as_response, copy_tensors
+from ..results import NodeInput, as_request, as_response, copy_tensors, passed_on
 from .base import GraphNode, Observer, call_user
 
 
@@ -36,13 +36,13 @@ class Transform(GraphNode):
         inputs = copy_tensors(request.inputs)
         if self.model.inputs:  # declared, as a model's are: checked (and cast) the same way
             inputs = conform_inputs(inputs, self.model.inputs, self.name, "transformer")
-        current = InferenceRequest(
-            inputs, id=call.request_id, parameters=request.parameters,
-            client_gone=request.client_gone,
-        )
+        current = passed_on(request, inputs, call.request_id)
         if self._pre is not None:
             result = await call_user(self.executor, self.name, self._pre, current)
             current = as_request(result, current, f"{type(self.model).__name__}.preprocess")
+            current = NodeInput(current.inputs, id=current.id, parameters=current.parameters,
+                                outputs=current.outputs, client_gone=current.client_gone,
+                                producer=self.name)
         if self.child is not None:
             response = await self.child.run(call, current)
         else:
@@ -57,10 +57,24 @@ class Transform(GraphNode):
             return list(self.model.inputs)
         return self.child.inputs() if self._pre is None and self.child is not None else []
 
+    def receivers(self) -> list[tuple[GraphNode, list[TensorSpec]]]:
+        if self.model.inputs:
+            return [(self, list(self.model.inputs))]
+        return self.child.receivers() if self._pre is None and self.child is not None else []
+
     def outputs(self) -> list[TensorSpec]:
-        if self.model.outputs:
-            return list(self.model.outputs)
-        return self.child.outputs() if self._post is None and self.child is not None else []
+        """The node's answer: what ``postprocess`` produces (declared ``outputs``), else the
+        child's answer, else (no child) what ``preprocess`` produces (declared ``outputs``)."""
+        if self._post is None and self.child is not None:
+            return self.child.outputs()
+        return list(self.model.outputs)
+
+    def handed_on(self) -> list[TensorSpec]:
+        """What this transformer gives its child, where it says: the declared ``outputs`` of
+        a transformer whose only stage is ``preprocess``."""
+        if self.child is None or self._pre is None or self._post is not None:
+            return []
+        return list(self.model.outputs)
 
     async def close(self) -> None:
         await call_user(self.executor, self.name, self.model.unload)
