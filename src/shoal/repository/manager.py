@@ -215,8 +215,12 @@ class ModelRepository:
 
     async def _retire(self, name: str, entry: VersionEntry) -> None:
         self.registry.remove(name, entry.version)
-        self.metrics.model_state_changed(name, entry.version, None)
         await self._release(entry)
+        # Its requests have finished: its series go (a scrape lists what is served).
+        gone = not self.registry.entries(name)
+        self.metrics.forget(name, None if gone else entry.version)
+        if isinstance(entry.endpoint, GraphEndpoint) and gone:
+            self.graphs.metrics.forget(name)
         log.event("model_unloaded", model=name, version=entry.version)
 
     async def _release(self, entry: VersionEntry) -> None:
