@@ -31,6 +31,11 @@ class Model:
     #: A short name for the framework, shown as ``platform`` in model metadata.
     platform: str = "custom"
 
+    #: The ``model.yaml`` ``parameters`` this class reads. A set makes any other key fail the
+    #: load, naming it and these, so a typo (``methd``, ``devise``) is reported instead of
+    #: silently doing nothing; None (the default for custom models) accepts any key.
+    accepted_parameters: frozenset[str] | None = None
+
     def __init__(
         self,
         name: str,

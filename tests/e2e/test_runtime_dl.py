@@ -116,6 +116,14 @@ def torch_models(root: Path, cases: dict[str, Case]) -> None:
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}],
     })
+    # The same module without model.yaml: its input is read from its first layer, so V1 JSON
+    # numbers arrive as FP32 and a wrong width is a 400, not TorchScript's error.
+    (root / "torch-script-bare").mkdir()
+    shutil.copy(root / "torch-script" / "model.pt", root / "torch-script-bare" / "model.pt")
+    cases["torch-script-bare"] = Case({"input": x}, {"output-0": logits}, {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [],
+    })
 
     class Two(torch.nn.Module):
         def __init__(self) -> None:
@@ -249,7 +257,7 @@ def stub(server: ShoalProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
 
-MODELS = ["onnx-mlp", "onnx-two", "torch-script", "torch-export", "tf-saved", "tf-keras"]
+MODELS = ["onnx-mlp", "onnx-two", "torch-script", "torch-script-bare", "torch-export", "tf-saved", "tf-keras"]
 MULTI_OUTPUT = {"onnx-mlp": "probs", "onnx-two": "square", "torch-export": "square", "tf-saved": "sum"}
 
 
@@ -345,10 +353,10 @@ def test_wrong_shape_is_400_naming_the_expected_shape(server: ShoalProcess, case
     assert f"expects [-1, {width}]" in response.json()["error"]
 
 
-@pytest.mark.parametrize("model", ["onnx-mlp", "torch-script", "tf-keras"])
+@pytest.mark.parametrize("model", ["onnx-mlp", "torch-script", "torch-script-bare", "tf-keras"])
 def test_fp64_to_an_fp32_model_is_400_naming_both_types(server: ShoalProcess, cases: dict[str, Case], model: str) -> None:
-    x = cases[model].inputs["x"]
-    response = infer(server, model, v2_body({"x": x.astype(np.float64)}))
+    [x] = cases[model].inputs.values()  # one input: any name reaches it
+    response = infer(server, model, v2_body({"x": x.astype(np.float64) + 0.1}))  # not FP32-exact
     assert response.status_code == 400
     assert "is FP64 but model" in response.json()["error"] and "expects FP32" in response.json()["error"]
     # A lossless conversion is made: INT16 fits FP32 exactly.

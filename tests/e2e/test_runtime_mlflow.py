@@ -129,7 +129,8 @@ def test_wrong_shape_and_type_are_400(served: ShoalProcess) -> None:
     narrow = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
     response = infer(served, "doubler", narrow)
     assert response.status_code == 400 and "expects [-1, 4]" in response.json()["error"]
-    wide = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    # 0.1 has no exact FP32 value (FP64 data that has one is converted)
+    wide = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [0.1, 2, 3, 4]}]}
     response = infer(served, "doubler", wide)
     assert response.status_code == 400
     assert "is FP64 but model 'doubler' expects FP32" in response.json()["error"]

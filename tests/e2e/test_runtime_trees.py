@@ -265,6 +265,7 @@ def test_datatypes_convert_only_without_loss(server: ShoalProcess, served: dict[
     xgb = served["xgb"]
     fp64 = v2_body(xgb)
     fp64["inputs"][0]["datatype"] = "FP64"
+    fp64["inputs"][0]["data"] = ROWS.reshape(-1).tolist()  # FP64 values FP32 cannot hold exactly
     response = httpx.post(f"{server.url}/v2/models/xgb/infer", json=fp64)
     assert response.status_code == 400
     assert "is FP64 but model 'xgb' expects FP32" in response.json()["error"]

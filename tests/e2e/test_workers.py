@@ -41,6 +41,9 @@ BROKEN_LOAD = """
     class Broken(Model):
         def load(self):
             raise RuntimeError("no weights here")
+
+        def predict(self, request):
+            return request.as_numpy()
 """
 
 

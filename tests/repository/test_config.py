@@ -138,3 +138,24 @@ def test_missing_tensor_fields(tmp_path: Path) -> None:
 def test_bad_version_policy(tmp_path: Path, policy: str, fragment: str) -> None:
     message = load_error(tmp_path, f"version_policy: {policy}\n")
     assert "model.yaml is invalid" in message and fragment in message
+
+
+@pytest.mark.parametrize("policy", ["latest", "{latest: 0}", "{specific: []}", "[1, 2]"])
+def test_a_bad_version_policy_is_one_line_showing_the_accepted_forms(tmp_path: Path, policy: str) -> None:
+    message = load_error(tmp_path, f"version_policy: {policy}\n")
+    assert message.startswith(
+        "model.yaml is invalid: version_policy: must be all, {latest: N} (N >= 1) or "
+        "{specific: [1, 3]}, not "
+    )
+    assert message.count("version_policy") == 1 and "\n" not in message
+
+
+@pytest.mark.parametrize(("wrong", "right"), [("model.yml", "model.yaml"), ("graph.yml", "graph.yaml")])
+def test_a_misnamed_file_is_reported_not_ignored(tmp_path: Path, wrong: str, right: str) -> None:
+    (tmp_path / wrong).write_text("parameters: {method: predict_proba}\n")
+    with pytest.raises(LoadError) as info:
+        read_config(tmp_path)
+    assert str(info.value) == f"{tmp_path.name}/ has {wrong}, but Shoal reads {right}: rename it to {right}"
+    (tmp_path / right).write_text("runtime: sklearn\n")
+    with pytest.raises(LoadError, match=f"has both {wrong} and {right}; Shoal reads only {right}"):
+        read_config(tmp_path)

@@ -102,7 +102,7 @@ def test_endpoint_checks_shape_and_datatype(tmp_path: Path, classifier) -> None:
     with pytest.raises(InvalidInput, match=r"expects \[-1, 4\]"):
         conform_inputs([Tensor.from_numpy("x", X[:2, :3])], model.inputs, "m")
     with pytest.raises(InvalidInput, match="is FP64 but model 'm' expects FP32"):
-        conform_inputs([Tensor.from_numpy("x", X[:2].astype(np.float64))], model.inputs, "m")
+        conform_inputs([Tensor.from_numpy("x", X[:2].astype(np.float64) + 0.1)], model.inputs, "m")
 
 
 def test_gpu_without_a_gpu_is_a_load_error(tmp_path: Path, classifier) -> None:

@@ -211,3 +211,39 @@ def test_world_writable_pickle_is_refused(tmp_path: Path) -> None:
 def test_missing_mlmodel(tmp_path: Path) -> None:
     with pytest.raises(LoadError, match="no MLmodel file"):
         MLflowModel("m", "1", tmp_path).load()
+
+
+def declared_load(folder: Path, inputs: list[TensorSpec]) -> MLflowModel:
+    model = MLflowModel("m", "1", folder)
+    model.inputs = inputs  # as model.yaml declares them
+    model.load()
+    return model
+
+
+@pytest.mark.parametrize(
+    ("declared", "fragment"),
+    [
+        ([TensorSpec("x", "FP32", (-1, 5))], r"input 'x' has shape \[-1, 5\], but the model takes \[-1, 4\]"),
+        ([TensorSpec("x", "FP64", (-1, 4))], "input 'x' is FP64, but the model takes FP32"),
+        ([TensorSpec("features", "FP32", (-1, 4))],
+         r"inputs \['features'\] are not inputs of the MLflow signature, whose inputs are \['x'\]"),
+    ],
+)
+def test_declared_inputs_that_contradict_the_signature_fail_the_load(tmp_path: Path, declared, fragment) -> None:
+    folder = save_pyfunc(tmp_path / "m", Doubler(), DOUBLER_SIGNATURE)
+    with pytest.raises(LoadError, match=fragment):
+        declared_load(folder, declared)
+    pinned = [TensorSpec("x", "FP32", (2, 4))]
+    assert declared_load(folder, pinned).inputs == pinned
+
+
+def test_declared_columns_and_unnamed_tensors_are_checked_too(tmp_path: Path) -> None:
+    columns = save_pyfunc(tmp_path / "echo", Echo(), ECHO_SIGNATURE)
+    with pytest.raises(LoadError, match="input 's' is FP32, but the model takes BYTES"):
+        declared_load(columns, [TensorSpec("a", "FP64", (-1,)), TensorSpec("s", "FP32", (-1,))])
+    unnamed = ModelSignature(inputs=Schema([MLflowTensor(np.dtype(np.float64), (-1, 2))]))
+    folder = save_pyfunc(tmp_path / "unnamed", Lengths(), unnamed)
+    assert declared_load(folder, [TensorSpec("rows", "FP64", (-1, 2))]).inputs[0].name == "rows"
+    with pytest.raises(LoadError, match=r"'rows' has shape \[-1, 3\], but the model takes \[-1, 2\]"):
+        declared_load(folder, [TensorSpec("rows", "FP64", (-1, 3))])
+

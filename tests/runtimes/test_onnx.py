@@ -142,8 +142,8 @@ def test_wrong_shape_and_unsafe_cast_are_rejected_by_declared_inputs(tmp_path: P
             model.inputs, "m",
         )
     with pytest.raises(InvalidInput, match="FP64 but model 'm' expects FP32"):
-        conform_inputs(
-            [Tensor.from_numpy("a", np.ones((1, 3))), Tensor.from_numpy("b", np.ones((1, 2)))],
+        conform_inputs(  # 0.1 has no exact FP32 value
+            [Tensor.from_numpy("a", np.full((1, 3), 0.1)), Tensor.from_numpy("b", np.ones((1, 2)))],
             model.inputs, "m",
         )
 
@@ -184,3 +184,49 @@ def test_corrupt_artifact_is_a_load_error(tmp_path: Path, damage) -> None:
 def test_missing_artifact(tmp_path: Path) -> None:
     with pytest.raises(LoadError, match="no model.onnx"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("declared", "fragment"),
+    [
+        ([TensorSpec("a", "FP32", (-1, 4)), TensorSpec("b", "FP32", (-1, 2))],
+         r"input 'a' has shape \[-1, 4\], but the model takes \[-1, 3\]"),
+        ([TensorSpec("a", "FP64", (-1, 3)), TensorSpec("b", "FP32", (-1, 2))],
+         "input 'a' is FP64, but the model takes FP32"),
+        ([TensorSpec("a", "FP32", (-1, 3)), TensorSpec("b", "FP32", (-1, 2, 1))],
+         r"input 'b' has shape \[-1, 2, 1\], but the model takes \[-1, 2\]"),
+        ([TensorSpec("a", "FP32", (-1, -1)), TensorSpec("b", "FP32", (-1, 2))],
+         r"input 'a' has shape \[-1, -1\], but the model takes \[-1, 3\]"),
+    ],
+    ids=["width", "datatype", "rank", "open-where-fixed"],
+)
+def test_declared_inputs_that_contradict_the_graph_fail_the_load(tmp_path: Path, declared, fragment) -> None:
+    model = ONNXModel("m", "1", two_in_two_out(tmp_path))
+    model.inputs = declared
+    with pytest.raises(LoadError, match=fragment):
+        model.load()
+
+
+def test_declared_inputs_may_pin_what_the_graph_leaves_open(tmp_path: Path) -> None:
+    model = ONNXModel("m", "1", two_in_two_out(tmp_path))
+    model.inputs = [TensorSpec("a", "FP32", (8, 3)), TensorSpec("b", "FP32", (8, 2))]
+    model.load()
+    assert model.inputs[0].shape == (8, 3)
+
+
+def test_an_input_of_unknown_rank_is_declared_in_model_yaml(tmp_path: Path) -> None:
+    """onnxruntime shows such an input as a scalar: a declared shape is what it needs, and only
+    the datatype is checked."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "any",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    save(graph, tmp_path)
+    model = ONNXModel("m", "1", tmp_path)
+    model.inputs = [TensorSpec("x", "FP32", (-1, 4))]
+    model.load()
+    assert model.inputs == [TensorSpec("x", "FP32", (-1, 4))]
+    model.inputs = [TensorSpec("x", "INT64", (-1, 4))]
+    with pytest.raises(LoadError, match="'x' is INT64, but the model takes FP32"):
+        model.load()

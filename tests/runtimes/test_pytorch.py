@@ -11,6 +11,7 @@ import torch
 
 from shoal.errors import InvalidInput, LoadError, ModelFailure
 from shoal.runtimes.pytorch import PyTorchModel
+from shoal.serving.endpoint import conform_inputs
 from shoal.types import InferenceRequest, RequestedOutput, Tensor, TensorSpec
 
 torch.manual_seed(0)
@@ -80,7 +81,8 @@ def infer(model: PyTorchModel, inputs: dict[str, np.ndarray], outputs: list[str]
 def test_torchscript_matches_the_module(tmp_path: Path) -> None:
     module = MLP()
     model = load(scripted(module, tmp_path))
-    assert model.inputs == [] and model.argument_names == ["x"]  # TorchScript has no shapes
+    assert model.argument_names == ["x"]
+    assert model.inputs == [TensorSpec("x", "FP32", (-1, 4))]  # read from its first layer
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     result = infer(model, {"anything": x})
     with torch.inference_mode():
@@ -223,3 +225,175 @@ def test_world_writable_artifact_is_refused(tmp_path: Path) -> None:
     os.chmod(artifact, 0o666)
     with pytest.raises(LoadError, match="world-writable"):
         load(tmp_path)
+
+
+# TorchScript inputs: read from the layer forward's argument goes into, verified by a probe.
+
+
+class Image(torch.nn.Module):
+    """A 28x28 one-channel classifier: its Linear pins the map size, which the Conv alone
+    leaves open (the probe has to find a size that works)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4 * 26 * 26, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+class Tokens(torch.nn.Module):
+    """Sequences of token ids: [-1, -1] INT64 (a [-1] batch of ids fails in its mean)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embed(x).mean(1))
+
+
+class Nested(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(5, 3).double(), torch.nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Reshaped(torch.nn.Module):
+    """Takes [-1, 2, 2] and flattens it before its Linear(4): the Linear's width is no rank."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x.reshape(x.shape[0], -1))
+
+
+class Ids(torch.nn.Module):
+    """Accepts ids as [-1] and as [-1, -1]: no rank can be told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+
+class Sequences(torch.nn.Module):
+    """Its Linear comes first, but forward needs [-1, steps, 4]: the [-1, 4] guess fails its
+    probe and must not be declared (valid [n, steps, 4] requests would become 400s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).sum(2)
+
+
+class Casting(torch.nn.Module):
+    """Takes UINT8 images and converts them itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.float() / 255)
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        (MLP(), [TensorSpec("x", "FP32", (-1, 4))]),
+        (Image(), [TensorSpec("x", "FP32", (-1, 1, -1, -1))]),
+        (Tokens(), [TensorSpec("x", "INT64", (-1, -1))]),
+        (Nested(), [TensorSpec("x", "FP64", (-1, 5))]),  # through a Sequential; its weight's dtype
+        (torch.nn.Linear(4, 2), [TensorSpec("input", "FP32", (-1, 4))]),
+    ],
+    ids=["mlp", "conv", "embedding", "nested", "bare-linear"],
+)
+def test_torchscript_inputs_come_from_the_layer_forward_feeds(tmp_path: Path, module, expected) -> None:
+    model = load(scripted(module, tmp_path))
+    assert model.inputs == expected
+    spec = expected[0]
+    shape = [2, *(28 if d == -1 else d for d in spec.shape[1:])]
+    data = np.zeros(shape, np.int64 if spec.datatype == "INT64" else np.float64 if spec.datatype == "FP64" else np.float32)
+    [conformed] = conform_inputs([Tensor.from_numpy("any", data)], model.inputs, "m")
+    assert len(model.predict(InferenceRequest([conformed]))[0].data) == 2
+
+
+@pytest.mark.parametrize("module", [Reshaped(), Ids(), Sequences(), Two(), Casting()],
+                         ids=["reshaped-first", "rank-unknown", "probe-fails", "input-added", "cast-first"])
+def test_torchscript_inputs_that_cannot_be_told_are_left_undeclared(tmp_path: Path, module) -> None:
+    model = load(scripted(module, tmp_path))
+    assert model.inputs == []
+
+
+def test_a_guess_that_fails_its_probe_leaves_valid_requests_working(tmp_path: Path) -> None:
+    model = load(scripted(Sequences(), tmp_path))
+    x = np.ones((2, 5, 4), np.float32)
+    [conformed] = conform_inputs([Tensor.from_numpy("x", x)], model.inputs, "m")
+    assert model.predict(InferenceRequest([conformed]))[0].data.shape == (2, 5)
+
+
+def test_json_numbers_reach_a_torchscript_module_as_its_dtype(tmp_path: Path) -> None:
+    """A V1 body with JSON numbers, as the server decodes it for the model's inputs."""
+    from shoal.protocol.v1 import decode_request
+
+    module = MLP()
+    model = load(scripted(module, tmp_path))
+    request, _ = decode_request(b'{"instances": [[1.0, 2.0, 3.0, 4.0]]}', model.inputs)
+    request.inputs = conform_inputs(request.inputs, model.inputs, "m")
+    [output] = model.predict(request)
+    with torch.inference_mode():
+        expected = module(torch.tensor([[1.0, 2.0, 3.0, 4.0]])).numpy()
+    assert np.allclose(output.data, expected, atol=1e-6)
+    with pytest.raises(InvalidInput, match=r"\[-1, 4\]"):  # a wrong width: 400, not the module's error
+        conform_inputs([Tensor.from_numpy("x", np.ones((1, 5), np.float32))], model.inputs, "m")
+
+
+def test_declared_torchscript_inputs_must_fit_the_module(tmp_path: Path) -> None:
+    scripted(MLP(), tmp_path)
+    with pytest.raises(LoadError, match=r"model.yaml inputs do not fit model.pt: forward on zeros \(x FP32 \[1, 5\]\) fails"):
+        load(tmp_path, inputs=[TensorSpec("x", "FP32", (-1, 5))])
+    with pytest.raises(LoadError, match=r"declares 2 inputs, but model.pt's forward takes 1 \(x\)"):
+        load(tmp_path, inputs=[TensorSpec("x", "FP32", (-1, 4)), TensorSpec("y", "FP32", (-1, 4))])
+    with pytest.raises(LoadError, match="'x' is BYTES; PyTorch models take numeric tensors"):
+        load(tmp_path, inputs=[TensorSpec("x", "BYTES", (-1, 4))])
+    # A declaration the module accepts, though no layer states it, is kept as declared.
+    casting = load(scripted(Casting(), tmp_path / "casting"), inputs=[TensorSpec("x", "UINT8", (-1, 4))])
+    assert casting.inputs == [TensorSpec("x", "UINT8", (-1, 4))]
+    # Sizes left open (-1) cannot be probed for sure: an open declaration is not refused.
+    assert load(tmp_path, inputs=[TensorSpec("x", "FP32", (-1, -1))]).inputs == [TensorSpec("x", "FP32", (-1, -1))]
+
+
+@pytest.mark.parametrize(
+    ("declared", "fragment"),
+    [
+        ([TensorSpec("a", "FP32", (-1, 4)), TensorSpec("b", "FP32", (-1, 2))],
+         r"'a' has shape \[-1, 4\], but the model takes \[-1, 3\]"),
+        ([TensorSpec("a", "FP64", (-1, 3)), TensorSpec("b", "FP32", (-1, 2))],
+         "'a' is FP64, but the model takes FP32"),
+        ([TensorSpec("a", "FP32", (-1, 3))], "declares 1 inputs, but model.pt2 takes 2"),
+    ],
+)
+def test_declared_inputs_must_match_the_exported_program(tmp_path: Path, declared, fragment) -> None:
+    exported(Two(), (torch.ones(2, 3), torch.ones(2, 2)), tmp_path)
+    with pytest.raises(LoadError, match=fragment):
+        load(tmp_path, inputs=declared)
+    pinned = [TensorSpec("a", "FP32", (8, 3)), TensorSpec("b", "FP32", (8, 2))]  # fixed where dynamic: fine
+    assert load(tmp_path, inputs=pinned).inputs == pinned
+
+
+def test_a_fixed_dimension_cannot_be_declared_open(tmp_path: Path) -> None:
+    exported(Pair(), (torch.ones(1, 3),), tmp_path, dynamic=False)
+    with pytest.raises(LoadError, match=r"has shape \[-1, 3\], but the model takes \[1, 3\]"):
+        load(tmp_path, inputs=[TensorSpec("x", "FP32", (-1, 3))])

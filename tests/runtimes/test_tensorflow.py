@@ -205,3 +205,31 @@ def test_requests_call_the_concrete_function_traced_at_load(built: Built, source
     for rows in (1, 5):  # one trace serves every batch size
         result = infer(model, {"a": np.ones((rows, 3), np.float32), "b": np.ones((rows, 2), np.float32)})
         assert {len(v) for v in result.values()} == {rows}
+
+
+@pytest.mark.parametrize(
+    ("source", "signature", "declared", "fragment"),
+    [
+        ("savedmodel", "serving_default",
+         [TensorSpec("a", "FP32", (-1, 4)), TensorSpec("b", "FP32", (-1, 2))],
+         r"input 'a' has shape \[-1, 4\], but the model takes \[-1, 3\]"),
+        ("savedmodel", "serving_default",
+         [TensorSpec("a", "FP32", (-1, 3)), TensorSpec("b", "FP64", (-1, 2))],
+         "input 'b' is FP64, but the model takes FP32"),
+        ("sequential", "serving_default", [TensorSpec("x", "FP32", (-1, 5))],
+         r"input 'x' has shape \[-1, 5\], but the model takes \[-1, 4\]"),
+        ("savedmodel", "shout", [TensorSpec("text", "FP32", (-1,))],  # unknown rank: datatype only
+         "input 'text' is FP32, but the model takes BYTES"),
+    ],
+)
+def test_declared_inputs_that_contradict_the_model_fail_the_load(
+    built: Built, source: str, signature: str, declared, fragment: str
+) -> None:
+    with pytest.raises(LoadError, match=fragment):
+        load(built.root / source, built.runtime, inputs=declared, signature=signature)
+
+
+def test_an_input_of_unknown_rank_takes_its_declared_shape(built: Built) -> None:
+    declared = [TensorSpec("text", "BYTES", (-1,))]
+    model = load(built.root / "savedmodel", built.runtime, inputs=declared, signature="shout")
+    assert model.inputs == declared

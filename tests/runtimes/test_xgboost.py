@@ -118,9 +118,10 @@ def test_endpoint_checks_shape_and_datatype(tmp_path: Path, classifier) -> None:
     with pytest.raises(InvalidInput, match=r"expects \[-1, 6\]"):
         conform_inputs([Tensor.from_numpy("x", X[:2, :4])], model.inputs, "m")
     with pytest.raises(InvalidInput, match="is FP64 but model 'm' expects FP32"):
-        conform_inputs([Tensor.from_numpy("x", X[:2].astype(np.float64))], model.inputs, "m")
+        conform_inputs([Tensor.from_numpy("x", X[:2].astype(np.float64) + 0.1)], model.inputs, "m")
     with pytest.raises(InvalidInput, match="is INT64 but model 'm' expects FP32"):
-        conform_inputs([Tensor.from_numpy("x", np.ones((2, 6), dtype=np.int64))], model.inputs, "m")
+        big = np.full((2, 6), 2**24 + 1, dtype=np.int64)  # no exact FP32 value
+        conform_inputs([Tensor.from_numpy("x", big)], model.inputs, "m")
     [conformed] = conform_inputs([Tensor.from_numpy("x", X[:2].astype(np.float16))], model.inputs, "m")
     assert conformed.datatype == "FP32" and conformed.name == "input-0"
 

@@ -21,13 +21,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from ..datatypes import DATATYPES
 from ..errors import LoadError
 from ..types import TensorSpec
 
 CONFIG_FILE = "model.yaml"
+#: Files Shoal does not read, named like the ones it does (graph.spec.GRAPH_FILE is graph.yaml):
+#: found beside a model, they fail its load instead of being ignored.
+MISNAMED = {"model.yml": CONFIG_FILE, "graph.yml": "graph.yaml"}
+POLICY_FORMS = "all, {latest: N} (N >= 1) or {specific: [1, 3]}"
 
 
 class TensorConfig(BaseModel):
@@ -86,6 +97,15 @@ class ModelConfig(BaseModel):
     runtime forwards to it. Options (``protocol``, ``timeout``, ``retries``) go in
     ``parameters``."""
 
+    @field_validator("version_policy", mode="wrap")
+    @classmethod
+    def _policy_forms(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """One line that shows the accepted forms, not one error per member of the union."""
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(f"must be {POLICY_FORMS}, not {value!r}") from None
+
     def select_versions(self, available: list[int]) -> list[int]:
         """The versions to serve, as TF Serving's and Triton's version policies choose."""
         ordered = sorted(available)
@@ -98,6 +118,7 @@ class ModelConfig(BaseModel):
 
 
 def read_config(model_dir: Path) -> ModelConfig:
+    check_misnamed(model_dir)
     path = model_dir / CONFIG_FILE
     if not path.is_file():
         return ModelConfig()
@@ -111,6 +132,27 @@ def read_config(model_dir: Path) -> ModelConfig:
         return ModelConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'model.yaml'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or 'model.yaml'}: {_message(e)}"
+            for e in exc.errors()
         )
         raise LoadError(f"{path.name} is invalid: {problems}") from None
+
+
+def check_misnamed(model_dir: Path) -> None:
+    """``model.yml`` would be silently ignored (Shoal reads ``model.yaml``): say so."""
+    for wrong, right in MISNAMED.items():
+        if not (model_dir / wrong).is_file():
+            continue
+        if (model_dir / right).is_file():
+            raise LoadError(
+                f"{model_dir.name}/ has both {wrong} and {right}; Shoal reads only {right}: "
+                f"merge {wrong} into it and delete {wrong}"
+            )
+        raise LoadError(f"{model_dir.name}/ has {wrong}, but Shoal reads {right}: rename it to {right}")
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, without the "Value error, " it puts before a validator's own."""
+    if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])
+    return str(error["msg"])

@@ -22,7 +22,7 @@ from ..graph.metrics import GraphMetrics
 from ..graph.spec import GRAPH_FILE
 from ..observe import logging as log
 from ..observe.metrics import Metrics
-from ..runtimes import create_model, declare_metadata
+from ..runtimes import GRAPH_RUNTIME, create_model, declare_metadata, model_artifacts
 from ..serving.batcher import BatchSettings
 from ..serving.endpoint import ModelEndpoint, ModelState
 from ..serving.executor import Executor
@@ -66,7 +66,8 @@ class ModelRepository:
         return model_names(self.root)
 
     def is_graph(self, name: str) -> bool:
-        return (self.root / name / GRAPH_FILE).is_file()
+        """Whether ``name`` is served as a graph. Never raises: listings call it."""
+        return serves_graph(self.root / name)
 
     async def load_all(self) -> None:
         # Graphs load after plain models, so the models they call are there to check.
@@ -269,3 +270,23 @@ class ModelRepository:
                     row["reason"] = reason
                 rows.append(row)
         return rows
+
+
+def serves_graph(folder: Path) -> bool:
+    """A folder with graph.yaml is a graph when model.yaml says ``runtime: graph`` (and nothing
+    else), or when there is no model.yaml and no model artifact beside it.
+
+    Any other folder with graph.yaml loads as a model, and that load says what is wrong: both
+    a graph and a model artifact without ``runtime:`` to choose, a model.yaml a graph would
+    ignore, or a model.yaml that does not parse.
+    """
+    try:
+        if not (folder / GRAPH_FILE).is_file():
+            return False
+        config = read_config(folder)
+        settings = config.model_dump(exclude_defaults=True)
+        if config.runtime is not None:
+            return config.runtime == GRAPH_RUNTIME and set(settings) == {"runtime"}
+        return not settings and not model_artifacts([folder, *version_dirs(folder).values()])
+    except (LoadError, OSError):  # the model load reads the folder again and says why
+        return False

@@ -7,7 +7,9 @@ optional extra fails that one model's load with the ``pip install`` line that fi
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,10 @@ class Runtime:
     artifacts: tuple[str, ...]
 
 
-#: Detection order matters where artifacts overlap: ``model.bst`` is XGBoost's unless
-#: ``model.yaml`` says ``runtime: lightgbm``. An MLflow folder holds its flavor's artifact
-#: too (``model.pkl``, ``model.onnx``, ...) beside ``MLmodel``, so MLflow is looked for first.
+#: Runtime name -> where it lives and the artifacts that identify it. A folder with artifacts
+#: of two runtimes is refused (detect_runtime), except where the overlap is documented: an
+#: MLflow folder holds its flavor's artifact (``model.pkl``, ``model.onnx``, ...) beside
+#: ``MLmodel``; ``model.bst`` is listed for XGBoost only (LightGBM's needs ``runtime: lightgbm``).
 RUNTIMES: dict[str, Runtime] = {
     "mlflow": Runtime("shoal.runtimes.mlflow", "MLflowModel", "mlflow", ("MLmodel",)),
     "sklearn": Runtime(
@@ -50,14 +53,81 @@ RUNTIMES: dict[str, Runtime] = {
 }
 
 
-def detect_runtime(folders: list[Path]) -> str:
-    """The runtime whose artifact appears first in ``folders`` (version folder first)."""
-    for folder in folders:
-        for name, runtime in RUNTIMES.items():
-            if any((folder / artifact).exists() for artifact in runtime.artifacts):
-                return name
+#: ``runtime: graph`` in model.yaml: the folder's graph.yaml is what is served.
+GRAPH_RUNTIME = "graph"
+#: graph.spec.GRAPH_FILE (not imported from there: the graph package imports this one).
+GRAPH_FILE = "graph.yaml"
+
+
+def artifacts_in(folder: Path) -> dict[str, list[str]]:
+    """Runtime name -> the artifacts of that runtime that ``folder`` holds."""
+    found: dict[str, list[str]] = {}
+    for name, runtime in RUNTIMES.items():
+        present = [a for a in runtime.artifacts if (folder / a).exists()]
+        if present:
+            found[name] = present
+    return found
+
+
+def model_artifacts(folders: list[Path]) -> list[str]:
+    """The model artifacts in ``folders``, for telling a graph folder from a model folder.
+    ``model.py`` is left out: beside ``graph.yaml`` it is the graph's own code."""
+    return sorted(
+        {artifact for folder in folders for name, present in artifacts_in(folder).items()
+         if name != "custom" for artifact in present}
+    )
+
+
+def detect_runtime(version_dir: Path, model_dir: Path) -> str:
+    """The runtime whose artifact the version folder holds, else the model folder.
+
+    Two runtimes' artifacts in one folder (``model.joblib`` and ``model.json``) are not
+    resolved by a guess: the load fails and asks for ``runtime:``. The documented overlaps are
+    no guess: an MLflow folder holds its flavor's file beside ``MLmodel``, and ``model.bst``
+    belongs to XGBoost alone unless ``model.yaml`` says ``runtime: lightgbm``.
+    """
+    for folder in dict.fromkeys([version_dir, model_dir]):
+        found = artifacts_in(folder)
+        if "mlflow" in found or len(found) == 1:
+            return next(iter(found)) if len(found) == 1 else "mlflow"
+        if found:
+            listed = ", ".join(f"{a} ({name})" for name, present in found.items() for a in present)
+            raise LoadError(
+                f"{_shown(folder, model_dir)} holds artifacts of several runtimes: {listed}; "
+                "say which one to serve with runtime: in model.yaml (e.g. "
+                f"runtime: {next(iter(found))})"
+            )
     known = ", ".join(a for r in RUNTIMES.values() for a in r.artifacts)
     raise LoadError(f"no model artifact found (looked for {known}) and model.yaml names no runtime")
+
+
+#: Sub-folder names that look like versions but are not: versions are plain integers.
+VERSION_LIKE = re.compile(
+    r"^(?:v|ver|version)[-_.]?\d+$|^0\d+$|^\d+(?:\.\d+)+$", re.IGNORECASE
+)
+
+
+def check_version_folders(version_dir: Path, model_dir: Path) -> None:
+    """A model folder with no artifact but sub-folders named like versions (``v1/``,
+    ``version-2/``, ``01/``) was most likely meant to have versions: say how they are named,
+    instead of only "no model artifact found"."""
+    if version_dir != model_dir or not model_dir.is_dir() or artifacts_in(model_dir):
+        return
+    lookalikes = sorted(
+        p.name + "/" for p in model_dir.iterdir() if p.is_dir() and VERSION_LIKE.match(p.name)
+    )
+    if lookalikes:
+        raise LoadError(
+            f"no model artifact in {model_dir.name}/; its sub-folder(s) {', '.join(lookalikes)} "
+            "look like versions, but version folders are plain integers (1/, 2/, ...): rename them"
+        )
+
+
+def _shown(folder: Path, model_dir: Path) -> str:
+    """``iris/`` or ``iris/2/``: a folder as a user finds it in the repository."""
+    if folder == model_dir:
+        return f"{model_dir.name}/"
+    return f"{model_dir.name}/{folder.name}/"
 
 
 #: Models load on several threads at once. Two threads importing parts of one framework can
@@ -85,13 +155,18 @@ def create_model(
 def _create_model(
     name: str, version: str, version_dir: Path, model_dir: Path, config: ModelConfig
 ) -> Model:
-    runtime_name = config.runtime or ("triton" if config.url else None) or detect_runtime(
-        [version_dir, model_dir]
+    if not config.url:
+        check_version_folders(version_dir, model_dir)
+    runtime_name = config.runtime or ("triton" if config.url else None) or _detect(
+        version_dir, model_dir, config
     )
+    if runtime_name == GRAPH_RUNTIME:
+        raise LoadError(_not_a_graph(model_dir, config))
     runtime = RUNTIMES.get(runtime_name)
     if runtime is None:
         raise LoadError(
-            f"unknown runtime {runtime_name!r}; available: {', '.join(sorted(RUNTIMES))}"
+            f"unknown runtime {runtime_name!r}; available: "
+            f"{', '.join(sorted([*RUNTIMES, GRAPH_RUNTIME]))}"
         )
     try:
         module = importlib.import_module(runtime.module)
@@ -103,8 +178,56 @@ def _create_model(
         model = factory(name, version, version_dir, config.parameters)
     else:
         model = factory(name, version, version_dir, model_dir, config)
+    check_parameters(model, runtime_name)
     declare_metadata(model, config)
     return model
+
+
+def _detect(version_dir: Path, model_dir: Path, config: ModelConfig) -> str:
+    """The detected runtime. A folder that also holds graph.yaml reaches this only when it
+    is not plainly a graph (manager.serves_graph): say what makes it unclear."""
+    folders = [version_dir, model_dir]
+    if (model_dir / GRAPH_FILE).is_file():
+        found = model_artifacts(folders)
+        if not found:
+            raise LoadError(_not_a_graph(model_dir, config))
+        runtimes = sorted({n for f in folders for n in artifacts_in(f) if n != "custom"})
+        raise LoadError(
+            f"{model_dir.name}/ holds both {GRAPH_FILE} and model artifacts ({', '.join(found)}): "
+            f"add runtime: {GRAPH_RUNTIME} to model.yaml to serve the graph, or "
+            f"runtime: {' / '.join(runtimes)} to serve the model"
+        )
+    return detect_runtime(version_dir, model_dir)
+
+
+def _not_a_graph(model_dir: Path, config: ModelConfig) -> str:
+    """Why a folder that says (or looks like) it is a graph was not loaded as one."""
+    if not (model_dir / GRAPH_FILE).is_file():
+        return f"model.yaml says runtime: {GRAPH_RUNTIME}, but {model_dir.name}/ has no {GRAPH_FILE}"
+    defaults, given = ModelConfig().model_dump(), config.model_dump()
+    others = sorted(key for key in given if key != "runtime" and given[key] != defaults[key])
+    return (
+        f"model.yaml beside {GRAPH_FILE} sets {', '.join(others) or 'nothing'}, which a graph "
+        f"does not take: a graph's settings go in {GRAPH_FILE} (its model.yaml may say only "
+        f"runtime: {GRAPH_RUNTIME})"
+    )
+
+
+def check_parameters(model: Model, runtime_name: str) -> None:
+    """Refuse ``parameters`` keys the model's class does not read (see Model.accepted_parameters)."""
+    accepted = type(model).accepted_parameters
+    if accepted is None:
+        return
+    unknown = sorted(set(model.parameters) - accepted)
+    if not unknown:
+        return
+    close = {key: difflib.get_close_matches(key, accepted, n=1) for key in unknown}
+    hints = [f"{key!r} (did you mean {match[0]!r}?)" for key, match in close.items() if match]
+    named = ", ".join(hints + [repr(key) for key, match in close.items() if not match])
+    takes = ", ".join(sorted(accepted)) or "none"
+    raise LoadError(
+        f"unknown parameters in model.yaml for runtime {runtime_name!r}: {named}; it accepts: {takes}"
+    )
 
 
 def declare_metadata(model: Model, config: ModelConfig) -> None:

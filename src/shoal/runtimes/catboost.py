@@ -30,7 +30,7 @@ from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
 from .native_check import check_native_read, search_path
 from .outputs import chosen_outputs, default_outputs, find_artifact
-from .tabular import features
+from .tabular import features, tabular_inputs
 
 ARTIFACTS = ("model.cbm",)
 INPUT_NAME = "input-0"
@@ -39,6 +39,7 @@ GPU_DEVICES = ("cuda", "gpu")
 
 class CatBoostModel(Model):
     platform = "catboost"
+    accepted_parameters = frozenset({"method", "thread_count", "device"})
 
     def load(self) -> None:
         artifact = find_artifact(self.path, ARTIFACTS, "CatBoost")
@@ -57,7 +58,9 @@ class CatBoostModel(Model):
         self.default_outputs = default_outputs(self.parameters, self.offered)
         n_features = len(self.model.feature_names_)
         textual = self.model.get_cat_feature_indices() or self.model.get_text_feature_indices()
-        self.inputs = [TensorSpec(INPUT_NAME, "BYTES" if textual else "FP32", (-1, n_features))]
+        self.inputs = tabular_inputs(
+            self.inputs, INPUT_NAME, "BYTES" if textual else "FP32", n_features, artifact.name
+        )
         example = (
             np.full((1, n_features), b"0", dtype=object) if textual
             else np.zeros((1, n_features), dtype=np.float32)

@@ -26,6 +26,12 @@ def create(name: str, version: str, version_dir: Path, model_dir: Path, config: 
         raise LoadError(f"runtime 'custom' needs a {MODULE_FILE} in {model_dir.name}/")
     module = import_source(source, f"shoal_models.{name.replace('.', '_').replace('-', '_')}.v{version}")
     cls = _pick_class(module, config.model_class, source)
+    if cls.predict is Model.predict:
+        # Loading would succeed and every request fail with a 500: fail the load instead.
+        raise LoadError(
+            f"{cls.__name__} in {source.name} does not define predict(self, request); "
+            "a shoal.Model subclass must override it"
+        )
     return cls(name, version, version_dir, config.parameters)
 
 

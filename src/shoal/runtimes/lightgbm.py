@@ -28,7 +28,7 @@ from ..types import InferenceRequest, Tensor, TensorSpec
 from .lightgbm_text import check_model_text
 from .native_check import check_native_read, library_path
 from .outputs import chosen_outputs, default_outputs, find_artifact
-from .tabular import features
+from .tabular import features, tabular_inputs
 
 ARTIFACTS = ("model.txt", "model.bst")
 INPUT_NAME = "input-0"
@@ -37,6 +37,7 @@ CLASSIFICATION = ("binary", "multiclass", "multiclassova")
 
 class LightGBMModel(Model):
     platform = "lightgbm"
+    accepted_parameters = frozenset({"method", "num_threads", "device"})
 
     def load(self) -> None:
         artifact = find_artifact(self.path, ARTIFACTS, "LightGBM")
@@ -55,7 +56,7 @@ class LightGBMModel(Model):
         self.options = {"num_threads": int(self.parameters.get("num_threads", 1))}
         self.classes = max(self.booster.num_model_per_iteration(), 2)
         n_features = self.booster.num_feature()
-        self.inputs = [TensorSpec(INPUT_NAME, "FP64", (-1, n_features))]
+        self.inputs = tabular_inputs(self.inputs, INPUT_NAME, "FP64", n_features, artifact.name)
         self.outputs = self._output_specs()
         self.offered = [spec.name for spec in self.outputs]
         self.default_outputs = default_outputs(self.parameters, self.offered)

@@ -36,6 +36,7 @@ from ..errors import InvalidInput, LoadError
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
 from . import IMPORT_LOCK
+from .declared import check_declared
 from .trust import refuse_untrusted
 
 ARTIFACT = "MLmodel"
@@ -55,6 +56,8 @@ COLUMN_DATATYPES = {
 
 class MLflowModel(Model):
     platform = "mlflow"
+    #: Nothing is read from model.yaml parameters (request parameters reach ``params``).
+    accepted_parameters: frozenset[str] = frozenset()
 
     def load(self) -> None:
         if not (self.path / ARTIFACT).is_file():
@@ -75,6 +78,8 @@ class MLflowModel(Model):
             input_schema is not None and not self.columns and input_schema.has_input_names()
         )
         signature_inputs = _specs(input_schema, DEFAULT_INPUT)
+        unnamed = input_schema is not None and not self.columns and not self.named_tensors
+        check_declared(self.inputs, signature_inputs, "the MLflow signature", by_position=unnamed)
         self.inputs = self.inputs or signature_inputs
         self.outputs = self.outputs or _specs(output_schema, DEFAULT_OUTPUT)
         self.text_columns = {

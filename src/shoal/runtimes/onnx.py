@@ -18,6 +18,7 @@ a graph whose optional outputs are costly is better exported without them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from ..errors import InvalidInput, LoadError
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
 from . import first_line
+from .declared import check_declared
 
 ARTIFACT = "model.onnx"
 DEFAULT_PROVIDERS = ["CPUExecutionProvider"]
@@ -54,6 +56,7 @@ Provider = str | tuple[str, dict[str, Any]]
 
 class ONNXModel(Model):
     platform = "onnx"
+    accepted_parameters = frozenset({"providers", "intra_op_threads", "inter_op_threads"})
 
     def load(self) -> None:
         artifact = self.path / ARTIFACT
@@ -78,7 +81,9 @@ class ONNXModel(Model):
             for o in self.session.get_outputs()
             if o.type in DATATYPES
         }
-        self.inputs = self._declared(self.inputs, self._graph_inputs(), "inputs")
+        graph_inputs = self._graph_inputs()
+        self.inputs = self._declared(self.inputs, graph_inputs, "inputs")
+        check_declared(self.inputs, _known_ranks(graph_inputs, self.inputs), ARTIFACT)
         self.outputs = self._declared(self.outputs, list(self.tensor_outputs.values()), "outputs")
 
     def _options(self) -> ort.SessionOptions:
@@ -161,6 +166,16 @@ class ONNXModel(Model):
 
     def unload(self) -> None:
         self.session = None
+
+
+def _known_ranks(graph: list[TensorSpec], declared: list[TensorSpec]) -> list[TensorSpec]:
+    """onnxruntime reports an input of unknown rank as a scalar (``[]``), the case model.yaml
+    is there for: of those, only the datatype is checked against a declaration."""
+    shapes = {spec.name: spec.shape for spec in declared}
+    return [
+        replace(spec, shape=shapes[spec.name]) if not spec.shape and spec.name in shapes else spec
+        for spec in graph
+    ]
 
 
 def _provider_name(provider: Provider) -> str:

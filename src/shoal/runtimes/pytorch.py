@@ -7,7 +7,9 @@ scikit-learn pickles, only serve repositories you trust: Shoal refuses a world-w
 artifact or folder.
 
 Inputs reach ``forward`` positionally, in the declared order (``model.yaml`` ``inputs``, else
-the order ``forward`` names them); a one-input model takes its input under any name. What
+the order ``forward`` names them); a one-input model takes its input under any name. A
+program states its inputs; a TorchScript module's are read from the layer each argument goes
+into, where that tells (see torchscript.py). Declared inputs may not contradict either. What
 ``forward`` returns becomes named outputs: a dict by its keys, a tuple or list by the declared
 output names (else ``output-0``, ``output-1``, ...), a tensor as the one output. A request
 gets the outputs it names, else the declared ones, else all.
@@ -33,26 +35,16 @@ from ..errors import InvalidInput, LoadError, ModelFailure
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
 from . import IMPORT_LOCK, first_line
+from .declared import check_declared
+from .torchscript import DATATYPES, check_declared_scripted, infer_inputs
 from .trust import refuse_untrusted
 
 ARTIFACTS = ("model.pt", "model.pt2")
 
-#: torch dtypes with a V2 datatype (bfloat16 has none: such outputs are sent as FP32).
-DATATYPES: dict[torch.dtype, str] = {
-    torch.float32: "FP32",
-    torch.float64: "FP64",
-    torch.float16: "FP16",
-    torch.int8: "INT8",
-    torch.int16: "INT16",
-    torch.int32: "INT32",
-    torch.int64: "INT64",
-    torch.uint8: "UINT8",
-    torch.bool: "BOOL",
-}
-
 
 class PyTorchModel(Model):
     platform = "pytorch"
+    accepted_parameters = frozenset({"device"})
 
     def load(self) -> None:
         artifact = next((self.path / a for a in ARTIFACTS if (self.path / a).is_file()), None)
@@ -75,6 +67,8 @@ class PyTorchModel(Model):
             raise
         except Exception as exc:
             raise LoadError(f"cannot read {artifact.name}: {_first_line(exc)}{_hint(artifact)}") from exc
+        if artifact.suffix == ".pt":  # outside the lock: this runs forward on zeros
+            self._scripted_inputs(artifact.name)
 
     def _device(self) -> torch.device:
         wanted = str(self.parameters.get("device", "cpu"))
@@ -106,6 +100,14 @@ class PyTorchModel(Model):
             a.name for a in module.forward.schema.arguments[1:] if not a.has_default_value()
         ]
 
+    def _scripted_inputs(self, artifact: str) -> None:
+        """Declared inputs are checked against the module; else read from it where it tells
+        (see torchscript.py), so requests are checked and JSON numbers converted."""
+        if self.inputs:
+            check_declared_scripted(self.module, self.inputs, self.device, artifact)
+        else:
+            self.inputs = infer_inputs(self.module, self.argument_names, self.device)
+
     def _load_exported(self, artifact: Path) -> None:
         with _logged_errors("torch.export") as logged:
             try:
@@ -122,7 +124,9 @@ class PyTorchModel(Model):
         self.module = program.module()
         self.argument_names = list(program.module_call_graph[0].signature.forward_arg_names)
         inputs, outputs = exported_specs(program)
-        # model.yaml's inputs/outputs (set before load) win over what the program says.
+        # model.yaml's inputs/outputs (set before load) win over what the program says, but
+        # may not contradict it; inputs reach forward positionally.
+        check_declared(self.inputs, inputs or [], artifact.name, by_position=True)
         if not self.inputs and inputs is not None:
             self.inputs = inputs
         if not self.outputs and outputs is not None:

@@ -18,7 +18,7 @@ from ..errors import InvalidInput, LoadError
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
 from . import IMPORT_LOCK
-from .tabular import features
+from .tabular import features, tabular_inputs
 from .trust import refuse_untrusted
 
 ARTIFACTS = ("model.joblib", "model.pkl", "model.pickle")
@@ -28,6 +28,7 @@ INPUT_NAME = "input-0"
 
 class SKLearnModel(Model):
     platform = "sklearn"
+    accepted_parameters = frozenset({"method"})
 
     def load(self) -> None:
         artifact = next((self.path / a for a in ARTIFACTS if (self.path / a).is_file()), None)
@@ -43,7 +44,11 @@ class SKLearnModel(Model):
         if not self.methods:
             raise LoadError(f"{artifact.name} holds a {type(self.estimator).__name__}, not an estimator")
         self.default_methods = self._default_methods()
-        self.inputs = self._input_specs()
+        count = getattr(self.estimator, "n_features_in_", None)
+        self.inputs = tabular_inputs(
+            self.inputs, INPUT_NAME, "FP64", int(count) if count else None, artifact.name,
+            any_datatype=True,
+        )
         self.outputs = [self._output_spec(m) for m in self.methods]
 
     def _default_methods(self) -> list[str]:
@@ -55,10 +60,6 @@ class SKLearnModel(Model):
                 f"parameters.method asks for {missing}; this estimator offers {self.methods}"
             )
         return wanted
-
-    def _input_specs(self) -> list[TensorSpec]:
-        count = getattr(self.estimator, "n_features_in_", None)
-        return [TensorSpec(INPUT_NAME, "FP64", (-1, int(count) if count else -1))]
 
     def _output_spec(self, method: str) -> TensorSpec:
         classes = getattr(self.estimator, "classes_", None)
@@ -79,5 +80,5 @@ class SKLearnModel(Model):
                 raise InvalidInput(
                     f"model {self.name!r} has no output {method!r}; it offers {self.methods}"
                 )
-        matrix = features(request)
+        matrix = features(request, self.inputs)
         return [Tensor.from_numpy(m, getattr(self.estimator, m)(matrix)) for m in methods]

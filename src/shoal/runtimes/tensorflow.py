@@ -37,6 +37,7 @@ from ..errors import InvalidInput, LoadError, ShoalError
 from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
 from . import IMPORT_LOCK, first_line
+from .declared import check_declared
 
 SAVED_MODEL = "saved_model.pb"
 KERAS = "model.keras"
@@ -50,6 +51,7 @@ for _gpu in tf.config.list_physical_devices("GPU"):
 
 class TensorFlowModel(Model):
     platform = "tensorflow"
+    accepted_parameters = frozenset({"device", "signature"})
 
     def load(self) -> None:
         if (self.path / SAVED_MODEL).is_file():
@@ -75,11 +77,21 @@ class TensorFlowModel(Model):
         # as requests are checked against all declared inputs).
         _check_declared(self.inputs, self.input_names, "inputs", exact=True)
         _check_declared(self.outputs, self.output_names, "outputs", exact=False)
+        check_declared(self.inputs, self._stated(inputs), artifact)
         if not self.inputs and None not in inputs:
             self.inputs = inputs
         self.default_outputs = [s.name for s in self.outputs] or self.output_names
         if not self.outputs:
             self.outputs = [s for s in outputs if s is not None]
+
+    def _stated(self, inputs: list[TensorSpec | None]) -> list[TensorSpec]:
+        """The model's inputs as far as it states them: of an input of unknown rank, only
+        the datatype (shown with the declared shape, so only the datatype is compared)."""
+        declared = {s.name: s.shape for s in self.inputs}
+        return [
+            spec or TensorSpec(name, datatype, declared.get(name, ()))
+            for spec, name, datatype in zip(inputs, self.input_names, self.input_datatypes)
+        ]
 
     def _device(self) -> str:
         wanted = str(self.parameters.get("device", "cpu")).lower()
@@ -116,6 +128,7 @@ class TensorFlowModel(Model):
 
         self._run = _concrete(signature, [keywords[n] for n in names])
         self.input_names, self.output_names = names, sorted(returned)
+        self.input_datatypes = [_datatype(n, keywords[n].dtype, "input") for n in names]
         inputs = [_spec(n, keywords[n].dtype, keywords[n].shape, "input") for n in names]
         outputs = [_spec(n, returned[n].dtype, returned[n].shape, "output") for n in sorted(returned)]
         return inputs, outputs
@@ -149,7 +162,9 @@ class TensorFlowModel(Model):
         returned = self._run.structured_outputs
         self.keras_model = model
         self.input_names, self.output_names = names, list(returned)
-        inputs = [_spec(n, tf.as_dtype(t.dtype), t.shape, "input") for t, n in zip(flat, names)]
+        dtypes = [tf.as_dtype(t.dtype) for t in flat]
+        self.input_datatypes = [_datatype(n, d, "input") for d, n in zip(dtypes, names)]
+        inputs = [_spec(n, d, t.shape, "input") for t, d, n in zip(flat, dtypes, names)]
         outputs = [_spec(n, t.dtype, t.shape, "output") for n, t in returned.items()]
         return inputs, outputs
 
@@ -211,15 +226,18 @@ def _as_dict(result: Any, names: list[str]) -> dict[str, tf.Tensor]:
     return dict(zip(names, values))
 
 
+def _datatype(name: str, dtype: tf.DType, kind: str) -> str:
+    if dtype == tf.string:
+        return "BYTES"
+    try:
+        return datatype_of(np.empty(0, dtype.as_numpy_dtype))
+    except (InvalidInput, TypeError):
+        raise LoadError(f"{kind} {name!r} is {dtype.name}, which no V2 datatype carries") from None
+
+
 def _spec(name: str, dtype: tf.DType, shape: Any, kind: str) -> TensorSpec | None:
     """The V2 metadata of one signature tensor; None when its rank is unknown."""
-    if dtype == tf.string:
-        datatype = "BYTES"
-    else:
-        try:
-            datatype = datatype_of(np.empty(0, dtype.as_numpy_dtype))
-        except (InvalidInput, TypeError):
-            raise LoadError(f"{kind} {name!r} is {dtype.name}, which no V2 datatype carries") from None
+    datatype = _datatype(name, dtype, kind)
     shape = tf.TensorShape(shape)
     if shape.rank is None:
         return None

@@ -89,6 +89,7 @@ def create(name: str, version: str, version_dir: Any, model_dir: Any, config: Mo
 
 class TritonModel(Model):
     platform = "triton"
+    accepted_parameters = frozenset(RemoteSettings.model_fields)
 
     def __init__(
         self,

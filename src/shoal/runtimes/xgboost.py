@@ -33,7 +33,7 @@ from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
 from .native_check import check_native_read, library_path
 from .outputs import chosen_outputs, default_outputs, find_artifact
-from .tabular import features
+from .tabular import features, tabular_inputs
 from .ubjson import UBJSONError, check_ubjson
 
 ARTIFACTS = ("model.json", "model.ubj", "model.bst")
@@ -49,6 +49,7 @@ warnings.filterwarnings("ignore", message=r".*Unknown file format: `bst`", categ
 
 class XGBoostModel(Model):
     platform = "xgboost"
+    accepted_parameters = frozenset({"method", "nthread", "device"})
 
     def load(self) -> None:
         artifact = find_artifact(self.path, ARTIFACTS, "XGBoost")
@@ -82,7 +83,7 @@ class XGBoostModel(Model):
             nullcontext() if booster_kind in ("gbtree", "dart") else threading.Lock()
         )
         n_features = self.booster.num_features()
-        self.inputs = [TensorSpec(INPUT_NAME, "FP32", (-1, n_features))]
+        self.inputs = tabular_inputs(self.inputs, INPUT_NAME, "FP32", n_features, artifact.name)
         self.outputs = self._output_specs()
         self.offered = [spec.name for spec in self.outputs]
         self.default_outputs = default_outputs(self.parameters, self.offered)
