@@ -51,6 +51,13 @@ def main() -> None:
               show_envvar=True, help="V2 gRPC port; 0 picks a free port.")
 @click.option("--max-request-size", envvar="SHOAL_MAX_REQUEST_SIZE", default="64M", show_default=True, type=ByteSize(),
               show_envvar=True, help="Largest REST body or gRPC message accepted (413 / RESOURCE_EXHAUSTED).")
+@click.option("--max-header-size", envvar="SHOAL_MAX_HEADER_SIZE", default="64K", show_default=True,
+              type=ByteSize(), show_envvar=True,
+              help="Largest REST request line + headers accepted (431, and the connection closes).")
+@click.option("--header-timeout", envvar="SHOAL_HEADER_TIMEOUT", default=10.0, show_default=True,
+              type=click.FloatRange(0), show_envvar=True,
+              help="Seconds a REST request line + headers may take to arrive, from their first "
+                   "byte or from the connection's start (408, and the connection closes); 0: no limit.")
 @click.option("--drain-timeout", envvar="SHOAL_DRAIN_TIMEOUT", default=30.0, show_default=True, type=click.FloatRange(0),
               show_envvar=True, help="Seconds in-flight requests may take to finish on SIGTERM.")
 @click.option("--log-level", envvar="SHOAL_LOG_LEVEL", default="info", show_default=True, show_envvar=True,
@@ -86,7 +93,8 @@ def main() -> None:
               help="Where graphs keep bandit router state (shared by server processes that "
                    "point at the same folder) [default: REPOSITORY/.shoal-state].")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
-          drain_timeout: float, log_level: str, model_threads: int | None,
+          max_header_size: int, header_timeout: float, drain_timeout: float, log_level: str,
+          model_threads: int | None,
           max_batch_size: int, max_batch_delay_ms: float, max_inflight: int,
           request_timeout: float, workers: int, http_workers: int,
           state_dir: Path | None) -> None:
@@ -95,7 +103,8 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
 
     run(ServerSettings(
         repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
-        max_request_size=max_request_size, drain_timeout=drain_timeout,
+        max_request_size=max_request_size, max_header_size=max_header_size,
+        header_timeout=header_timeout, drain_timeout=drain_timeout,
         log_level=log_level.lower(), model_threads=model_threads,
         max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
         max_inflight=max_inflight, request_timeout=request_timeout, workers=workers,

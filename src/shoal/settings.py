@@ -15,6 +15,10 @@ class ServerSettings:
     http_port: int = 8080
     grpc_port: int = 8081
     max_request_size: int = 64 * MiB
+    #: Largest request line + headers over REST (431 above it).
+    max_header_size: int = 64 * 1024
+    #: Seconds a REST request line + headers may take to arrive (408); 0: no limit.
+    header_timeout: float = 10.0
     drain_timeout: float = 30.0
     log_level: str = "info"
     model_threads: int | None = None

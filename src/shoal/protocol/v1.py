@@ -41,6 +41,12 @@ def decode_request(body: bytes, inputs: list[TensorSpec]) -> tuple[InferenceRequ
         fmt: Format = "row"
     elif "inputs" in payload:
         value = payload["inputs"]
+        if _is_v2_inputs(value):
+            raise InvalidInput(
+                "this is a V2 inference request ('inputs' as a list of {name, datatype, shape, "
+                "data} objects): send it to POST /v2/models/{model}/infer; V1 :predict takes "
+                "{\"instances\": [...]} or {\"inputs\": ...}"
+            )
         if isinstance(value, dict) and not _is_b64(value):
             columns = value
         else:
@@ -51,6 +57,18 @@ def decode_request(body: bytes, inputs: list[TensorSpec]) -> tuple[InferenceRequ
     declared = {spec.name: spec.datatype for spec in inputs}
     tensors = [json_tensor(name, value, declared.get(name)) for name, value in columns.items()]
     return InferenceRequest(inputs=tensors), fmt
+
+
+_V2_TENSOR_KEYS = frozenset(("name", "datatype", "shape"))
+
+
+def _is_v2_inputs(value: Any) -> bool:
+    """A V2 body's ``inputs``: a list of objects that each have a name, datatype and shape.
+    V1 never means that (a list of objects in ``inputs`` is no tensor, unless they are b64)."""
+    return (
+        isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+        and all(isinstance(t, dict) and _V2_TENSOR_KEYS <= t.keys() for t in value)
+    )
 
 
 def _single_name(inputs: list[TensorSpec]) -> str:

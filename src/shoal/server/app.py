@@ -31,6 +31,7 @@ from ..serving.registry import Registry
 from ..serving.workers.pool import WorkerPool
 from ..settings import ServerSettings
 from . import grpc as grpc_transport
+from .http_protocol import http_protocol
 from .rest import build_app
 
 
@@ -93,7 +94,8 @@ class ShoalServer:
         await grpc_server.start()
 
         config = uvicorn.Config(
-            self.app, lifespan="off", log_level="warning", access_log=False, http="httptools",
+            self.app, lifespan="off", log_level="warning", access_log=False,
+            http=http_protocol(settings.max_header_size, settings.header_timeout),  # httptools
             loop="none", timeout_graceful_shutdown=int(settings.drain_timeout) or 1,
             server_header=False, proxy_headers=False,  # Shoal never reads client addresses
         )

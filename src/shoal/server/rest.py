@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,13 +18,17 @@ from starlette.routing import Route
 
 from ..errors import InvalidInput, ShoalError, Unavailable
 from ..observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..protocol import v1, v2_json
+from ..protocol import tfs_grpc, v1, v2_json
+from ..protocol.tfs_gen import model_pb2
 from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
 from . import infer_asgi
 from .graph_routes import graph_routes
 
 JSON = "application/json"
+#: TF Serving REST verbs Shoal does not serve (501): both take tf.Example inputs.
+TF_SERVING_ONLY_VERBS = ("classify", "regress")
+ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # HEAD comes with GET
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -39,10 +44,31 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.InferenceASGI:
-    async def v1_explain(request: Request) -> Response:
-        name = request.path_params["name"]
-        dataplane.registry.get(name, request.path_params.get("version"))
-        return error_response(501, f"model {name!r} has no explainer")
+    async def v1_verb(request: Request) -> Response:
+        """``/v1/models/{m}[/versions/{v}]:{verb}`` for every verb but ``:predict`` (which
+        :mod:`.infer_asgi` answers). Model names have no ``:``, so the verb is never part of one."""
+        params = request.path_params
+        name, version, verb = params["name"], params.get("version"), params["verb"]
+        if verb == "explain":
+            if request.method != "POST":
+                raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
+            dataplane.registry.get(name, version)
+            return error_response(501, f"model {name!r} has no explainer")
+        if verb in TF_SERVING_ONLY_VERBS:
+            dataplane.registry.entry(name, version)  # 404 for an unknown model, as TF Serving
+            return error_response(
+                501, f"TF Serving's :{verb} is not served here (it takes tf.Example inputs "
+                     f"and needs a {verb} signature); use POST {_v1_path(name, version)}:predict"
+            )
+        return error_response(
+            404, f"unknown V1 verb ':{verb}' in {request.method} {request.url.path}; V1 serves "
+                 f":predict and :explain (TF Serving's :classify and :regress are not served)"
+        )
+
+    async def v1_metadata(request: Request) -> Response:
+        params = request.path_params
+        endpoint = dataplane.registry.get(params["name"], params.get("version"))
+        return json_response(tfs_rest_metadata(endpoint.metadata(), endpoint.version))
 
     async def v2_server_metadata(request: Request) -> Response:
         return json_response(dataplane.server_metadata())
@@ -122,8 +148,11 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.Inferen
     m = "/v2/models/{name}"
     mv = "/v2/models/{name}/versions/{version}"
     routes = [
-        Route("/v1/models/{name}:explain", v1_explain, methods=["POST"]),
-        Route("/v1/models/{name}/versions/{version}:explain", v1_explain, methods=["POST"]),
+        # Before /v1/models/{name}, which would take "m:verb" for a model name.
+        Route("/v1/models/{name}:{verb}", v1_verb, methods=ANY_METHOD),
+        Route("/v1/models/{name}/versions/{version}:{verb}", v1_verb, methods=ANY_METHOD),
+        Route("/v1/models/{name}/metadata", v1_metadata, methods=["GET"]),
+        Route("/v1/models/{name}/versions/{version}/metadata", v1_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", v2_server_metadata, methods=["GET"]),
@@ -155,7 +184,9 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.Inferen
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return error_response(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+        response = error_response(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+        response.headers.update(exc.headers or {})  # 405's Allow
+        return response
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
@@ -165,6 +196,28 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.Inferen
         exception_handlers={ShoalError: shoal_error, HTTPException: http_error, Exception: unexpected},
     )
     return infer_asgi.InferenceASGI(dataplane, max_request_size, app)
+
+
+def _v1_path(name: str, version: str | None) -> str:
+    return f"/v1/models/{name}" + (f"/versions/{version}" if version else "")
+
+
+def tfs_rest_metadata(metadata: dict[str, Any], version: str) -> dict[str, Any]:
+    """TF Serving's REST answer to ``GET /v1/models/{m}/metadata``: the GetModelMetadataResponse
+    as TF Serving prints it (proto field names, every field, int64 as strings), with the
+    ``signature_def`` Any unpacked, the very signature the gRPC GetModelMetadata describes."""
+    spec = model_pb2.ModelSpec()
+    tfs_grpc.fill_model_spec(spec, metadata["name"], version)
+    return {
+        "model_spec": _proto_json(spec),
+        "metadata": {tfs_grpc.SIGNATURE_DEF_FIELD: _proto_json(tfs_grpc.signature_def_map(metadata))},
+    }
+
+
+def _proto_json(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 def _tf_status(entry: Any) -> dict[str, Any]:

@@ -1,0 +1,162 @@
+"""uvicorn's httptools protocol, with a size limit and a time limit on each request head.
+
+uvicorn reads a request line and headers of any size (httptools keeps a header value growing
+until it ends) and waits for them forever. This protocol counts the bytes of each request
+head as they arrive and never feeds the parser more than ``max_header_size`` of them: a head
+that does not end within the limit gets ``431`` and the connection closes. A head that has
+not arrived in full ``header_timeout`` seconds after its first byte (or after the connection
+opened) gets ``408`` and the connection closes, as Go's ``ReadHeaderTimeout``.
+
+Counting is per ``data_received``, not per header: a request whose head arrives in one read
+(nearly all of them) costs an addition and a comparison, and no timer (a connection costs
+one, for its first request). Bodies are not counted (``--max-request-size`` bounds them), and
+an idle keep-alive connection is left to uvicorn's own keep-alive timeout. A pipelined head
+that starts in the same read as the end of the request before it is counted from its next
+read, so it may pass the limit by what that one read held (the parser still holds at most
+the limit plus one read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+#: How long a refused connection keeps reading (and dropping) what the client still sends
+#: before it closes. Closing at once, with unread bytes, makes the kernel reset the connection,
+#: and a client still sending its request would lose the answer.
+LINGER_SECONDS = 2.0
+
+_REFUSED = -1  # ``_head`` once the head was refused: drop everything until closed
+
+# Called directly rather than through super(): these run for every request.
+_data_received = HttpToolsProtocol.data_received
+_on_headers_complete = HttpToolsProtocol.on_headers_complete
+_on_message_complete = HttpToolsProtocol.on_message_complete
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    max_header_size = 64 * 1024
+    header_timeout = 10.0  # 0: no limit
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Bytes of the request head received so far; None while a request's body is read
+        # (or while it is answered), from its end of headers to the end of its body.
+        self._head: int | None = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    # ---- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()  # a connection that never sends a request closes too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        head = self._head
+        if head is None:  # a request body
+            _data_received(self, data)
+            return
+        if head == _REFUSED:
+            return
+        size = head + len(data)
+        if size <= self.max_header_size:
+            self._head = size
+            _data_received(self, data)
+            if self._head and self._head_timer is None:  # a head still incomplete
+                self._arm_head_timer()
+            return
+        # Over the limit if all of it were head: feed no more than the limit, and see whether
+        # the head ended within it (a small head with a large body in one read does).
+        room = self.max_header_size - head
+        self._head = self.max_header_size
+        view = memoryview(data)
+        if room:
+            _data_received(self, view[:room])
+        if self.transport.is_closing():
+            return
+        if self._head == self.max_header_size:
+            self._refuse_head()
+        else:
+            self.data_received(view[room:])
+
+    # ---- httptools parser callbacks ---------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        self._head = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        _on_headers_complete(self)
+
+    def on_message_complete(self) -> None:
+        self._head = 0  # whatever comes next is the next request's head
+        _on_message_complete(self)
+
+    # ---- limits -----------------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        if self.header_timeout > 0:
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._answering():  # a pipelined head stalled behind an answer: close after it
+            self._head = _REFUSED
+            self.cycle.keep_alive = False
+            return
+        if self._head:  # part of a request arrived: say why it goes unanswered
+            self._write_error(
+                408, f"the request line and headers did not arrive within "
+                     f"{self.header_timeout:g} seconds"
+            )
+        self.transport.close()
+
+    def _refuse_head(self) -> None:
+        self._head = _REFUSED
+        self._cancel_head_timer()
+        if self._answering():  # a pipelined head behind an answer: close after it
+            self.cycle.keep_alive = False
+            return
+        self._write_error(
+            431, f"the request line and headers exceed the {self.max_header_size}-byte limit"
+        )
+        # Lingering close: the answer and a FIN go out now, what the client still sends is
+        # read and dropped, and the connection closes when the client closes or after a moment.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._head_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _answering(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _write_error(self, status: int, message: str) -> None:
+        body = orjson.dumps({"error": message})
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
+                       b"connection: close\r\n\r\n" % len(body))
+        content.append(body)
+        self.transport.write(b"".join(content))
+
+
+def http_protocol(max_header_size: int, header_timeout: float) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)``, with these limits."""
+    return type(
+        "ShoalHttpProtocol", (LimitedHttpToolsProtocol,),
+        {"max_header_size": max_header_size, "header_timeout": header_timeout},
+    )
