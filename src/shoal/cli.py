@@ -99,7 +99,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
           request_timeout: float, workers: int, http_workers: int,
           state_dir: Path | None) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
-    from .server.app import run
+    from .server.app import exit_now, run
 
     run(ServerSettings(
         repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
@@ -110,6 +110,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         max_inflight=max_inflight, request_timeout=request_timeout, workers=workers,
         http_workers=http_workers, state_dir=state_dir,
     ))
+    exit_now()
 
 
 if __name__ == "__main__":

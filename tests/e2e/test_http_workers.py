@@ -95,3 +95,43 @@ def test_a_dead_server_process_is_replaced(tmp_path: Path) -> None:
         assert pids <= now
     finally:
         assert process.stop() == 0
+
+
+SLOW_LOADING_PID = PID.replace(
+    "    class Pid(Model):\n",
+    "    class Pid(Model):\n        def load(self):\n            time.sleep(2)\n\n",
+)
+
+
+def test_a_replacement_process_takes_no_request_before_it_is_ready(tmp_path: Path) -> None:
+    """A replacement process used to listen before loading its models: for the ~2 s of its
+    load, the kernel handed it new connections, answered 503 "loading" (and 404 "not served
+    here" for graphs, which load last). Now it binds only once it is ready."""
+    custom(tmp_path / "pid", SLOW_LOADING_PID)
+    (tmp_path / "graph").mkdir()
+    (tmp_path / "graph" / "graph.yaml").write_text("nodes:\n  root: {kind: model, model: pid}\n")
+    process = ShoalProcess(tmp_path, "--http-workers", "2")
+    body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}]}
+    try:
+        process.wait_ready()
+        before = server_processes(process.listening["pid"])
+        os.kill(next(iter(before)), 9)
+        deadline = time.monotonic() + 30
+        while len(now := server_processes(process.listening["pid"])) < 2 or now == before:
+            assert time.monotonic() < deadline, "no replacement process"
+            time.sleep(0.05)
+        (new,) = now - before
+        statuses: dict[int, int] = {}
+        served_by: set[int] = set()
+        while new not in served_by:  # until the new process answers, all through its load
+            assert time.monotonic() < deadline, "the replacement never served"
+            for model in ("pid", "graph"):
+                with httpx.Client() as client:  # a fresh connection: the kernel picks a process
+                    response = client.post(f"{process.url}/v2/models/{model}/infer", json=body)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code == 200:
+                    served_by.add(pid_of(response))
+        assert set(statuses) == {200}, statuses
+        assert statuses[200] > 20  # requests kept coming while the new process loaded
+    finally:
+        assert process.stop() == 0

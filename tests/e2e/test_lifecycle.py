@@ -16,7 +16,7 @@ import pytest
 from shoal.protocol.grpc_gen import grpc_service_pb2 as pb
 from shoal.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 
-from .models import SLOW, SLOW_LOAD, custom, iris_rows, sklearn_iris
+from .models import SLOW, SLOW_LOAD, custom, iris_rows, sklearn_iris, write
 from .process import ShoalProcess
 
 
@@ -115,6 +115,76 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
     assert results["grpc"].outputs[0].name == "output-0"  # type: ignore[union-attr]
     events = [e["event"] for e in server.log_events()]
     assert "shutting_down" in events and events[-1] == "stopped"
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]], ids=["threads", "worker-process"])
+def test_shutdown_is_bounded_by_the_drain_timeout(tmp_path: Path, workers: list[str]) -> None:
+    """A model call that outlives --drain-timeout is answered 503 "server is shutting down"
+    (REST and gRPC), and the process exits at once instead of waiting 20 s for the model."""
+    custom(tmp_path / "slow", SLOW)
+    server = ShoalProcess(tmp_path, "--drain-timeout", "1", *workers)
+    server.wait_ready()
+    results: dict[str, object] = {}
+
+    def call_rest() -> None:
+        results["rest"] = httpx.post(f"{server.url}/v2/models/slow/infer", json=slow_body(20), timeout=30)
+
+    def call_grpc() -> None:
+        request = pb.ModelInferRequest(model_name="slow", parameters={"sleep": pb.InferParameter(double_param=20)})
+        request.inputs.add(name="x", datatype="FP64", shape=[1]).contents.fp64_contents.append(1)
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            try:
+                pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+            except grpc.RpcError as exc:
+                results["grpc"] = exc
+
+    threads = [threading.Thread(target=call_rest), threading.Thread(target=call_grpc)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    signalled = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(10) == 0
+    exited = time.monotonic() - signalled
+    for thread in threads:
+        thread.join(10)
+    assert exited < 4, f"exited {exited:.1f} s after SIGTERM with --drain-timeout 1"
+    rest = results["rest"]
+    assert rest.status_code == 503  # type: ignore[union-attr]
+    assert rest.json() == {"error": "server is shutting down"}  # type: ignore[union-attr]
+    grpc_error = results["grpc"]
+    assert grpc_error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[union-attr]
+    assert grpc_error.details() == "server is shutting down"  # type: ignore[union-attr]
+    events = server.log_events()
+    assert [e for e in events if e["event"] == "drain_timeout"][0]["requests_cut"] == 2
+    assert events[-1]["event"] == "stopped"
+
+
+def test_during_startup_every_model_and_graph_is_loading_not_missing(tmp_path: Path) -> None:
+    """Graphs load after models: a graph used to be 404 "not served here" until then. And a
+    request without a version names the newest version, not the first one loading."""
+    for version in ("1", "2"):
+        write(tmp_path / "slowload" / version / "model.py", SLOW_LOAD)
+    (tmp_path / "slowload" / "model.yaml").write_text(
+        "runtime: custom\nversion_policy: all\nparameters: {load_seconds: 2}\n")
+    (tmp_path / "chain").mkdir()
+    (tmp_path / "chain" / "graph.yaml").write_text(
+        "nodes:\n  root: {kind: model, model: slowload}\n")
+    server = ShoalProcess(tmp_path)
+    try:
+        body = slow_body(0)
+        graph = httpx.post(f"{server.url}/v2/models/chain/infer", json=body)
+        assert graph.status_code == 503 and "loading" in graph.json()["error"]
+        model = httpx.post(f"{server.url}/v2/models/slowload/infer", json=body)
+        assert model.status_code == 503
+        assert model.json()["error"] == "model 'slowload' has no ready version; version 2 is loading"
+        index = httpx.post(f"{server.url}/v2/repository/index").json()
+        assert {(row["name"], row.get("version"), row["state"]) for row in index} == {
+            ("slowload", "1", "LOADING"), ("slowload", "2", "LOADING"), ("chain", "1", "LOADING")}
+        server.wait_ready()
+        assert httpx.post(f"{server.url}/v2/models/chain/infer", json=body).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_reload_and_new_version_without_failed_requests(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_failed_version_is_unavailable_with_its_reason(registry: Registry) -> No
 
 
 def test_no_ready_version_reports_the_newest_state(registry: Registry) -> None:
-    with pytest.raises(Unavailable, match="model 'echo' version 1 is loading$"):
+    with pytest.raises(Unavailable, match="model 'echo' has no ready version; version 1 is loading$"):
         registry.get("echo")
     registry.set("only-failed", failed("1", "no artifact"))
     registry.set("only-failed", failed("2", "bad yaml"))

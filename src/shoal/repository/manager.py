@@ -70,12 +70,35 @@ class ModelRepository:
         return serves_graph(self.root / name)
 
     async def load_all(self) -> None:
-        # Graphs load after plain models, so the models they call are there to check.
         names = self.names()
         graphs = [name for name in names if self.is_graph(name)]
         models = [name for name in names if name not in graphs]
+        # Every version the startup load will bring up is LOADING from the start: a request
+        # meanwhile gets 503 "loading" (for a graph too, though graphs load last), never
+        # 404, and one without a version names the newest version, not the first loaded.
+        pending = await self.executor.run(self._versions_to_load, models)
+        for name in graphs:
+            pending[name] = ["1"]
+        for name, versions in pending.items():
+            for version in versions:
+                if not any(e.version == version for e in self.registry.entries(name)):
+                    self._record(name, VersionEntry(version, ModelState.LOADING))
+        # Graphs load after plain models, so the models they call are there to check.
         await asyncio.gather(*(self._load_reporting(name) for name in models))
         await asyncio.gather(*(self._load_reporting(name) for name in graphs))
+
+    def _versions_to_load(self, names: list[str]) -> dict[str, list[str]]:
+        """The versions each model's policy selects (none for a model whose model.yaml is
+        broken: its load reports that at once)."""
+        versions = {}
+        for name in names:
+            folder = self.root / name
+            try:
+                config = read_config(folder)
+            except LoadError:
+                continue
+            versions[name] = [str(v) for v in config.select_versions(list(version_dirs(folder)))]
+        return versions
 
     async def _load_reporting(self, name: str) -> None:
         try:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import grpc
 import orjson
 import uvicorn
 
@@ -33,6 +36,21 @@ from ..settings import ServerSettings
 from . import grpc as grpc_transport
 from .http_protocol import http_protocol
 from .rest import build_app
+
+
+#: After the drain timeout, requests still running are answered 503 "server is shutting down";
+#: uvicorn and gRPC cut what is left this much later (their own answer is a bare 500/CANCELLED).
+ABORT_MARGIN = 1.0
+#: How long worker processes and model threads get to finish after the drain.
+RELEASE_TIMEOUT = 1.0
+
+
+async def _first_of(task: asyncio.Task[None], stop: Any) -> bool:
+    """Wait for ``task`` or for ``stop`` (a stop request); True if the task finished first."""
+    stopping = asyncio.ensure_future(stop)
+    await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    return task.done()
 
 
 class _UvicornServer(uvicorn.Server):
@@ -78,6 +96,39 @@ class ShoalServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
 
+        loading: asyncio.Task[None] | None = None
+        if settings.reuse_port:
+            # One of several processes on shared ports (--http-workers): it takes no
+            # connection before its models are loaded, so the kernel never hands a new
+            # process requests it could only answer "loading" (or, for a graph, "not served").
+            loading = asyncio.create_task(self._load())
+            if not await _first_of(loading, self._stop.wait()):
+                loading.cancel()
+                await self._release()
+                return
+        http_server, http_task, grpc_server = await self._listen()
+        if loading is None:
+            loading = asyncio.create_task(self._load())
+        await self._stop.wait()
+
+        log.event("shutting_down", drain_timeout=settings.drain_timeout)
+        self.dataplane.draining = True
+        loading.cancel()
+        http_server.should_exit = True  # no new connections; idle ones close
+        grpc_stopped = asyncio.ensure_future(
+            grpc_server.stop(grace=settings.drain_timeout + ABORT_MARGIN)
+        )
+        if not await self.dataplane.drained(settings.drain_timeout):
+            cut = self.dataplane.abort_in_flight()
+            log.event("drain_timeout", logging.WARNING, drain_timeout=settings.drain_timeout,
+                      requests_cut=cut)
+        await asyncio.gather(grpc_stopped, http_task, return_exceptions=True)
+        await self._release()
+        log.event("stopped")
+
+    async def _listen(self) -> tuple[uvicorn.Server, asyncio.Task[None], grpc.aio.Server]:
+        """Bind both ports, start both servers, and announce the ports."""
+        settings = self.settings
         http_socket = bind(settings.host, settings.http_port, settings.reuse_port)
         self.http_port = http_socket.getsockname()[1]
         grpc_server = grpc_transport.build_server(
@@ -96,7 +147,7 @@ class ShoalServer:
         config = uvicorn.Config(
             self.app, lifespan="off", log_level="warning", access_log=False,
             http=http_protocol(settings.max_header_size, settings.header_timeout),  # httptools
-            loop="none", timeout_graceful_shutdown=int(settings.drain_timeout) or 1,
+            loop="none", timeout_graceful_shutdown=settings.drain_timeout + ABORT_MARGIN,
             server_header=False, proxy_headers=False,  # Shoal never reads client addresses
         )
         http_server = _UvicornServer(config)
@@ -107,19 +158,13 @@ class ShoalServer:
             self.on_listening(self.http_port, self.grpc_port)
         else:
             announce(settings.host, self.http_port, self.grpc_port)
+        return http_server, http_task, grpc_server
 
-        loading = asyncio.create_task(self._load())
-        await self._stop.wait()
-        log.event("shutting_down", drain_timeout=settings.drain_timeout)
-        self.dataplane.draining = True
-        loading.cancel()
-        http_server.should_exit = True
-        await asyncio.gather(
-            grpc_server.stop(grace=settings.drain_timeout), http_task, return_exceptions=True
-        )
-        await self.pool.close()
-        self.executor.shutdown()
-        log.event("stopped")
+    async def _release(self) -> None:
+        """Stop the worker processes and model threads: after the drain, whatever still runs
+        there has had its time and must not keep the process alive."""
+        await self.pool.close(timeout=RELEASE_TIMEOUT)
+        self.executor.shutdown(timeout=RELEASE_TIMEOUT)
 
     async def _load(self) -> None:
         await self.repository.load_all()
@@ -156,6 +201,15 @@ def announce(host: str, http_port: int, grpc_port: int, **extra: object) -> None
             "pid": os.getpid(), **extra}
     sys.stdout.write(orjson.dumps(line).decode() + "\n")
     sys.stdout.flush()
+
+
+def exit_now(code: int = 0) -> None:
+    """End the process once the server has stopped, without the interpreter's own shutdown:
+    it would wait for a model thread stuck in a call the drain already gave up on, and for
+    frameworks' exit handlers (TensorFlow's and PyTorch's take seconds)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run(settings: ServerSettings, on_listening: ListeningHook | None = None) -> None:

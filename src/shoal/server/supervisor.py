@@ -30,11 +30,12 @@ from .app import announce, bind
 
 
 def _serve_one(settings: ServerSettings, ready: Connection) -> None:
-    from .app import run
+    from .app import exit_now, run
 
     # The supervisor decides when to stop; Ctrl-C in a terminal reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     run(settings, on_listening=lambda http, grpc: ready.send((http, grpc)))
+    exit_now()
 
 
 def supervise(settings: ServerSettings) -> None:

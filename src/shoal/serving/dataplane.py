@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable
 
 from .. import __version__
-from ..errors import ModelFailure, ModelNotFound, ShoalError
+from ..errors import ModelFailure, ModelNotFound, ShoalError, Unavailable
 from ..observe import logging as log
 from ..observe.metrics import UNKNOWN, Metrics
 from ..protocol import triton_config, triton_stats
@@ -35,6 +35,12 @@ class DataPlane:
         self.metrics = metrics
         self.startup_complete = False
         self.draining = False
+        #: The tasks running an inference now, so a shutdown can wait for them, or cut them
+        #: off with a proper answer once the drain timeout has passed.
+        self._running: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._aborting = False
 
     @property
     def live(self) -> bool:
@@ -118,6 +124,10 @@ class DataPlane:
             raise
         served_version = endpoint.version
         self.metrics.request_started(name)
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+            self._idle.clear()
         try:
             request = decode(endpoint)
             request.model_name = name
@@ -126,7 +136,13 @@ class DataPlane:
         except ShoalError as exc:
             self._failed(name, served_version, protocol, exc, started)
             raise
-        except asyncio.CancelledError:  # the client went away (gRPC cancel, REST disconnect)
+        except asyncio.CancelledError:
+            if self._aborting and _uncancel(task):
+                # Cut off by the drain timeout: the contract's answer, not a dropped request.
+                error = Unavailable("server is shutting down")
+                self._failed(name, served_version, protocol, error, started)
+                raise error from None
+            # The client went away (gRPC cancel, REST disconnect).
             self.metrics.request_finished(
                 name, served_version, protocol, "cancelled", time.perf_counter() - started
             )
@@ -135,10 +151,33 @@ class DataPlane:
             error = ModelFailure(f"internal error: {type(exc).__name__}: {exc}")
             self._failed(name, served_version, protocol, error, started)
             raise error from exc
+        finally:
+            if task is not None:
+                self._running.discard(task)
+                if not self._running:
+                    self._idle.set()
         self.metrics.request_finished(
             name, served_version, protocol, "success", time.perf_counter() - started
         )
         return request, response
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the inferences running now to finish; True if
+        they did."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return self._idle.is_set()
+        return True
+
+    def abort_in_flight(self) -> int:
+        """Answer every inference still running with 503 "server is shutting down" (their
+        model code, if it is stuck, is left behind); returns how many there were."""
+        self._aborting = True
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        return len(running)
 
     def _failed(
         self, name: str, version: str, protocol: str, error: ShoalError, started: float,
@@ -170,3 +209,13 @@ class DataPlane:
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.repository.index(ready_only)
+
+
+def _uncancel(task: asyncio.Task[Any] | None) -> bool:
+    """Take back the cancellation that cut ``task`` off, so it can still send its answer."""
+    if task is None:
+        return False
+    uncancel = getattr(task, "uncancel", None)  # Python 3.11+; 3.10 keeps no count
+    if uncancel is not None:
+        uncancel()
+    return True

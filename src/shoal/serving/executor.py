@@ -16,6 +16,7 @@ import asyncio
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
@@ -76,8 +77,10 @@ class Executor:
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
-    def shutdown(self) -> None:
-        """Finish the jobs already running; jobs still queued are cancelled."""
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Let the jobs already running finish, for up to ``timeout`` seconds in all (None: as
+        long as they take); jobs still queued are cancelled. The threads are daemons: one
+        still running a hung model does not keep the process from exiting."""
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -90,5 +93,6 @@ class Executor:
                     pass
         for _ in self._workers:
             self._jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for worker in self._workers:
-            worker.join()
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -54,8 +54,11 @@ class Registry:
         entry = self.entry(name, version)
         if entry.state is not ModelState.READY or entry.endpoint is None:
             detail = f": {entry.reason}" if entry.reason else ""
-            raise Unavailable(
-                f"model {name!r} version {entry.version} is {entry.state.value.lower()}{detail}"
+            state = entry.state.value.lower()
+            if version:
+                raise Unavailable(f"model {name!r} version {entry.version} is {state}{detail}")
+            raise Unavailable(  # the entry is the newest version: none is ready
+                f"model {name!r} has no ready version; version {entry.version} is {state}{detail}"
             )
         if not entry.endpoint.ready:  # a graph is ready only while the models it calls are
             reason = entry.endpoint.unready_reason()
