@@ -175,6 +175,8 @@ def test_during_startup_every_model_and_graph_is_loading_not_missing(tmp_path: P
         body = slow_body(0)
         graph = httpx.post(f"{server.url}/v2/models/chain/infer", json=body)
         assert graph.status_code == 503 and "loading" in graph.json()["error"]
+        feedback = httpx.post(f"{server.url}/v2/models/chain/feedback", json={"id": "x", "reward": 1})
+        assert feedback.status_code == 503  # not 404: a client may take that as permanent
         model = httpx.post(f"{server.url}/v2/models/slowload/infer", json=body)
         assert model.status_code == 503
         assert model.json()["error"] == "model 'slowload' has no ready version; version 2 is loading"

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -207,9 +208,29 @@ def exit_now(code: int = 0) -> None:
     """End the process once the server has stopped, without the interpreter's own shutdown:
     it would wait for a model thread stuck in a call the drain already gave up on, and for
     frameworks' exit handlers (TensorFlow's and PyTorch's take seconds)."""
+    _stop_resource_tracker()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _stop_resource_tracker(timeout: float = 1.0) -> None:
+    """multiprocessing's resource tracker (started for the worker processes, which are gone
+    by now) exits once its pipe closes: waiting for it (a moment, never more than
+    ``timeout``) means a stopped server leaves no process behind."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    fd, pid = getattr(tracker, "_fd", None), getattr(tracker, "_pid", None)
+    if fd is None or pid is None:  # not started here (a private API: look, never assume)
+        return
+    try:
+        os.close(fd)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not os.waitpid(pid, os.WNOHANG)[0]:
+            time.sleep(0.01)
+    except OSError:
+        pass
 
 
 def run(settings: ServerSettings, on_listening: ListeningHook | None = None) -> None:
