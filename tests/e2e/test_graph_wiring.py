@@ -92,6 +92,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShoalProcess]:
     graph(root, "undeclared", {"root": {"kind": "sequence", "steps": ["prep", "split"]},
                                "prep": transformer("Undeclared"), "split": split, **models})
     graph(root, "parse", {"root": {**transformer("Parse"), "child": "fp64"}, "fp64": models["fp64"]})
+    # The same, with the refusing model inside a nested sequence.
+    graph(root, "nested", {"root": {"kind": "sequence", "steps": ["prep", "inner"]},
+                           "inner": {"kind": "sequence", "steps": ["fp32"]},
+                           "prep": transformer("Undeclared"), "fp32": models["fp32"]})
     process = ShoalProcess(root)
     process.wait_ready()
     yield process
@@ -140,6 +144,12 @@ def test_input_one_node_gives_another_is_a_server_error_with_the_routing(server:
             assert response.headers["shoal-routing"] == "split=fp32"
             assert response.headers["shoal-request-id"]
     assert statuses == {"fp32": 500, "fp64": 200}
+
+
+def test_a_nested_sequence_keeps_where_its_input_came_from(server: ShoalProcess) -> None:
+    response = httpx.post(f"{server.url}/v2/models/nested/infer", json=rows_body())
+    assert response.status_code == 500
+    assert response.json()["error"].startswith("node 'fp32': cannot take what node 'prep' produced")
 
 
 def test_grpc_errors_carry_the_routing_as_trailing_metadata(server: ShoalProcess) -> None:

@@ -135,3 +135,28 @@ def test_a_replacement_process_takes_no_request_before_it_is_ready(tmp_path: Pat
         assert statuses[200] > 20  # requests kept coming while the new process loaded
     finally:
         assert process.stop() == 0
+
+
+def test_processes_replaced_together_all_come_up(tmp_path: Path) -> None:
+    """Each replacement reports once it has loaded (it binds late): the supervisor keeps every
+    one's pipe open until then, so killing both processes at once costs two restarts, not
+    a third for a replacement whose report found its pipe closed."""
+    custom(tmp_path / "pid", SLOW_LOADING_PID)
+    process = ShoalProcess(tmp_path, "--http-workers", "2")
+    try:
+        process.wait_ready()
+        before = server_processes(process.listening["pid"])
+        for pid in before:
+            os.kill(pid, 9)
+        deadline = time.monotonic() + 30
+        served_by: set[int] = set()
+        while len(served_by - before) < 2:
+            assert time.monotonic() < deadline, "the replacements did not both serve"
+            try:
+                served_by.add(fresh_connection_pid(process.url))
+            except httpx.TransportError:
+                time.sleep(0.1)  # nobody listens until a replacement has loaded
+    finally:
+        assert process.stop() == 0
+    died = [e for e in process.log_events() if e["event"] == "server_process_died"]
+    assert len(died) == 2, died

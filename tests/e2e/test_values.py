@@ -203,3 +203,15 @@ def test_seldon_answers_carry_non_finite_floats_as_strings(server: ShoalProcess)
         assert response.status_code == 200, response.text
         assert "null" not in response.text  # several outputs: jsonData by name
         assert response.json()["jsonData"]["special"] == ["NaN", "Infinity", "-Infinity"]
+
+
+def test_what_a_v1_answer_says_can_be_sent_back(server: ShoalProcess) -> None:
+    """V1 and Seldon rows read the non-finite strings too, where the model takes floats."""
+    rows = httpx.post(f"{server.url}/v1/models/fp64:predict",
+                      json={"instances": ["NaN", "Infinity", 1.5]})
+    assert rows.status_code == 200, rows.text
+    assert [r["y"] for r in rows.json()["predictions"]] == ["NaN", "Infinity", 1.5]
+    seldon = httpx.post(f"{server.url}/seldon/default/fp64/api/v1.0/predictions",
+                        json={"data": {"ndarray": ["-Infinity", 2.0]}})
+    assert seldon.status_code == 200, seldon.text
+    assert seldon.json()["jsonData"]["y"] == ["-Infinity", 2.0]

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from shoal.errors import InvalidInput
 from shoal.protocol import seldon, tfs_grpc, v1, v2_grpc, v2_json
 from shoal.protocol.grpc_gen import grpc_service_pb2 as pb
-from shoal.protocol.tfs_gen import tensor_pb2
+from shoal.protocol.tfs_gen import predict_pb2, tensor_pb2
 from shoal.types import TensorSpec
 
 #: Far more than any request below can justify (they are at most a few KiB), far less than
@@ -186,6 +186,34 @@ def test_tf_serving_padding_is_bounded_by_the_request_limit() -> None:
     proto.tensor_shape.dim.add(size=10**9)  # 8 GB from one value
     with bounded_allocation(), pytest.raises(InvalidInput, match="request limit"):
         tfs_grpc.decode_tensor("x", proto, limit=64 * 2**20)
+    # One budget per request: 20 inputs of 16 MiB each from one value apiece would be 1.3 GB.
+    request = predict_pb2.PredictRequest()
+    for index in range(20):
+        proto = request.inputs[f"x{index}"]
+        proto.dtype = tfs_grpc.DATATYPE_TO_DT["FP32"]
+        proto.float_val.append(1.0)
+        proto.tensor_shape.dim.add(size=4 * 2**20)
+    with bounded_allocation(), pytest.raises(InvalidInput, match="request limit"):
+        tfs_grpc.decode_predict_request(request, limit=64 * 2**20)
     small = tensor_pb2.TensorProto(dtype=tfs_grpc.DATATYPE_TO_DT["FP64"], double_val=[7.0])
     small.tensor_shape.dim.add(size=3)
     assert tfs_grpc.decode_tensor("x", small, limit=64 * 2**20).data.tolist() == [7.0] * 3
+
+
+def nested(leaf: str, depth: int = 900) -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+@pytest.mark.parametrize("decode", [
+    lambda: v2_json.decode_request(b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], '
+                                   b'"data": %s}]}' % nested('"x"').encode()),
+    lambda: v2_json.decode_request(b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], '
+                                   b'"data": ["NaN", %s]}]}' % nested("1.0").encode()),
+    lambda: v1.decode_request(b'{"instances": %s}' % nested('"x"').encode(), []),
+    lambda: v1.decode_request(b'{"instances": %s}' % nested("1.0").encode(), []),
+    lambda: seldon.decode_request(b'{"data": {"ndarray": %s}}' % nested('"x"').encode(), []),
+], ids=["v2-bytes", "v2-nan", "v1-strings", "v1-numbers", "seldon-strings"])
+def test_data_nested_too_deep_is_refused(decode: Callable[[], Any]) -> None:
+    """JSON parses up to 1024 levels; walking that deep used to exhaust Python's recursion (500)."""
+    with pytest.raises(InvalidInput):
+        decode()

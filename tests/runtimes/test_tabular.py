@@ -146,3 +146,17 @@ def test_one_column_inputs_are_rank_one(tmp_path: Path) -> None:
     np.testing.assert_array_equal(predict(model, tensors, "predict_proba"), estimator.predict_proba(rows))
     with pytest.raises(LoadError, match="give 3 feature columns"):
         load(tmp_path, columns[:3])
+
+
+def test_a_single_input_reaches_the_estimator_as_sent(tmp_path: Path) -> None:
+    """A text pipeline takes a 1-D array of strings: one input is never reshaped."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+
+    texts = ["good film", "great film", "bad film", "awful film"]
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, [1, 1, 0, 0])
+    joblib.dump(pipeline, tmp_path / "model.joblib")
+    model = load(tmp_path, [{"name": "text", "datatype": "BYTES", "shape": [-1]}])
+    sent = np.array(["great", "awful"], dtype=object)
+    out = predict(model, [Tensor("text", "BYTES", (2,), sent)], "predict")
+    assert out.tolist() == pipeline.predict(sent).tolist() == [1, 0]

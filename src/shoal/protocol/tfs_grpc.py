@@ -174,7 +174,7 @@ def _typed_values(
             f"input {name!r}: {given} values in {field} do not fit shape {list(shape)} "
             f"({count} elements)"
         )
-    itemsize = 8 if datatype == "BYTES" else numpy_dtype(datatype).itemsize  # BYTES: a pointer each
+    itemsize = _element_bytes(datatype)
     if given < count and count * itemsize > limit:
         raise InvalidInput(
             f"input {name!r}: shape {list(shape)} padded from {given} value(s) in {field} would "
@@ -205,6 +205,22 @@ def _typed_values(
     if not given:
         return np.zeros(shape, dtype=dtype)
     return np.pad(array, (0, count - given), mode="edge").reshape(shape)
+
+
+def _padded_bytes(proto: tensor_pb2.TensorProto) -> int:
+    """The bytes a tensor given as fewer typed values than its shape holds is padded to."""
+    datatype = DT_TO_DATATYPE.get(proto.dtype)
+    if datatype is None or proto.tensor_content or proto.tensor_shape.unknown_rank:
+        return 0  # decoded as sent, or refused by decode_tensor
+    count = math.prod(dim.size for dim in proto.tensor_shape.dim)
+    if count < 0 or len(getattr(proto, VALUE_FIELD[datatype])) >= count:
+        return 0
+    return count * _element_bytes(datatype)
+
+
+def _element_bytes(datatype: str) -> int:
+    """What one element takes once decoded (BYTES: a pointer in an object array)."""
+    return 8 if datatype == "BYTES" else numpy_dtype(datatype).itemsize
 
 
 def fill_tensor_proto(proto: tensor_pb2.TensorProto, tensor: Tensor) -> None:
@@ -245,6 +261,13 @@ def decode_predict_request(
     check_signature(message.model_spec)
     order = {n: i for i, n in enumerate(input_names)}
     names = sorted(message.inputs, key=lambda n: (order.get(n, len(order)), n))
+    padded = sum(_padded_bytes(message.inputs[n]) for n in names)
+    if padded > limit:  # one budget for the whole request, not one per input
+        raise InvalidInput(
+            f"the request's tensors padded from fewer values than their shapes hold would take "
+            f"{padded} bytes, more than the {limit}-byte request limit; send every value "
+            "(or tensor_content)"
+        )
     inputs = [decode_tensor(n, message.inputs[n], limit) for n in names]
     outputs = None
     if message.output_filter:

@@ -17,7 +17,7 @@ import numpy as np
 from ..datatypes import canonical
 from ..errors import InvalidInput
 from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
-from .v2_json import json_array, json_data, json_numbers, parse_json_object
+from .v2_json import MAX_NESTING, json_array, json_data, json_numbers, parse_json_object
 
 Format = Literal["row", "columnar"]
 DEFAULT_INPUT = "input-0"
@@ -80,13 +80,14 @@ def _is_b64(value: Any) -> bool:
 
 
 def json_tensor(name: str, value: Any, datatype: str | None) -> Tensor:
-    """Nested JSON lists as a tensor: strings (or ``{"b64": ...}``) as BYTES, numbers as the
-    declared datatype, else as JSON has them (FP64, INT64, BOOL). Seldon's ndarray too."""
+    """Nested JSON lists as a tensor: numbers as the declared datatype (with ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"`` for a float one), strings (or ``{"b64": ...}``) as BYTES,
+    else as JSON has them (FP64, INT64, BOOL). Seldon's ndarray too."""
+    if datatype and datatype != "BYTES":
+        return Tensor.from_numpy(name, json_numbers(value, datatype, name))
     if _contains_text(value):
         array = _bytes_array(value, name)
         return Tensor(name, "BYTES", tuple(array.shape), array)
-    if datatype and datatype != "BYTES":
-        return Tensor.from_numpy(name, json_numbers(value, datatype, name))
     try:
         array = np.array(value)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -105,9 +106,11 @@ def _contains_text(value: Any) -> bool:
 
 
 def _bytes_array(value: Any, name: str) -> np.ndarray:
-    def convert(item: Any) -> Any:
+    def convert(item: Any, depth: int = 0) -> Any:
         if isinstance(item, list):
-            return [convert(i) for i in item]
+            if depth >= MAX_NESTING:
+                raise InvalidInput(f"input {name!r}: values nest deeper than {MAX_NESTING} levels")
+            return [convert(i, depth + 1) for i in item]
         if isinstance(item, str):
             return item.encode("utf-8")
         if _is_b64(item):

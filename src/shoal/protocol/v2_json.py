@@ -184,7 +184,8 @@ def _floats(array: np.ndarray, dtype: np.dtype, datatype: str, name: str) -> np.
     """JSON numbers as a float datatype. A decimal literal becomes the nearest value (that is
     what 0.1 means), but an integer too large to be represented (9007199254740993 as FP64)
     or a number beyond the type's range (1e40 as FP32, which would become inf) is refused."""
-    result = array.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # an overflow is looked for below
+        result = array.astype(dtype, copy=False)
     if array.dtype.kind in "iu":
         limit = 2 ** (np.finfo(dtype).nmant + 1)  # every integer up to this one is exact
         if int(array.max()) > limit or int(array.min()) < -limit:
@@ -202,39 +203,34 @@ def _floats(array: np.ndarray, dtype: np.dtype, datatype: str, name: str) -> np.
             value = array.reshape(-1)[int(np.argmax(overflow.reshape(-1)))]
             info = np.finfo(dtype)
             raise InvalidInput(
-                f"input {name!r}: {value!r} is out of range for {datatype} "
+                f"input {name!r}: {value.item()!r} is out of range for {datatype} "
                 f"({float(info.min):g} to {float(info.max):g})"
             )
     return result
 
 
 def _special_floats(data: Any, dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
-    """The slow path: numbers mixed with ``"NaN"``/``"Infinity"``/``"-Infinity"``, or
-    integers that do not fit 64 bits."""
-    values: list[float] = []
-    for value in _flatten(data):
-        if isinstance(value, str):
-            if value not in NONFINITE:
-                raise InvalidInput(
-                    f"input {name!r}: {datatype} data must be numbers (or \"NaN\", "
-                    f"\"Infinity\", \"-Infinity\"), not {value[:40]!r}"
-                )
-            values.append(NONFINITE[value])
-        elif isinstance(value, int) and not isinstance(value, bool):
-            with np.errstate(over="ignore"):
-                try:
-                    exact = float(dtype.type(value)) == value
-                except OverflowError:
-                    exact = False
-            if not exact:
-                raise InvalidInput(
-                    f"input {name!r}: {value} cannot be represented exactly as {datatype}"
-                )
-            values.append(float(value))
-        elif isinstance(value, float):
-            values.append(value)
-        else:
-            raise InvalidInput(f"input {name!r}: {datatype} data must be numbers")
+    """Numbers mixed with ``"NaN"``/``"Infinity"``/``"-Infinity"``, or integers beyond 64 bits:
+    the strings are swapped for their values in one pass, and only integers too large to be
+    exact in every float are looked at one by one."""
+    values = [NONFINITE.get(v, v) if type(v) is str else v for v in _flatten(data)]
+    exact_up_to = 2 ** (np.finfo(dtype).nmant + 1)
+    for value in [v for v in values if type(v) is int and not -exact_up_to <= v <= exact_up_to]:
+        with np.errstate(over="ignore"):
+            try:
+                exact = float(dtype.type(value)) == value
+            except OverflowError:
+                exact = False
+        if not exact:
+            raise InvalidInput(f"input {name!r}: {value} cannot be represented exactly as {datatype}")
+    kinds = set(map(type, values))
+    if not kinds <= {int, float}:  # a string other than the three, a bool, a null, an object
+        bad = next(v for v in values if type(v) not in (int, float))
+        shown = f"{bad[:40]!r}" if isinstance(bad, str) else orjson.dumps(bad).decode()[:40]
+        raise InvalidInput(
+            f"input {name!r}: {datatype} data must be numbers (or \"NaN\", \"Infinity\", "
+            f"\"-Infinity\"), not {shown}"
+        )
     return _floats(np.array(values, dtype=np.float64), dtype, datatype, name)
 
 
@@ -258,14 +254,21 @@ def _check_range(low: int, high: int, dtype: np.dtype, datatype: str, name: str)
         )
 
 
-def _flatten(data: Any) -> list[Any]:
+#: The most levels tensor data may nest: numpy's limit on dimensions. Deeper JSON (which the
+#: parser accepts up to 1024 levels) would otherwise exhaust Python's recursion.
+MAX_NESTING = 64
+
+
+def _flatten(data: Any, depth: int = 0) -> list[Any]:
     if not isinstance(data, list):
         return [data]
     if not any(isinstance(item, list) for item in data):
         return data
+    if depth >= MAX_NESTING:
+        raise InvalidInput(f"tensor data nests deeper than {MAX_NESTING} levels")
     flat: list[Any] = []
     for item in data:
-        flat.extend(_flatten(item))
+        flat.extend(_flatten(item, depth + 1))
     return flat
 
 

@@ -76,7 +76,9 @@ class ModelRepository:
         # Every version the startup load will bring up is LOADING from the start: a request
         # meanwhile gets 503 "loading" (for a graph too, though graphs load last), never
         # 404, and one without a version names the newest version, not the first loaded.
-        pending = await self.executor.run(self._versions_to_load, models)
+        # Recorded before the first await (a few small files read, once, at startup), so no
+        # request finds the repository empty.
+        pending = self._versions_to_load(models)
         for name in graphs:
             pending[name] = ["1"]
         for name, versions in pending.items():

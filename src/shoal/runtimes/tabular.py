@@ -18,10 +18,11 @@ from ..types import InferenceRequest, TensorSpec
 
 
 def features(request: InferenceRequest, declared: list[TensorSpec]) -> np.ndarray:
-    """The feature matrix: the one input, or the inputs stacked as columns in declared order."""
+    """The feature matrix: the one input as it came (a text pipeline takes a 1-D array of
+    strings), or the inputs stacked as columns in declared order."""
     inputs = request.inputs
     if len(declared) < 2 and len(inputs) == 1:
-        return _columns(inputs[0].data)
+        return inputs[0].data
     given = {t.name: t for t in inputs}
     order = [spec.name for spec in declared]
     if len(declared) < 2 or len(given) != len(inputs) or set(given) != set(order):

@@ -66,17 +66,25 @@ def supervise(settings: ServerSettings) -> None:
         return process, receive
 
     processes: list[Any] = []
+    # Each process's end of its "listening" pipe, kept open while the process loads (it binds,
+    # and reports, only once its models are loaded): a pipe closed early would make its
+    # report fail.
+    reports: list[Any] = []
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
         started = [start(i) for i in range(settings.http_workers)]
         processes = [p for p, _ in started]
+        reports = [r for _, r in started]
         for process, receive in started:
             try:
                 receive.recv()
             except EOFError:
+                if stopping:  # stopped while loading: not a failure
+                    break
                 raise SystemExit(f"server process {process.pid} exited while starting") from None
-        announce(settings.host, ports[0], ports[1], http_workers=settings.http_workers)
+        if not stopping:
+            announce(settings.host, ports[0], ports[1], http_workers=settings.http_workers)
         while not stopping:
             time.sleep(0.2)
             for index, process in enumerate(processes):
@@ -84,14 +92,15 @@ def supervise(settings: ServerSettings) -> None:
                     continue
                 _mark_dead(process.pid)
                 log.event("server_process_died", logging.ERROR, pid=process.pid, exitcode=process.exitcode)
-                processes[index], _ = start(index)
+                reports[index].close()
+                processes[index], reports[index] = start(index)
         for process in processes:
             process.join()
     finally:
         for process in processes:
             if process.is_alive():
                 process.kill()
-        for holder in holders:
+        for holder in [*holders, *reports]:
             holder.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
     log.event("stopped", http_workers=settings.http_workers)

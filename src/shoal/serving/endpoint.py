@@ -288,11 +288,10 @@ def conform_inputs(
     ``transformer 'parse'``, ``graph 'g'``)."""
     if not specs:
         return inputs
-    owner = f"{kind} {name!r}"
     if len(specs) == 1 and len(inputs) == 1:
         # A one-input model takes its input under any name (clients say "input-0", "x", ...);
         # the model sees it under the name it declared.
-        tensor = _conform(inputs[0], specs[0], owner)
+        tensor = _conform(inputs[0], specs[0], kind, name)
         if tensor.name != specs[0].name:
             tensor = Tensor(specs[0].name, tensor.datatype, tensor.shape, tensor.data, tensor.parameters)
         return [tensor]
@@ -300,15 +299,15 @@ def conform_inputs(
     for tensor in inputs:
         if tensor.name not in by_name:
             raise InvalidInput(
-                f"{owner} has no input {tensor.name!r}; it expects {sorted(by_name)}"
+                f"{kind} {name!r} has no input {tensor.name!r}; it expects {sorted(by_name)}"
             )
     missing = set(by_name) - {t.name for t in inputs}
     if missing:
-        raise InvalidInput(f"{owner} is missing input(s) {sorted(missing)}")
-    return [_conform(t, by_name[t.name], owner) for t in inputs]
+        raise InvalidInput(f"{kind} {name!r} is missing input(s) {sorted(missing)}")
+    return [_conform(t, by_name[t.name], kind, name) for t in inputs]
 
 
-def _conform(tensor: Tensor, spec: TensorSpec, owner: str) -> Tensor:
+def _conform(tensor: Tensor, spec: TensorSpec, kind: str, name: str) -> Tensor:
     """The tensor as ``spec`` declares it; every mismatch is named at once."""
     sent: list[str] = []
     wanted: list[str] = []
@@ -323,23 +322,31 @@ def _conform(tensor: Tensor, spec: TensorSpec, owner: str) -> Tensor:
     if sent:
         alias = f" (its input {spec.name!r})" if tensor.name != spec.name else ""
         raise InvalidInput(
-            f"input {tensor.name!r}{alias} {' and '.join(sent)} but {owner} expects "
+            f"input {tensor.name!r}{alias} {' and '.join(sent)} but {kind} {name!r} expects "
             + " and ".join(wanted)
         )
     if tensor.datatype == spec.datatype:
         return tensor
-    data = convert_exactly(tensor.data, numpy_dtype(spec.datatype))
-    if data is None:
+    data, changed = convert_values(tensor.data, numpy_dtype(spec.datatype))
+    if changed is not None:
+        value = tensor.data.reshape(-1)[changed].item()
         raise InvalidInput(
-            f"input {tensor.name!r} is {tensor.datatype} but {owner} expects {spec.datatype}, "
-            f"and {_first_changed(tensor.data, numpy_dtype(spec.datatype))} does not convert "
-            f"to {spec.datatype} exactly; send {spec.datatype} data"
+            f"input {tensor.name!r} is {tensor.datatype} but {kind} {name!r} expects "
+            f"{spec.datatype}, and its value {value!r} does not convert to {spec.datatype} "
+            f"exactly; send {spec.datatype} data"
         )
     return Tensor(tensor.name, spec.datatype, tensor.shape, data, tensor.parameters)
 
 
 def convert_exactly(data: np.ndarray, target: np.dtype) -> np.ndarray | None:
-    """``data`` as ``target`` if every value survives the conversion unchanged, else None.
+    """``data`` as ``target`` if every value survives the conversion unchanged, else None."""
+    converted, changed = convert_values(data, target)
+    return None if changed is not None else converted
+
+
+def convert_values(data: np.ndarray, target: np.dtype) -> tuple[np.ndarray, int | None]:
+    """``data`` as ``target``, and the flat index of the first value the conversion changes
+    (None: none does), found in one vectorised pass.
 
     One rule for every pair of numeric datatypes: INT64 5 becomes FP64 5.0, but INT64
     9007199254740993 (no FP64 has it), FP64 1e40 (FP32's inf), FP64 0.1 into FP32 or 1.5
@@ -347,21 +354,20 @@ def convert_exactly(data: np.ndarray, target: np.dtype) -> np.ndarray | None:
     value can change (FP32 into FP64, INT32 into INT64) skip the check.
     """
     source = data.dtype
-    if _always_exact(source, target):
-        return data.astype(target)
-    if not data.size:
-        return data.astype(target)
-    if source.kind in "iub" and target.kind in "iu":
-        info = np.iinfo(target)
-        low, high = int(data.min()), int(data.max())
-        return data.astype(target) if info.min <= low and high <= info.max else None
+    if not data.size or _always_exact(source, target):
+        return data.astype(target), None
+    flat = data.reshape(-1)
     with np.errstate(invalid="ignore", over="ignore"):
         converted = data.astype(target)
-        back = converted.astype(source)
-    same = back == data
-    if source.kind == "f" and target.kind == "f":
-        same |= np.isnan(data) & np.isnan(back)
-    return converted if same.all() else None
+        if source.kind in "iub" and target.kind in "iu":  # wrapping keeps a round trip intact
+            info = np.iinfo(target)
+            changed = (flat < info.min) | (flat > info.max)
+        else:
+            back = converted.reshape(-1).astype(source)
+            changed = back != flat
+            if source.kind == "f" and target.kind == "f":
+                changed &= ~(np.isnan(flat) & np.isnan(back))
+    return converted, (int(np.argmax(changed)) if changed.any() else None)
 
 
 def converts_every_value(source: str, target: str) -> bool:
@@ -385,12 +391,3 @@ def _inexact_widening(source: np.dtype, target: np.dtype) -> bool:
         return False
     bits = source.itemsize * 8 - (source.kind == "i")
     return bits > np.finfo(target).nmant + 1
-
-
-def _first_changed(data: np.ndarray, target: np.dtype) -> str:
-    """The first value of ``data`` that ``target`` cannot hold, for the error message."""
-    flat = data.reshape(-1)
-    for value in flat:
-        if convert_exactly(np.array([value], dtype=data.dtype), target) is None:
-            return f"its value {value.item()!r}"
-    return "a value"

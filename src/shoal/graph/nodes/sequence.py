@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...types import InferenceRequest, InferenceResponse, TensorSpec
 from ..context import Call
-from ..results import NodeInput, renamed
+from ..results import NodeInput, passed_on, renamed
 from .base import GraphNode, Observer
 
 
@@ -34,9 +34,7 @@ class Sequence(GraphNode):
             current = (
                 NodeInput(tensors, id=request.id, parameters=request.parameters,
                           client_gone=request.client_gone, producer=self.steps[index - 1].node.name)
-                if fed else
-                InferenceRequest(tensors, id=request.id, parameters=request.parameters,
-                                 client_gone=request.client_gone)
+                if fed else passed_on(request, tensors, request.id)  # the client's, or a node's
             )
             response = await step.node.run(call, current)
         assert response is not None  # a sequence has at least one step
