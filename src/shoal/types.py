@@ -108,5 +108,12 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
 
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        """Whether ``shape`` is one this spec allows: the same rank, and each size as declared
+        where the spec fixes it."""
+        return len(shape) == len(self.shape) and all(
+            want == -1 or got == want for got, want in zip(shape, self.shape)
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}

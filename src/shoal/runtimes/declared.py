@@ -18,9 +18,7 @@ def contradiction(declared: TensorSpec, actual: TensorSpec) -> str | None:
     """Why ``declared`` cannot describe the artifact's ``actual`` input, or None."""
     if declared.datatype != actual.datatype:
         return f"is {declared.datatype}, but the model takes {actual.datatype}"
-    if len(declared.shape) != len(actual.shape) or any(
-        want != -1 and got != want for got, want in zip(declared.shape, actual.shape)
-    ):
+    if not actual.accepts(declared.shape):
         return (
             f"has shape {list(declared.shape)}, but the model takes {list(actual.shape)} "
             "(-1 is any size)"

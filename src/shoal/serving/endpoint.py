@@ -311,9 +311,7 @@ def _conform(tensor: Tensor, spec: TensorSpec, kind: str, name: str) -> Tensor:
     """The tensor as ``spec`` declares it; every mismatch is named at once."""
     sent: list[str] = []
     wanted: list[str] = []
-    if len(tensor.shape) != len(spec.shape) or any(
-        want != -1 and got != want for got, want in zip(tensor.shape, spec.shape)
-    ):
+    if not spec.accepts(tensor.shape):
         sent.append(f"has shape {list(tensor.shape)}")
         wanted.append(f"{list(spec.shape)} (-1 is any size)")
     if tensor.datatype != spec.datatype and "BYTES" in (tensor.datatype, spec.datatype):
@@ -336,12 +334,6 @@ def _conform(tensor: Tensor, spec: TensorSpec, kind: str, name: str) -> Tensor:
             f"exactly; send {spec.datatype} data"
         )
     return Tensor(tensor.name, spec.datatype, tensor.shape, data, tensor.parameters)
-
-
-def convert_exactly(data: np.ndarray, target: np.dtype) -> np.ndarray | None:
-    """``data`` as ``target`` if every value survives the conversion unchanged, else None."""
-    converted, changed = convert_values(data, target)
-    return None if changed is not None else converted
 
 
 def convert_values(data: np.ndarray, target: np.dtype) -> tuple[np.ndarray, int | None]:
