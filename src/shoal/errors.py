@@ -38,6 +38,17 @@ class InvalidInput(ShoalError):
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class Unauthorized(ShoalError):
+    """A control route (repository, rollouts) without the server's admin token."""
+
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="shoal"', **self.context}
+
+
 class ModelNotFound(ShoalError):
     http_status = 404
     grpc_code = grpc.StatusCode.NOT_FOUND

@@ -32,3 +32,6 @@ class ServerSettings:
     reuse_port: bool = False
     #: Where graphs keep bandit state; None: ``<repository>/.shoal-state``.
     state_dir: Path | None = None
+    #: Bearer token control routes (repository load/unload, rollout changes) require;
+    #: None: they are open.
+    admin_token: str | None = None

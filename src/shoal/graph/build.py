@@ -23,7 +23,7 @@ from ..serving.registry import Registry
 from . import combiners
 from .bandits import make_policy
 from .endpoint import GraphEndpoint
-from .expressions import Expression
+from ..expressions import Expression
 from .metrics import GraphMetrics
 from .nodes.base import GraphNode, Observer, call_user
 from .nodes.ensemble import Ensemble

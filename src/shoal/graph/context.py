@@ -24,6 +24,11 @@ HEADERS: ContextVar[Any] = ContextVar("shoal_request_headers", default=None)
 ROUTING_PARAMETER = "routing"
 ROUTING_HEADER = "Shoal-Routing"
 REQUEST_ID_HEADER = "Shoal-Request-Id"
+#: The rollout variant that answered (``stable``, ``canary``): a response parameter, and a
+#: header over REST.
+VARIANT_PARAMETER = "shoal-variant"
+VARIANT_HEADER = "Shoal-Variant"
+_ROUTES_TAKEN = (ROUTING_PARAMETER, VARIANT_PARAMETER)
 
 
 def new_request_id() -> str:
@@ -96,19 +101,23 @@ def parse_routing(value: Any) -> dict[str, str]:
 def without_routing(parameters: dict[str, Any]) -> dict[str, Any]:
     """Parameters minus this graph's ``routing``: what its nodes send on and take back. A
     model or remote never sees the graph's pinned routes (a remote graph would refuse nodes
-    it does not have), and a remote graph's routing never becomes this graph's."""
-    if ROUTING_PARAMETER not in parameters:
+    it does not have), and a remote graph's routing never becomes this graph's; nor does the
+    rollout variant of a model it calls become the graph's own."""
+    if ROUTING_PARAMETER not in parameters and VARIANT_PARAMETER not in parameters:
         return parameters
-    return {k: v for k, v in parameters.items() if k != ROUTING_PARAMETER}
+    return {k: v for k, v in parameters.items() if k not in _ROUTES_TAKEN}
 
 
 def response_headers(parameters: dict[str, Any], request_id: str | None) -> list[tuple[bytes, bytes]]:
-    """REST headers for a graph's answer: the routing taken and, for bodies that cannot carry
-    it (V1), the request id. Values that are not plain ASCII stay out of the headers."""
+    """REST headers for an answer: a graph's routing taken, a rollout's variant and, for bodies
+    that cannot carry it (V1), the request id. Values that are not plain ASCII stay out of the headers."""
     headers = []
     routing = parameters.get(ROUTING_PARAMETER) if parameters else None
     if isinstance(routing, str) and _header_safe(routing):
         headers.append((ROUTING_HEADER.lower().encode(), routing.encode()))
+    variant = parameters.get(VARIANT_PARAMETER) if parameters else None
+    if isinstance(variant, str) and _header_safe(variant):
+        headers.append((VARIANT_HEADER.lower().encode(), variant.encode()))
     if request_id is not None and _header_safe(request_id):
         headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
     return headers

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import LoadError
 from ..repository.config import TensorConfig
-from .expressions import Expression, ExpressionError
+from ..expressions import Expression, ExpressionError
 
 GRAPH_FILE = "graph.yaml"
 NODE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")

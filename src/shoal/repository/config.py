@@ -13,6 +13,7 @@ Example::
     timeout: 5                       # seconds; 504 beyond it (a request header may override)
     workers: 2                       # run the model in 2 worker processes (GIL-bound models)
     url: http://triton:8000          # served by a remote V2 server (runtime: triton)
+    rollout: {stable: "2", canary: {variant: "3", percent: 10}}   # docs/rollouts.md
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pydantic import (
 
 from ..datatypes import DATATYPES
 from ..errors import LoadError
+from ..rollout.spec import RolloutSpec
 from ..types import TensorSpec
 
 CONFIG_FILE = "model.yaml"
@@ -92,6 +94,9 @@ class ModelConfig(BaseModel):
     workers: int | None = Field(default=None, ge=0)
     """Worker processes running this model's code (for GIL-bound models); 0: in the server
     process; None: the server's --workers."""
+    rollout: RolloutSpec | None = None
+    """A canary / shadow rollout to start with (see ``docs/rollouts.md``); changed live over
+    ``/v2/models/{m}/rollout``."""
     url: str | None = None
     """A remote V2 server (Triton, another Shoal, ...) that serves this model: the ``triton``
     runtime forwards to it. Options (``protocol``, ``timeout``, ``retries``) go in

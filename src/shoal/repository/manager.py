@@ -57,9 +57,11 @@ class ModelRepository:
         self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
         self._configs: dict[str, ModelConfig] = {}
+        #: Where graphs keep bandit state and rollouts their records.
+        self.state_dir = (state_dir or self.root / ".shoal-state").resolve()
         self.graphs = GraphEnvironment(
-            registry, executor, GraphMetrics(metrics.registry),
-            (state_dir or self.root / ".shoal-state").resolve(), self.names, self.is_graph,
+            registry, executor, GraphMetrics(metrics.registry), self.state_dir, self.names,
+            self.is_graph,
         )
 
     def names(self) -> list[str]:

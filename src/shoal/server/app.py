@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ import uvicorn
 from ..observe import logging as log
 from ..observe.metrics import Metrics
 from ..repository.manager import ModelRepository
+from ..rollout.manager import RolloutManager
 from ..serving.batcher import BatchSettings
 from ..serving.dataplane import DataPlane
 from ..serving.executor import Executor
@@ -35,6 +37,7 @@ from ..serving.registry import Registry
 from ..serving.workers.pool import WorkerPool
 from ..settings import ServerSettings
 from . import grpc as grpc_transport
+from .auth import AdminToken
 from .http_protocol import http_protocol
 from .rest import build_app
 
@@ -83,7 +86,12 @@ class ShoalServer:
             settings.workers, self.pool, state_dir=settings.state_dir,
         )
         self.dataplane = DataPlane(self.registry, self.repository, self.metrics)
-        self.app = build_app(self.dataplane, settings.max_request_size)
+        self.rollouts = RolloutManager(
+            self.registry, self.repository.root, self.repository.names, self.metrics.registry,
+            self.repository.state_dir,
+        )
+        self.admin = AdminToken(settings.admin_token)
+        self.app = build_app(self.dataplane, settings.max_request_size, self.rollouts, self.admin)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._stop = asyncio.Event()
@@ -93,6 +101,9 @@ class ShoalServer:
 
     async def serve(self) -> None:
         settings = self.settings
+        if not self.admin.enabled and not _loopback(settings.host):
+            log.event("control_routes_open", logging.WARNING, host=settings.host,
+                      detail="repository and rollout changes need no token: set --admin-token")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -124,6 +135,7 @@ class ShoalServer:
             log.event("drain_timeout", logging.WARNING, drain_timeout=settings.drain_timeout,
                       requests_cut=cut)
         await asyncio.gather(grpc_stopped, http_task, return_exceptions=True)
+        await self.rollouts.close()
         await self._release()
         log.event("stopped")
 
@@ -133,7 +145,7 @@ class ShoalServer:
         http_socket = bind(settings.host, settings.http_port, settings.reuse_port)
         self.http_port = http_socket.getsockname()[1]
         grpc_server = grpc_transport.build_server(
-            self.dataplane, settings.max_request_size, settings.reuse_port
+            self.dataplane, settings.max_request_size, settings.reuse_port, self.admin
         )
         try:
             self.grpc_port = grpc_server.add_insecure_port(
@@ -172,6 +184,7 @@ class ShoalServer:
         # Everything alive now (modules, models) lives as long as the process: keep it out of
         # the garbage collector's scans, which otherwise walk it on every full collection.
         gc.freeze()
+        await self.rollouts.start()  # model.yaml rollouts need their variants loaded
         self.dataplane.startup_complete = True
         ready = [n for n in self.registry.names() if any(e.endpoint for e in self.registry.entries(n))]
         log.event("ready", models=len(self.registry.names()), ready=len(ready))
@@ -190,6 +203,13 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
         raise SystemExit(f"cannot listen for HTTP on {host}:{port}: {exc.strerror}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _grpc_address(host: str, port: int) -> str:

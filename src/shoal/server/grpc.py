@@ -18,6 +18,7 @@ from ..protocol.grpc_gen import grpc_service_pb2 as pb
 from ..protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
+from .auth import AdminToken
 from .grpc_parsing import add_parsed_service
 
 T = TypeVar("T")
@@ -35,8 +36,9 @@ async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, admin: AdminToken = AdminToken(None)) -> None:
         self.dataplane = dataplane
+        self.admin = admin
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dataplane.live)
@@ -118,6 +120,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
         async def call() -> pb.RepositoryModelLoadResponse:
+            self.admin.check_metadata(context.invocation_metadata())
             name = _model_name(request)
             await self.dataplane.load(name)
             return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
@@ -128,6 +131,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: Any, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         async def call() -> pb.RepositoryModelUnloadResponse:
+            self.admin.check_metadata(context.invocation_metadata())
             name = _model_name(request)
             await self.dataplane.unload(name)
             return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
@@ -144,7 +148,8 @@ def _model_name(request: Any) -> str:
 
 
 def build_server(
-    dataplane: DataPlane, max_message_size: int, reuse_port: bool = False
+    dataplane: DataPlane, max_message_size: int, reuse_port: bool = False,
+    admin: AdminToken = AdminToken(None),
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
@@ -156,7 +161,8 @@ def build_server(
         ]
     )
     add_parsed_service(
-        server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(dataplane)
+        server, pb_grpc.add_GRPCInferenceServiceServicer_to_server,
+        InferenceServicer(dataplane, admin),
     )
     from . import tfs_grpc  # TF Serving's services; that module builds on this one's _guard
 

@@ -126,6 +126,8 @@ class InferenceASGI:
         content = v2_json.dumps(v1.encode_response(response, formats[0]))
         if graph[0]:  # V1 bodies have no id or parameters: the graph's go in headers
             return content, _JSON_HEADERS + response_headers(response.parameters, response.id)
+        if response.parameters:  # a rollout's variant
+            return content, _JSON_HEADERS + response_headers(response.parameters, None)
         return content, _JSON_HEADERS
 
 

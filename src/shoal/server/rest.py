@@ -23,7 +23,10 @@ from ..protocol.tfs_gen import model_pb2
 from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
 from . import infer_asgi
+from ..rollout.manager import RolloutManager
+from .auth import AdminToken
 from .graph_routes import graph_routes
+from .rollout_routes import rollout_routes
 
 JSON = "application/json"
 #: TF Serving REST verbs Shoal does not serve (501): both take tf.Example inputs.
@@ -43,7 +46,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await infer_asgi.read_body(request.scope, request.receive, limit)
 
 
-def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.InferenceASGI:
+def build_app(
+    dataplane: DataPlane, max_request_size: int, rollouts: RolloutManager | None = None,
+    admin: AdminToken = AdminToken(None),
+) -> infer_asgi.InferenceASGI:
     async def v1_verb(request: Request) -> Response:
         """``/v1/models/{m}[/versions/{v}]:{verb}`` for every verb but ``:predict`` (which
         :mod:`.infer_asgi` answers). Model names have no ``:``, so the verb is never part of one."""
@@ -131,12 +137,14 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.Inferen
         return json_response(dataplane.index(ready_only))
 
     async def repository_load(request: Request) -> Response:
+        admin.check(request.headers.get("authorization"))
         name = check_model_name(request.path_params["name"])
         await read_body(request, max_request_size)
         await dataplane.load(name)
         return json_response({"name": name, "load": True})
 
     async def repository_unload(request: Request) -> Response:
+        admin.check(request.headers.get("authorization"))
         name = check_model_name(request.path_params["name"])
         await read_body(request, max_request_size)
         await dataplane.unload(name)
@@ -174,6 +182,7 @@ def build_app(dataplane: DataPlane, max_request_size: int) -> infer_asgi.Inferen
         Route("/v1/models/{name}/versions/{version}", v1_status, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *graph_routes(dataplane, max_request_size),
+        *(rollout_routes(rollouts, admin) if rollouts is not None else []),
     ]
 
     async def shoal_error(request: Request, exc: Exception) -> Response:

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from ..graph.context import HEADERS as REQUEST_HEADERS
+from ..graph.context import VARIANT_PARAMETER
 from ..protocol import tfs_grpc
 from ..protocol.tfs_gen import (
     get_model_metadata_pb2,
@@ -40,11 +41,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self, request: predict_pb2.PredictRequest, context: Any
     ) -> predict_pb2.PredictResponse:
         REQUEST_HEADERS.set(context.invocation_metadata)  # read only by graph conditions
-        return await _guard(context, lambda: self._predict(request, context.time_remaining()))
+        return await _guard(context, lambda: self._predict(request, context))
 
     async def _predict(
-        self, request: predict_pb2.PredictRequest, deadline: float | None
+        self, request: predict_pb2.PredictRequest, context: Any
     ) -> predict_pb2.PredictResponse:
+        deadline = context.time_remaining()
         spec = request.model_spec
 
         def decode(endpoint: Endpoint) -> Any:
@@ -61,6 +63,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             decode,
             deadline=deadline if deadline is None else max(deadline, 1e-6),
         )
+        variant = response.parameters.get(VARIANT_PARAMETER)
+        if isinstance(variant, str):  # TF Serving's response has no parameters: metadata
+            context.set_trailing_metadata(((VARIANT_PARAMETER, variant),))
         return tfs_grpc.encode_predict_response(response)
 
     async def GetModelMetadata(

@@ -128,12 +128,17 @@ class DataPlane:
         if task is not None:
             self._running.add(task)
             self._idle.clear()
+        request: InferenceRequest | None = None
         try:
             request = decode(endpoint)
             request.model_name = name
             request.model_version = served_version
             response = await endpoint.infer(request, timeout, deadline)
+            if request.model_name != name or request.model_version != served_version:
+                served_version = _served_by(request, name)  # a rollout chose a variant
         except ShoalError as exc:
+            if request is not None:
+                served_version = _served_by(request, name)
             self._failed(name, served_version, protocol, exc, started)
             raise
         except asyncio.CancelledError:
@@ -209,6 +214,13 @@ class DataPlane:
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.repository.index(ready_only)
+
+
+def _served_by(request: InferenceRequest, name: str) -> str:
+    """The ``version`` label of a request a rollout sent to a variant: the version, or
+    ``model:version`` for a variant that is another model."""
+    version = request.model_version or ""
+    return version if request.model_name == name else f"{request.model_name}:{version}"
 
 
 def _uncancel(task: asyncio.Task[Any] | None) -> bool:

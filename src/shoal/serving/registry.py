@@ -6,6 +6,7 @@ its reason, so readiness endpoints and the repository index can say why.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ModelNotFound, Unavailable
@@ -27,6 +28,9 @@ def version_key(version: str) -> tuple[int, int | str]:
 class Registry:
     def __init__(self) -> None:
         self._models: dict[str, dict[str, VersionEntry]] = {}
+        #: The rollout endpoint of a name, if it has one (set by the rollout manager): a
+        #: request without a version goes to the rollout's variants.
+        self.rollout_for: Callable[[str], Endpoint | None] | None = None
 
     def set(self, name: str, entry: VersionEntry) -> None:
         versions = self._models.get(name, {})
@@ -50,7 +54,16 @@ class Registry:
         return sorted(self._models)
 
     def get(self, name: str, version: str | None = None) -> Endpoint:
-        """The endpoint to call: the named version, or the newest ready one."""
+        """The endpoint to call: the named version; without one, the model's rollout if it
+        has one, else its newest ready version."""
+        if not version and self.rollout_for is not None and name in self._models:
+            rollout = self.rollout_for(name)
+            if rollout is not None:
+                return rollout
+        return self.served(name, version)
+
+    def served(self, name: str, version: str | None = None) -> Endpoint:
+        """The named version, or the newest ready one, whatever rollout the name has."""
         entry = self.entry(name, version)
         if entry.state is not ModelState.READY or entry.endpoint is None:
             detail = f": {entry.reason}" if entry.reason else ""

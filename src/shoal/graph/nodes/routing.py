@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import hashlib
 import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import orjson
 
 from ...errors import InvalidInput, ModelFailure
 from ...serving.executor import Executor
 from ...types import InferenceRequest, InferenceResponse, TensorSpec
 from ..bandits import Policy
 from ..context import Call
-from ..expressions import Expression
+from ...expressions import Expression, unit_hash
 from ..plugins import Router
 from ..results import copy_tensors
 from ..state import BanditStore
@@ -129,19 +127,13 @@ class Splitter(RoutingNode):
         if self.sticky is not None:
             key = self.sticky.evaluate(request, call.headers)
             if key is not None:
-                point = _unit_hash(key)
+                point = unit_hash(key)
         if point is None:
             point = self.rng.random()
         return min(bisect.bisect_right(self._bounds, point), len(self._bounds) - 1)
 
     async def state(self) -> dict[str, Any]:
         return {**await super().state(), "weights": dict(zip(self.branch_names, self.weights))}
-
-
-def _unit_hash(key: Any) -> float:
-    """A key's fixed point in [0, 1): the same in every process and after restarts."""
-    digest = hashlib.blake2b(orjson.dumps(key, option=orjson.OPT_SORT_KEYS), digest_size=8)
-    return int.from_bytes(digest.digest(), "big") / 2.0**64
 
 
 class Bandit(RoutingNode):

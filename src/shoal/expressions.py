@@ -16,11 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import hashlib
+
 import jmespath
+import orjson
 from jmespath.exceptions import JMESPathError
 
-from ..errors import InvalidInput
-from ..types import InferenceRequest
+from .errors import InvalidInput
+from .types import InferenceRequest
 
 
 class ExpressionError(ValueError):
@@ -78,3 +81,10 @@ def _root_fields(node: dict[str, Any]) -> list[str]:
         if isinstance(child, dict):
             found.extend(_root_fields(child))
     return found
+
+
+def unit_hash(key: Any) -> float:
+    """A key's fixed point in [0, 1): the same in every process and after restarts (sticky
+    splits)."""
+    digest = hashlib.blake2b(orjson.dumps(key, option=orjson.OPT_SORT_KEYS), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2.0**64

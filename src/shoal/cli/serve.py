@@ -1,4 +1,4 @@
-"""The ``shoal`` command. Every ``serve`` option can also be set as ``SHOAL_<OPTION>``."""
+"""``shoal serve``. Every option can also be set as ``SHOAL_<OPTION>``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .settings import MiB, ServerSettings
+from ..settings import MiB, ServerSettings
+from .main import main
 
 SIZE_SUFFIXES = {"k": 1024, "m": MiB, "g": 1024 * MiB}
 
@@ -30,12 +30,6 @@ class ByteSize(click.ParamType):
         if size <= 0:
             self.fail("the size must be positive", param, ctx)  # type: ignore[arg-type]
         return size
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="shoal")
-def main() -> None:
-    """Shoal: serve models over V2 (REST + gRPC) and V1 / TF Serving REST."""
 
 
 @main.command()
@@ -90,16 +84,21 @@ def main() -> None:
                    "with its own copy of the models; /metrics adds them up.")
 @click.option("--state-dir", envvar="SHOAL_STATE_DIR", default=None, show_envvar=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="Where graphs keep bandit router state (shared by server processes that "
-                   "point at the same folder) [default: REPOSITORY/.shoal-state].")
+              help="Where graphs keep bandit router state and rollouts their records (shared by "
+                   "server processes that point at the same folder) "
+                   "[default: REPOSITORY/.shoal-state].")
+@click.option("--admin-token", envvar="SHOAL_ADMIN_TOKEN", default=None, show_envvar=True,
+              help="Bearer token that repository load/unload and rollout changes require "
+                   "(REST 'Authorization: Bearer ...', gRPC 'authorization' metadata); "
+                   "unset: they are open.")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
           max_header_size: int, header_timeout: float, drain_timeout: float, log_level: str,
           model_threads: int | None,
           max_batch_size: int, max_batch_delay_ms: float, max_inflight: int,
           request_timeout: float, workers: int, http_workers: int,
-          state_dir: Path | None) -> None:
+          state_dir: Path | None, admin_token: str | None) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
-    from .server.app import exit_now, run
+    from ..server.app import exit_now, run
 
     run(ServerSettings(
         repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
@@ -108,10 +107,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         log_level=log_level.lower(), model_threads=model_threads,
         max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
         max_inflight=max_inflight, request_timeout=request_timeout, workers=workers,
-        http_workers=http_workers, state_dir=state_dir,
+        http_workers=http_workers, state_dir=state_dir, admin_token=admin_token or None,
     ))
     exit_now()
 
-
-if __name__ == "__main__":
-    main()

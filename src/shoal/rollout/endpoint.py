@@ -1,0 +1,139 @@
+"""The endpoint a public name resolves to while it has a rollout: a split and a mirror.
+
+It chooses the variant (canary by percentage, sticky by a key when the spec has one), calls
+that variant's endpoint, counts the outcome per variant, tags the answer with the variant
+(``shoal-variant`` response parameter; ``Shoal-Variant`` header over REST) and hands a copy of
+the request to the mirror. Everything it uses per request sits in one immutable
+:class:`Plan`, replaced whole when the rollout changes, so a change takes effect for the
+next request and never for half of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ShoalError
+from ..graph.context import HEADERS, VARIANT_HEADER, VARIANT_PARAMETER, normalize_headers
+from ..graph.endpoint import declared_inputs
+from ..expressions import Expression, unit_hash
+from ..graph.results import copy_tensors
+from ..serving.registry import Registry
+from ..serving.stats import ModelStats
+from ..types import InferenceRequest, InferenceResponse, TensorSpec
+from .metrics import RolloutMetrics
+from .mirror import Mirror
+from .spec import Variant
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    stable: Variant
+    canary: Variant | None = None
+    percent: float = 0.0
+    sticky: Expression | None = None
+    mirror: Mirror | None = None
+
+    def choose(self, model: str, request: InferenceRequest) -> tuple[str, Variant]:
+        canary = self.canary
+        if canary is None or self.percent <= 0.0:
+            return "stable", self.stable
+        if self.percent >= 100.0:
+            return "canary", canary
+        point = None
+        if self.sticky is not None:
+            key = self.sticky.evaluate(request, lambda: normalize_headers(HEADERS.get()))
+            if key is not None:
+                point = unit_hash([model, key])  # salted: rollouts split independently
+        if point is None:
+            point = random.random()
+        return ("canary", canary) if point * 100.0 < self.percent else ("stable", self.stable)
+
+
+class RolloutEndpoint:
+    """The ``Endpoint`` interface over a rollout's variants."""
+
+    batching = None
+
+    def __init__(self, name: str, registry: Registry, metrics: RolloutMetrics, plan: Plan) -> None:
+        self.name = name
+        self.registry = registry
+        self.metrics = metrics
+        self.plan = plan
+        #: The spec the plan was built from (to tell whether a change keeps the shadow).
+        self.spec: Any = None
+        self.stats = ModelStats()
+
+    # -- what the transports ask before inference: the stable variant's answers -------------
+
+    def _stable(self) -> Any:
+        variant = self.plan.stable
+        return self.registry.served(variant.model, variant.version)
+
+    @property
+    def version(self) -> str:
+        try:
+            return str(self._stable().version)
+        except ShoalError:
+            return self.plan.stable.version or ""
+
+    @property
+    def ready(self) -> bool:
+        try:
+            return bool(self._stable().ready)
+        except ShoalError:
+            return False
+
+    def unready_reason(self) -> str | None:
+        try:
+            endpoint = self._stable()
+        except ShoalError as exc:
+            return f"stable variant: {exc}"
+        reason = endpoint.unready_reason()
+        return None if reason is None else f"stable variant: {reason}"
+
+    def metadata(self) -> dict[str, Any]:
+        return {**self._stable().metadata(), "name": self.name}
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """For codecs that name tensors after the declared inputs (V1, Seldon)."""
+        try:
+            return declared_inputs(self._stable())
+        except ShoalError:
+            return []
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def infer(
+        self, request: InferenceRequest, timeout: float | None = None, deadline: float | None = None
+    ) -> InferenceResponse:
+        plan = self.plan
+        role, variant = plan.choose(self.name, request)
+        mirror = plan.mirror
+        # The shadow gets the request as it arrived: the primary renames and converts inputs.
+        original = copy_tensors(request.inputs) if mirror is not None and mirror.sampled() else None
+        started = time.perf_counter()
+        try:
+            endpoint = self.registry.served(variant.model, variant.version)
+            request.model_name = variant.model
+            request.model_version = endpoint.version
+            response = await endpoint.infer(request, timeout, deadline)
+        except ShoalError as exc:
+            self.metrics.answered(self.name, role, str(exc.http_status), time.perf_counter() - started)
+            exc.context[VARIANT_HEADER] = role
+            raise
+        except asyncio.CancelledError:
+            self.metrics.answered(self.name, role, "cancelled", time.perf_counter() - started)
+            raise
+        except Exception:
+            self.metrics.answered(self.name, role, "500", time.perf_counter() - started)
+            raise
+        self.metrics.answered(self.name, role, "success", time.perf_counter() - started)
+        response.parameters = {**response.parameters, VARIANT_PARAMETER: role}
+        if original is not None and mirror is not None:
+            mirror.fire(request, original, response)
+        return response

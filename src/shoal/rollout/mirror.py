@@ -1,0 +1,136 @@
+"""Shadow traffic: a copy of a request sent to another variant off the request's path.
+
+The primary answers first; only then is the shadow's request started, as its own task, so
+the client's answer, status and latency never wait for it. At most ``max_pending`` shadow
+requests run at once; a request beyond that is not mirrored and is counted as skipped, so a
+slow or stuck shadow costs a bounded amount of memory and never a growing queue.
+
+The shadow's answer is compared with the primary's, output by output: equal values for
+labels, integers, booleans and strings (an agreement rate), the absolute difference for
+floating-point values (a mean). An output the shadow lacks or shapes differently is a
+mismatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShoalError
+from ..graph.context import without_routing
+from ..observe import logging as log
+from ..types import InferenceRequest, InferenceResponse, Tensor
+from .metrics import RolloutMetrics
+
+#: Calls the shadow variant with a request (a local endpoint, or a remote server).
+ShadowCall = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
+
+
+class Mirror:
+    def __init__(
+        self, model: str, call: ShadowCall, percent: float, max_pending: int,
+        metrics: RolloutMetrics, closing: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.model = model
+        self.closing = closing
+        self.call = call
+        self.percent = percent
+        self.max_pending = max_pending
+        self.metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def sampled(self) -> bool:
+        return self.percent >= 100.0 or random.random() * 100.0 < self.percent
+
+    def fire(self, request: InferenceRequest, inputs: list[Tensor], primary: InferenceResponse) -> None:
+        """Start the shadow request, unless ``max_pending`` are running (then count a skip)."""
+        if len(self._tasks) >= self.max_pending:
+            self.metrics.child(self.metrics.shadow_skipped, self.model).inc()
+            return
+        shadow = InferenceRequest(
+            inputs, id=request.id, parameters=without_routing(request.parameters),
+            outputs=request.outputs,
+        )
+        task = asyncio.get_running_loop().create_task(self._run(shadow, primary))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, request: InferenceRequest, primary: InferenceResponse) -> None:
+        started = time.perf_counter()
+        try:
+            response = await self.call(request)
+        except ShoalError as exc:
+            self.metrics.answered(self.model, "shadow", str(exc.http_status), time.perf_counter() - started)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.answered(self.model, "shadow", "500", time.perf_counter() - started)
+            log.event("shadow_failed", logging.WARNING, model=self.model,
+                      error=f"{type(exc).__name__}: {exc}")
+            return
+        self.metrics.answered(self.model, "shadow", "success", time.perf_counter() - started)
+        for output, figures in compare(primary, response).items():
+            self._record(output, figures)
+
+    def _record(self, output: str, figures: dict[str, float]) -> None:
+        metrics, model = self.metrics, self.model
+        if "mismatch" in figures:
+            metrics.child(metrics.shadow_mismatches, model, output).inc()
+            return
+        metrics.child(metrics.shadow_compared, model, output).inc(figures["compared"])
+        if "abs_difference" in figures:
+            metrics.child(metrics.shadow_abs_difference, model, output).inc(figures["abs_difference"])
+        else:
+            metrics.child(metrics.shadow_agreed, model, output).inc(figures["agreed"])
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        """Stop the shadow requests still running (at shutdown, or when replaced)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.closing is not None:
+            await self.closing()
+
+
+def compare(primary: InferenceResponse, shadow: InferenceResponse) -> dict[str, dict[str, float]]:
+    """Per primary output: ``compared`` values and ``agreed`` ones (exact types) or their
+    summed ``abs_difference`` (floating point); ``mismatch`` when the shadow has no such
+    output or another shape. A one-output answer is compared with a one-output shadow
+    whatever their names (another model may name its output differently)."""
+    theirs = {t.name: t for t in shadow.outputs}
+    if len(primary.outputs) == 1 and len(shadow.outputs) == 1:
+        theirs = {primary.outputs[0].name: shadow.outputs[0]}
+    figures: dict[str, dict[str, float]] = {}
+    for ours in primary.outputs:
+        other = theirs.get(ours.name)
+        if other is None or tuple(other.shape) != tuple(ours.shape):
+            figures[ours.name] = {"mismatch": 1.0}
+            continue
+        a, b = _array(ours), _array(other)
+        if a.dtype.kind in "fc" or b.dtype.kind in "fc":
+            try:
+                difference = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            except (TypeError, ValueError):
+                figures[ours.name] = {"mismatch": 1.0}
+                continue
+            figures[ours.name] = {"compared": float(a.size), "abs_difference": float(np.nansum(difference))}
+        else:
+            figures[ours.name] = {"compared": float(a.size), "agreed": float(np.count_nonzero(a == b))}
+    return figures
+
+
+def _array(tensor: Tensor) -> Any:
+    data = np.asarray(tensor.data)
+    return data.reshape(tuple(tensor.shape)) if data.size == int(np.prod(tensor.shape)) else data
