@@ -7,7 +7,7 @@ import pytest
 
 from shoal import InferenceRequest, Tensor
 from shoal.errors import InvalidInput
-from shoal.graph.expressions import Expression, ExpressionError
+from shoal.expressions import Expression, ExpressionError
 
 
 def request(**parameters: object) -> InferenceRequest:

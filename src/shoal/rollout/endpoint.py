@@ -56,8 +56,6 @@ class Plan:
 class RolloutEndpoint:
     """The ``Endpoint`` interface over a rollout's variants."""
 
-    batching = None
-
     def __init__(self, name: str, registry: Registry, metrics: RolloutMetrics, plan: Plan) -> None:
         self.name = name
         self.registry = registry
@@ -79,6 +77,14 @@ class RolloutEndpoint:
             return str(self._stable().version)
         except ShoalError:
             return self.plan.stable.version or ""
+
+    @property
+    def batching(self) -> Any:
+        """The stable variant's (Triton's model configuration describes it)."""
+        try:
+            return self._stable().batching
+        except ShoalError:
+            return None
 
     @property
     def ready(self) -> bool:

@@ -105,6 +105,8 @@ class RolloutManager:
             if old is not None and self._shadow_of(previous) == spec.shadow:
                 mirror = old
             else:
+                if old is not None:  # replaced: its running shadow requests are dropped
+                    asyncio.get_running_loop().create_task(old.close())
                 call, closing = self._shadow_call(name, variants["shadow"])
                 mirror = Mirror(name, call, spec.shadow.percent, spec.shadow.max_pending,
                                 self.metrics, closing)
