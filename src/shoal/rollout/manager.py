@@ -189,15 +189,21 @@ class RolloutManager:
         return await self.status(name)
 
     async def rollback(self, name: str) -> dict[str, Any]:
+        rolled: list[bool] = []
+
         def change(record: RolloutRecord) -> RolloutRecord:
             canary = self._canary_of(record, "roll back")
+            if record.state == ROLLED_BACK:
+                return record  # already: nothing to do, nothing to count
+            rolled.append(True)
             return record.changed(
                 "rolled_back", time.time(), f"manual: {canary.variant} back to 0%",
                 state=ROLLED_BACK, percent=0.0,
             )
 
         await self._change_existing(name, change)
-        self.metrics.child(self.metrics.rollbacks, name, "manual").inc()
+        if rolled:
+            self.metrics.child(self.metrics.rollbacks, name, "manual").inc()
         return await self.status(name)
 
     async def pause(self, name: str) -> dict[str, Any]:

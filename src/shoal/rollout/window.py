@@ -47,6 +47,8 @@ def shadow_figures(delta: dict[str, float]) -> dict[str, Any]:
             outputs.setdefault(output, {})[field] = value
     figures = {}
     for output, counts in sorted(outputs.items()):
+        if not any(counts.values()):
+            continue  # nothing about it in this window (only in earlier ones)
         compared = counts.get("compared", 0.0)
         entry: dict[str, Any] = {"compared": int(compared), "mismatches": int(counts.get("mismatches", 0.0))}
         if "abs_difference" in counts:
