@@ -100,8 +100,10 @@ class RolloutManager:
         variants = spec.variants(name)
         previous = self._endpoints.get(name)
         mirror = None
+        old = previous.plan.mirror if previous is not None else None
+        if spec.shadow is None and old is not None:  # the shadow was removed
+            asyncio.get_running_loop().create_task(old.close())
         if spec.shadow is not None:
-            old = previous.plan.mirror if previous is not None else None
             if old is not None and self._shadow_of(previous) == spec.shadow:
                 mirror = old
             else:

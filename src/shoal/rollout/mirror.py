@@ -7,8 +7,8 @@ slow or stuck shadow costs a bounded amount of memory and never a growing queue.
 
 The shadow's answer is compared with the primary's, output by output: equal values for
 labels, integers, booleans and strings (an agreement rate), the absolute difference for
-floating-point values (a mean). An output the shadow lacks or shapes differently is a
-mismatch.
+floating-point values (a mean). An output the shadow lacks or shapes differently, numbers
+against strings, or NaN where the other answer has a number, is a mismatch.
 """
 
 from __future__ import annotations
@@ -119,16 +119,23 @@ def compare(primary: InferenceResponse, shadow: InferenceResponse) -> dict[str, 
             figures[ours.name] = {"mismatch": 1.0}
             continue
         a, b = _array(ours), _array(other)
-        if a.dtype.kind in "fc" or b.dtype.kind in "fc":
-            try:
-                difference = np.abs(a.astype(np.float64) - b.astype(np.float64))
-            except (TypeError, ValueError):
+        numeric = a.dtype.kind in _NUMERIC and b.dtype.kind in _NUMERIC
+        if (a.dtype.kind in "fc" or b.dtype.kind in "fc") and not numeric:
+            figures[ours.name] = {"mismatch": 1.0}  # numbers against strings
+        elif numeric and (a.dtype.kind in "fc" or b.dtype.kind in "fc"):
+            x, y = a.astype(np.float64), b.astype(np.float64)
+            x_nan, y_nan = np.isnan(x), np.isnan(y)
+            if (x_nan != y_nan).any():  # NaN where the other has a number: no agreement
                 figures[ours.name] = {"mismatch": 1.0}
                 continue
-            figures[ours.name] = {"compared": float(a.size), "abs_difference": float(np.nansum(difference))}
+            difference = np.abs(np.where(x_nan, 0.0, x - y))  # NaN against NaN is equal
+            figures[ours.name] = {"compared": float(a.size), "abs_difference": float(difference.sum())}
         else:
             figures[ours.name] = {"compared": float(a.size), "agreed": float(np.count_nonzero(a == b))}
     return figures
+
+
+_NUMERIC = "biufc"
 
 
 def _array(tensor: Tensor) -> Any:

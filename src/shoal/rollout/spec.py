@@ -77,12 +77,16 @@ def parse_variant(text: str, model: str, field: str, remote_allowed: bool = Fals
     text = text.strip()
     if _VERSION.fullmatch(text):
         return Variant(text, model, text)
+    if text.isdigit():
+        raise InvalidInput(f"{field}: {text!r} is not a version (no leading zeros)")
     if "://" in text:
         if not remote_allowed:
             raise InvalidInput(f"{field}: {text!r}: only a shadow may be a remote URL")
         parts = urlsplit(text)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidInput(f"{field}: {text!r} is not an http:// or https:// URL")
+        if parts.query or parts.fragment:
+            raise InvalidInput(f"{field}: {text!r}: a shadow URL takes no query or fragment")
         remote_model, remote_version = model, None
         if parts.path not in ("", "/"):
             match = _REMOTE_PATH.fullmatch(parts.path)
@@ -93,8 +97,8 @@ def parse_variant(text: str, model: str, field: str, remote_allowed: bool = Fals
                 )
             remote_model, remote_version = match.group(1), match.group(2)
         return Variant(text, remote_model, remote_version, f"{parts.scheme}://{parts.netloc}")
-    name, _, version = text.partition(":")
-    if not _MODEL.fullmatch(name) or ".." in name or (version and not _VERSION.fullmatch(version)):
+    name, colon, version = text.partition(":")
+    if not _MODEL.fullmatch(name) or ".." in name or (colon and not _VERSION.fullmatch(version)):
         raise InvalidInput(
             f"{field}: {text!r} is not a variant: write a version of {model!r} (\"3\"), "
             "another model (\"iris-xgb\" or \"iris-xgb:2\")"

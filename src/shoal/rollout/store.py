@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import Unavailable
+from ..errors import ShoalError, Unavailable
 from .record import RolloutRecord
 
 _COUNTER = struct.Struct("<Q")
@@ -89,7 +89,7 @@ class RolloutStore:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
                 current = _load(path)
                 updated = change(current)
-                if updated is current:
+                if updated is current and (current is not None or not path.exists()):
                     return current  # nothing to change: no write, no new generation
                 if updated is None:
                     with contextlib.suppress(FileNotFoundError):
@@ -130,8 +130,10 @@ def _load(path: Path) -> RolloutRecord | None:
         return RolloutRecord.from_json(orjson.loads(path.read_bytes()))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError):
-        return None  # damaged: treated as absent; the next change replaces it
+    except (OSError, ValueError, TypeError, KeyError, ShoalError):
+        # Damaged, or a spec this version does not accept: treated as absent, so serving
+        # goes on and the next change replaces it.
+        return None
 
 
 def _write(path: Path, body: bytes) -> None:
