@@ -86,8 +86,9 @@ class RolloutManager:
             else:
                 try:
                     self._install(record)
-                except ShoalError as exc:
-                    log.event("rollout_unusable", logging.ERROR, model=name, reason=str(exc))
+                except Exception as exc:  # never let one record break every request
+                    log.event("rollout_unusable", logging.ERROR, model=name,
+                              reason=f"{type(exc).__name__}: {exc}")
                     self._drop(name)
             self.metrics.show_state(name, record.state, record.percent)
         for name in set(self._records) - set(records):
@@ -286,16 +287,24 @@ class RolloutManager:
         if not self.registry.entries(name):
             raise ModelNotFound(f"model {name!r} is not served here")
 
+    def _current_stable(self, name: str) -> str:
+        """Where unversioned requests go now: the live rollout's stable variant (after a
+        promotion, the promoted one), else the newest ready version."""
+        self.rollout_for(name)  # refreshed if another process changed something
+        current = self._records.get(name)
+        if current is not None and current.state != NONE and current.spec.stable is not None:
+            return current.spec.stable
+        try:
+            return str(self.registry.served(name, None).version)
+        except ShoalError as exc:
+            raise InvalidInput(f"stable: no default to pin: {exc}") from None
+
     def _validated(self, name: str, spec: RolloutSpec) -> RolloutSpec:
         """The spec with its stable variant pinned; InvalidInput naming the field at fault."""
         self._check_served(name)
         variants = spec.variants(name)
         if "stable" not in variants:
-            try:
-                default = self.registry.served(name, None)
-            except ShoalError as exc:
-                raise InvalidInput(f"stable: no default to pin: {exc}") from None
-            spec = spec.model_copy(update={"stable": str(default.version)})
+            spec = spec.model_copy(update={"stable": self._current_stable(name)})
             variants = spec.variants(name)
         fields = {"stable": "stable", "canary": "canary.variant", "shadow": "shadow.variant"}
         identities = {}
@@ -341,6 +350,7 @@ class RolloutManager:
             "spec": spec.to_json(),
             "canary_percent": record.percent,
             "reason": record.reason,
+            "revision": record.revision,
             "since": record.since,
             "window_seconds": round(time.time() - record.since, 3),
             "variants": {},

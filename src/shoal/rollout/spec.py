@@ -184,8 +184,8 @@ class ShadowSpec(_Strict):
 
 class RolloutSpec(_Strict):
     stable: str | None = None
-    """Default: where unversioned requests went when the rollout was set (its newest ready
-    version), pinned."""
+    """Default: where unversioned requests went when the rollout was set (the live rollout's
+    stable variant, else the newest ready version), pinned."""
     canary: CanarySpec | None = None
     shadow: ShadowSpec | None = None
 
