@@ -153,7 +153,7 @@ class GraphEndpoint:
         try:
             pinned = request.parameters.get(ROUTING_PARAMETER)
             if pinned is not None:
-                call.pinned = self._check_routing(parse_routing(pinned))
+                call.pinned = self._pinned(pinned)
             if self._declared_inputs:
                 request.inputs = conform_inputs(
                     request.inputs, self._declared_inputs, self.name, "graph"
@@ -222,6 +222,15 @@ class GraphEndpoint:
         if len(self._recent) > REMEMBERED_REQUESTS:
             forgotten, _ = self._recent.popitem(last=False)
             self._rewarded.discard(forgotten)
+
+    def _pinned(self, value: Any) -> dict[str, str]:
+        """The routes a client pinned: ``router=branch`` names, or Seldon's ``{router: index}``
+        (passed on by a rollout, which cannot know which graph will serve)."""
+        if isinstance(value, dict) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value.values()
+        ):
+            return self.routing_names(value)
+        return self._check_routing(parse_routing(value))
 
     def _check_routing(self, routing: dict[str, str]) -> dict[str, str]:
         for node, branch in routing.items():

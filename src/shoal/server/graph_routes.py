@@ -27,6 +27,7 @@ from ..graph.context import (
 )
 from ..graph.endpoint import GraphEndpoint, declared_inputs
 from ..protocol import seldon, v2_json
+from ..rollout.endpoint import RolloutEndpoint
 from ..serving.dataplane import DataPlane
 from ..serving.endpoint import ModelState
 from .infer_asgi import read_body
@@ -96,17 +97,21 @@ def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
                 if message.meta.routing and isinstance(endpoint, GraphEndpoint):
                     pinned = endpoint.routing_names(message.meta.routing)
                     message.request.parameters[ROUTING_PARAMETER] = pinned
+                elif message.meta.routing and isinstance(endpoint, RolloutEndpoint):
+                    # The graph the rollout picks turns the indices into its branches.
+                    message.request.parameters[ROUTING_PARAMETER] = dict(message.meta.routing)
                 message.request.id = message.request.id or new_request_id()
-                decoded.append((message, endpoint))
+                decoded.append(message)
                 return message.request
 
             HEADERS.set(request.headers.raw)
             _, response = await dataplane.infer(name, None, "seldon-rest", decode)
-            message, endpoint = decoded[0]
+            message = decoded[0]
             meta = seldon.Meta(message.meta.puid or response.id, message.meta.tags, {})
             routing = response.parameters.get(ROUTING_PARAMETER)
-            if routing and isinstance(endpoint, GraphEndpoint):
-                meta.routing = endpoint.routing_indices(parse_routing(routing))
+            served = _graph_that_served(dataplane, response) if routing else None
+            if served is not None:
+                meta.routing = served.routing_indices(parse_routing(routing))
             headers = {k.decode(): v.decode() for k, v in response_headers(response.parameters, None)}
             return _json(seldon.encode_response(response, message.kind, meta), headers=headers)
         except ShoalError as exc:
@@ -145,6 +150,15 @@ def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
         Route(f"{default_namespace}/predictions", seldon_predict, methods=["POST"]),
         Route(f"{default_namespace}/feedback", seldon_feedback, methods=["POST"]),
     ]
+
+
+def _graph_that_served(dataplane: DataPlane, response: Any) -> GraphEndpoint | None:
+    """The graph that produced an answer (under a rollout, the variant that served)."""
+    try:
+        endpoint = dataplane.registry.served(response.model_name, response.model_version)
+    except ShoalError:
+        return None
+    return endpoint if isinstance(endpoint, GraphEndpoint) else None
 
 
 def _seldon_error(error: ShoalError) -> Response:

@@ -16,7 +16,7 @@ import orjson
 from ..errors import InvalidInput, ModelFailure, PayloadTooLarge, ShoalError
 from ..graph.context import HEADERS as REQUEST_HEADERS
 from ..graph.context import response_headers
-from ..graph.endpoint import GraphEndpoint, declared_inputs
+from ..graph.endpoint import declared_inputs
 from ..protocol import v1, v2_json
 from ..serving.dataplane import DataPlane
 from ..types import InferenceRequest
@@ -113,21 +113,19 @@ class InferenceASGI:
     ) -> tuple[bytes, list]:
         formats: list[v1.Format] = []
         gone = _client_gone(receive)
-        graph = []
 
         def decode(endpoint: Any) -> Any:
             request, fmt = v1.decode_request(body, declared_inputs(endpoint))
             request.client_gone = gone
             formats.append(fmt)
-            graph.append(isinstance(endpoint, GraphEndpoint))
             return request
 
         _, response = await self.dataplane.infer(name, version, "v1-rest", decode, _timeout(scope))
         content = v2_json.dumps(v1.encode_response(response, formats[0]))
-        if graph[0]:  # V1 bodies have no id or parameters: the graph's go in headers
+        if response.parameters or response.id is not None:
+            # V1 bodies have no id or parameters: a graph's request id and routing, and a
+            # rollout's variant, go in headers (a V1 request has no id: only graphs make one).
             return content, _JSON_HEADERS + response_headers(response.parameters, response.id)
-        if response.parameters:  # a rollout's variant
-            return content, _JSON_HEADERS + response_headers(response.parameters, None)
         return content, _JSON_HEADERS
 
 
