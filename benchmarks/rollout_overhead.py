@@ -67,7 +67,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--states", default=",".join(ROLLOUTS),
+                        help="which of none,canary,shadow to measure (none is always measured)")
     args = parser.parse_args()
+    states = ["none", *(s for s in args.states.split(",") if s in ROLLOUTS and s != "none")]
     row = bench.feature_row()
     request = bench.payload("v2-json", "logreg", row)
     with tempfile.TemporaryDirectory(prefix="shoal-rollout-bench-") as tmp_name:
@@ -84,7 +87,8 @@ def main() -> None:
             server.wait_ready(60)
             bench.check("v2-json", server.ports.http, request, server.ports.grpc)
             for round_ in range(args.rounds):
-                for state, rollout in ROLLOUTS.items():
+                for state in states:
+                    rollout = ROLLOUTS[state]
                     set_rollout(server.ports.http, rollout)
                     for concurrency in (32, 8):
                         m = bench.h2load("v2-json", server.ports.http, request, concurrency,
@@ -100,6 +104,8 @@ def main() -> None:
 
 def report(results: dict[tuple[str, int], list[bench.Measurement]], rounds: int) -> None:
     def ratios(state: str, c: int, field: str) -> list[float]:
+        if (state, c) not in results:
+            return []
         return [getattr(a, field) / getattr(b, field)
                 for a, b in zip(results[state, c], results["none", c])
                 if getattr(a, field) and getattr(b, field)]

@@ -87,13 +87,26 @@ def test_without_max_error_rate_errors_are_not_judged() -> None:
     assert judge(analysis(), 0, 1.0, figures) == WAIT
 
 
-def test_a_latency_ratio_above_the_limit_rolls_back() -> None:
+def test_a_latency_ratio_above_the_limit_rolls_back_at_the_steps_end() -> None:
     figures = delta(HEALTHY, latencies("canary", 1.0, 20), latencies("stable", 0.1, 200))
-    verdict = judge(analysis(max_latency_ratio=2.0), 0, 1.0, figures)
+    verdict = judge(analysis(max_latency_ratio=2.0), 0, INTERVAL, figures)
     assert verdict.action == "rollback"
     assert verdict.guard == "max_latency_ratio"
     # p99 of each: 0.99 of its only bucket (lower bound 0)
     assert "canary p99 990.00 ms / stable p99 99.00 ms = 10.00 > max_latency_ratio 2" in verdict.detail
+
+
+def test_a_few_slow_requests_are_not_judged_before_the_steps_end() -> None:
+    """A p99 of 20 requests is their slowest (one cold start): not enough to roll back."""
+    figures = delta(HEALTHY, latencies("canary", 1.0, 20), latencies("stable", 0.1, 200))
+    assert judge(analysis(max_latency_ratio=2.0), 0, 1.0, figures) == WAIT
+
+
+def test_a_latency_ratio_is_judged_early_once_both_have_enough_requests() -> None:
+    figures = delta(requests("canary", "success", 100), requests("stable", "success", 200),
+                    latencies("canary", 1.0, 100), latencies("stable", 0.1, 200))
+    verdict = judge(analysis(max_latency_ratio=2.0), 0, 1.0, figures)
+    assert verdict.action == "rollback" and verdict.guard == "max_latency_ratio"
 
 
 def test_a_latency_ratio_within_the_limit_holds() -> None:

@@ -187,7 +187,7 @@ def test_requests_beyond_max_pending_are_skipped_and_counted(metrics: RolloutMet
             await gate.wait()  # never set: the shadow never answers
             raise AssertionError("unreachable")
 
-        mirror = Mirror("iris", stuck, 100.0, 2, metrics)
+        mirror = Mirror("iris", stuck, 100.0, 2, metrics, concurrency=None)
         primary_request = request()
         for _ in range(5):
             mirror.fire(primary_request, primary_request.inputs, answer(y=[1]))
@@ -319,3 +319,44 @@ def _mirror_once(metrics: RolloutMetrics, call: Any, primary: InferenceResponse)
         await asyncio.gather(*mirror._tasks)
 
     asyncio.run(scenario())
+
+
+def test_a_local_shadow_runs_one_call_at_a_time(metrics: RolloutMetrics) -> None:
+    """A slow shadow never takes more than one model thread from the primary."""
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        running: list[int] = []
+        most = 0
+
+        async def slow(shadow_request: InferenceRequest) -> InferenceResponse:
+            nonlocal most
+            running.append(1)
+            most = max(most, len(running))
+            await gate.wait()
+            running.pop()
+            return answer(y=[1])
+
+        mirror = Mirror("iris", slow, 100.0, 8, metrics)
+        primary_request = request()
+        for _ in range(5):
+            mirror.fire(primary_request, primary_request.inputs, answer(y=[1]))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert most == 1 and mirror.pending == 5
+        gate.set()
+        while mirror.pending:
+            await asyncio.sleep(0)
+        assert most == 1
+        assert counters(metrics)["requests|shadow|success"] == 5.0
+
+    asyncio.run(scenario())
+
+
+def test_equal_infinities_agree_and_an_infinity_against_a_number_is_a_mismatch() -> None:
+    inf = float("inf")
+    assert compare(answer(y=[-inf, 1.0]), answer(y=[-inf, 1.5])) == {
+        "y": {"compared": 2.0, "abs_difference": 0.5}
+    }
+    assert compare(answer(y=[inf, 1.0]), answer(y=[1e308, 1.0])) == {"y": {"mismatch": 1.0}}
+    # Finite values whose difference overflows cannot give a mean either.
+    assert compare(answer(y=[1.7e308]), answer(y=[-1.7e308])) == {"y": {"mismatch": 1.0}}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import subprocess
 import sys
 import textwrap
@@ -215,7 +217,7 @@ def test_the_generation_survives_a_new_store(folder: Path) -> None:
     store.close()
     again = RolloutStore(folder)
     assert again.generation() == 2
-    assert again.read_all() == {"iris": record()}
+    assert again.read_all() == {"iris": dataclasses.replace(record(), revision=2)}
 
 
 def test_a_store_that_cannot_create_its_folder_is_unusable(tmp_path: Path) -> None:
@@ -333,3 +335,13 @@ def test_a_process_that_leads_is_not_blocked_by_record_changes(folder: Path) -> 
             holder.stop()
     finally:
         store.close()
+
+
+def test_a_revision_is_never_reused_even_after_a_delete(store: RolloutStore) -> None:
+    """Processes tell records apart by revision: set, delete, set again must not repeat one."""
+    first = store.update("iris", lambda current: record(percent=10.0))
+    store.update("iris", lambda current: None)
+    second = store.update("iris", lambda current: record(percent=90.0))
+    assert first is not None and second is not None
+    assert second.revision > first.revision
+    assert store.read_all()["iris"].revision == second.revision

@@ -7,7 +7,8 @@ passing the last step below 100 %, or reaching 100 %, promotes.
 - ``max_error_rate``: the canary's 5xx share of its requests in the step (a client's own
   4xx does not count against the canary);
 - ``max_latency_ratio``: the canary's p99 over the stable variant's p99 in the step (judged
-  only when both answered requests in it);
+  only when both answered requests in it, at the step's end or once both have answered
+  ``LATENCY_SAMPLES``: a p99 of ten requests is just their slowest);
 - ``min_requests``: guards are judged once the canary has answered that many requests in
   the step, and the step does not advance before it has.
 """
@@ -30,6 +31,8 @@ class Verdict:
 
 
 WAIT = Verdict("wait")
+#: Requests each variant needs in a step before a p99 is judged before the step's end.
+LATENCY_SAMPLES = 100
 
 
 def judge(analysis: AnalysisSpec, step: int, elapsed: float, delta: dict[str, float]) -> Verdict:
@@ -47,7 +50,10 @@ def judge(analysis: AnalysisSpec, step: int, elapsed: float, delta: dict[str, fl
             )
         ratio_limit = analysis.max_latency_ratio
         ours, theirs = canary["p99_seconds"], stable["p99_seconds"]
-        if ratio_limit is not None and ours is not None and theirs:
+        # A p99 of a few requests is their maximum (one cold start): latency is judged at
+        # the step's end, or before once both variants have answered enough for a p99.
+        judged = elapsed >= analysis.interval or min(answered, stable["requests"]) >= LATENCY_SAMPLES
+        if ratio_limit is not None and ours is not None and theirs and judged:
             ratio = ours / theirs
             if ratio > ratio_limit:
                 return Verdict(

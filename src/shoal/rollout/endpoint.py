@@ -11,12 +11,15 @@ next request and never for half of one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
-from ..errors import ShoalError
+from ..errors import ModelNotFound, ShoalError, Unavailable
 from ..graph.context import HEADERS, VARIANT_HEADER, VARIANT_PARAMETER, normalize_headers
 from ..graph.endpoint import declared_inputs
 from ..expressions import Expression, unit_hash
@@ -68,54 +71,60 @@ class RolloutEndpoint:
     # -- what the transports ask before inference: the stable variant's answers -------------
 
     def _stable(self) -> Any:
-        variant = self.plan.stable
-        return self.registry.served(variant.model, variant.version)
+        return self._variant_endpoint(self.plan.stable)
 
     @property
     def version(self) -> str:
-        try:
-            return str(self._stable().version)
-        except ShoalError:
-            return self.plan.stable.version or ""
+        with inside(self.name):
+            try:
+                return str(self._stable().version)
+            except ShoalError:
+                return self.plan.stable.version or ""
 
     @property
     def batching(self) -> Any:
         """The stable variant's (Triton's model configuration describes it)."""
-        try:
-            return self._stable().batching
-        except ShoalError:
-            return None
+        with inside(self.name):
+            try:
+                return self._stable().batching
+            except ShoalError:
+                return None
 
     @property
     def ready(self) -> bool:
-        try:
-            return bool(self._stable().ready)
-        except ShoalError:
-            return False
+        return self.unready_reason() is None
 
     def unready_reason(self) -> str | None:
-        try:
-            endpoint = self._stable()
-        except ShoalError as exc:
-            return f"stable variant: {exc}"
-        reason = endpoint.unready_reason()
-        return None if reason is None else f"stable variant: {reason}"
+        with inside(self.name):
+            try:
+                reason = self._stable().unready_reason()
+            except ShoalError as exc:
+                return f"stable variant: {exc}"
+            return None if reason is None else f"stable variant: {reason}"
 
     def metadata(self) -> dict[str, Any]:
-        return {**self._stable().metadata(), "name": self.name}
+        with inside(self.name):
+            return {**self._stable().metadata(), "name": self.name}
 
     @property
     def inputs(self) -> list[TensorSpec]:
         """For codecs that name tensors after the declared inputs (V1, Seldon)."""
-        try:
-            return declared_inputs(self._stable())
-        except ShoalError:
-            return []
+        with inside(self.name):
+            try:
+                return declared_inputs(self._stable())
+            except ShoalError:
+                return []
 
     # -- inference ---------------------------------------------------------------------------
 
     async def infer(
         self, request: InferenceRequest, timeout: float | None = None, deadline: float | None = None
+    ) -> InferenceResponse:
+        with inside(self.name):
+            return await self._infer(request, timeout, deadline)
+
+    async def _infer(
+        self, request: InferenceRequest, timeout: float | None, deadline: float | None
     ) -> InferenceResponse:
         plan = self.plan
         role, variant = plan.choose(self.name, request)
@@ -124,7 +133,7 @@ class RolloutEndpoint:
         original = copy_tensors(request.inputs) if mirror is not None and mirror.sampled() else None
         started = time.perf_counter()
         try:
-            endpoint = self.registry.served(variant.model, variant.version)
+            endpoint = self._variant_endpoint(variant)
             request.model_name = variant.model
             request.model_version = endpoint.version
             response = await endpoint.infer(request, timeout, deadline)
@@ -140,6 +149,51 @@ class RolloutEndpoint:
             raise
         self.metrics.answered(self.name, role, "success", time.perf_counter() - started)
         response.parameters = {**response.parameters, VARIANT_PARAMETER: role}
-        if original is not None and mirror is not None:
+        if original is not None and mirror is not None and not mirrored_here():
             mirror.fire(request, original, response)
         return response
+
+    def _variant_endpoint(self, variant: Variant) -> Any:
+        """The variant's endpoint; a variant that is gone (unloaded, or its version dropped
+        by the version policy) is the rollout's failure, a 503, never the client's 404."""
+        try:
+            return self.registry.served(variant.model, variant.version)
+        except ModelNotFound as exc:
+            raise Unavailable(
+                f"rollout of {self.name!r}: variant {variant.describe()} is not served: {exc}"
+            ) from None
+
+
+#: The rollouts the current call is inside: a variant (a graph, a shadow) that calls the
+#: public name again reaches the model's own versions, as if it had no rollout, so a rollout
+#: never loops (through infer, readiness or metadata).
+_INSIDE: ContextVar[frozenset[str]] = ContextVar("shoal_rollouts_inside", default=frozenset())
+
+
+@contextlib.contextmanager
+def inside(name: str) -> Iterator[None]:
+    token = _INSIDE.set(_INSIDE.get() | {name})
+    try:
+        yield
+    finally:
+        _INSIDE.reset(token)
+
+
+def within(name: str) -> bool:
+    """Whether the current call is inside ``name``'s rollout already."""
+    return name in _INSIDE.get()
+#: Sent with a remote shadow's requests: a server that gets one mirrors nothing, so two
+#: servers shadowing each other (or one shadowing itself) never loop.
+SHADOW_HEADER = "shoal-shadow"
+
+
+def mirrored_here() -> bool:
+    """Whether this request is itself a remote shadow's copy."""
+    source = HEADERS.get()
+    if source is None:
+        return False
+    pairs = source() if callable(source) else source
+    for key, _ in pairs or ():
+        if (key.decode("latin-1") if isinstance(key, bytes) else key).lower() == SHADOW_HEADER:
+            return True
+    return False

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ from ..graph.context import Call, new_request_id
 from ..expressions import Expression
 from ..observe import logging as log
 from ..repository.config import read_config
+from ..serving.endpoint import ModelEndpoint
 from ..serving.registry import Registry
 from ..types import InferenceRequest, InferenceResponse
-from .analysis import judge
-from .endpoint import Plan, RolloutEndpoint
+from .analysis import Verdict, judge
+from .endpoint import SHADOW_HEADER, Plan, RolloutEndpoint, within
 from .metrics import RolloutMetrics
 from .mirror import Mirror, ShadowCall
 from .record import NONE, PAUSED, PROGRESSING, PROMOTED, ROLLED_BACK, RolloutRecord
@@ -53,12 +55,14 @@ class RolloutManager:
         self.store = RolloutStore(state_dir / "rollouts")
         #: Which counters this process reads: a record's baseline from another epoch (before
         #: a restart) no longer applies.
-        self.epoch = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or f"pid-{os.getpid()}"
+        self.epoch = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or f"{os.getpid()}-{uuid.uuid4().hex}"
         self._records: dict[str, RolloutRecord] = {}
         self._endpoints: dict[str, RolloutEndpoint] = {}
         self._seen = -1
         self._task: asyncio.Task[None] | None = None
         self._waiting_logged: set[tuple[str, int]] = set()
+        #: Closing mirrors that were replaced or removed (awaited at shutdown).
+        self._closing: set[asyncio.Task[None]] = set()
         registry.rollout_for = self.rollout_for
 
     # -- the request path --------------------------------------------------------------------
@@ -68,7 +72,10 @@ class RolloutManager:
         request without a version)."""
         if self.store.generation() != self._seen:
             self.refresh()
-        return self._endpoints.get(name)
+        endpoint = self._endpoints.get(name)
+        if endpoint is None or within(name):  # a variant calling the name: no rollout
+            return None
+        return endpoint
 
     def refresh(self) -> None:
         """Rebuild the endpoints from the stored records (after any process changed one)."""
@@ -103,16 +110,18 @@ class RolloutManager:
         mirror = None
         old = previous.plan.mirror if previous is not None else None
         if spec.shadow is None and old is not None:  # the shadow was removed
-            asyncio.get_running_loop().create_task(old.close())
+            self._close_later(old)
         if spec.shadow is not None:
             if old is not None and self._shadow_of(previous) == spec.shadow:
                 mirror = old
             else:
                 if old is not None:  # replaced: its running shadow requests are dropped
-                    asyncio.get_running_loop().create_task(old.close())
+                    self._close_later(old)
                 call, closing = self._shadow_call(name, variants["shadow"])
+                shadow = variants["shadow"]
                 mirror = Mirror(name, call, spec.shadow.percent, spec.shadow.max_pending,
-                                self.metrics, closing)
+                                self.metrics, closing, self._batchable(shadow),
+                                concurrency=None if shadow.remote else 1)
         plan = Plan(
             variants["stable"],
             variants.get("canary"),
@@ -136,7 +145,29 @@ class RolloutManager:
     def _drop(self, name: str) -> None:
         endpoint = self._endpoints.pop(name, None)
         if endpoint is not None and endpoint.plan.mirror is not None:
-            asyncio.get_running_loop().create_task(endpoint.plan.mirror.close())
+            self._close_later(endpoint.plan.mirror)
+
+    def _close_later(self, mirror: Mirror) -> None:
+        task = asyncio.get_running_loop().create_task(mirror.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _batchable(self, variant: Variant) -> Callable[[], bool]:
+        """Whether the shadow may take merged requests: a local model whose declared inputs
+        all have a free first (batch) axis and which does not batch on its own."""
+        def batchable() -> bool:
+            if variant.url is not None:
+                return False
+            try:
+                endpoint = self.registry.served(variant.model, variant.version)
+            except ShoalError:
+                return False
+            if not isinstance(endpoint, ModelEndpoint) or endpoint.batching is not None:
+                return False
+            specs = endpoint.model.inputs
+            return bool(specs) and all(s.shape and s.shape[0] == -1 for s in specs)
+
+        return batchable
 
     def _shadow_call(self, model: str, variant: Variant) -> tuple[ShadowCall, Any]:
         """How to call the shadow, and what to close when it is replaced."""
@@ -182,6 +213,9 @@ class RolloutManager:
 
         def change(record: RolloutRecord) -> RolloutRecord:
             canary = self._canary_of(record, "promote")
+            problem = self._unservable(record, "canary")
+            if problem is not None:
+                raise InvalidInput(f"canary.variant: cannot promote: {problem}")
             spec = record.spec.model_copy(update={"stable": canary.variant, "canary": None})
             return record.changed(
                 "promoted", time.time(), f"{canary.variant} is the stable variant now",
@@ -241,8 +275,20 @@ class RolloutManager:
             # Kept as "none" so the model.yaml rollout is not set again at the next start.
             return record.changed("deleted", time.time(), state=NONE, percent=0.0)
 
-        await self._change_existing(name, change)
+        # A model that is not served (unloaded) may still have its rollout removed.
+        await self._change_existing(name, change, require_served=False)
         return {"model": name, "state": NONE}
+
+    def _unservable(self, record: RolloutRecord, role: str) -> str | None:
+        """Why a local variant of a record cannot take traffic now; None if it can."""
+        variant = record.spec.variants(record.model).get(role)
+        if variant is None or variant.remote:
+            return None
+        try:
+            endpoint = self.registry.served(variant.model, variant.version)
+        except ShoalError as exc:
+            return str(exc)
+        return endpoint.unready_reason()
 
     def _canary_of(self, record: RolloutRecord, action: str) -> Any:
         canary = record.spec.canary
@@ -253,9 +299,11 @@ class RolloutManager:
         return canary
 
     async def _change_existing(
-        self, name: str, change: Callable[[RolloutRecord], RolloutRecord | None]
+        self, name: str, change: Callable[[RolloutRecord], RolloutRecord | None],
+        require_served: bool = True,
     ) -> None:
-        self._check_served(name)
+        if require_served:
+            self._check_served(name)
 
         def existing(current: RolloutRecord | None) -> RolloutRecord | None:
             if current is None or current.state == NONE:
@@ -266,12 +314,20 @@ class RolloutManager:
 
     async def _change(
         self, name: str, change: Callable[[RolloutRecord | None], RolloutRecord | None]
-    ) -> RolloutRecord | None:
-        before = self._records.get(name)
-        record = await asyncio.to_thread(self.store.update, name, change)
+    ) -> bool:
+        """Apply ``change`` under the store's lock; whether it changed anything."""
+        wrote: list[bool] = []
+
+        def tracked(current: RolloutRecord | None) -> RolloutRecord | None:
+            updated = change(current)
+            if updated is not current or current is None:
+                wrote.append(True)
+            return updated
+
+        record = await asyncio.to_thread(self.store.update, name, tracked)
         self.refresh()
-        if record is not None and before is not None and record.revision == before.revision:
-            return record  # nothing changed
+        if not wrote:
+            return False  # nothing to change (another process did it, or a guard refused)
         if record is None or record.state == NONE:
             log.event("rollout_changed", model=name, change="deleted", state=NONE)
         else:
@@ -279,7 +335,7 @@ class RolloutManager:
             log.event("rollout_changed", model=name, change=event.get("event", ""),
                       state=record.state, canary_percent=record.percent,
                       detail=event.get("detail", ""))
-        return record
+        return True
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -303,8 +359,16 @@ class RolloutManager:
         """The spec with its stable variant pinned; InvalidInput naming the field at fault."""
         self._check_served(name)
         variants = spec.variants(name)
-        if "stable" not in variants:
+        stable = variants.get("stable")
+        if stable is None:
             spec = spec.model_copy(update={"stable": self._current_stable(name)})
+            variants = spec.variants(name)
+        elif stable.model == name and stable.version is None:  # "iris" itself: pinned too
+            try:
+                pinned = str(self.registry.served(name, None).version)
+            except ShoalError as exc:
+                raise InvalidInput(f"stable: {stable.text!r}: {exc}") from None
+            spec = spec.model_copy(update={"stable": pinned})
             variants = spec.variants(name)
         fields = {"stable": "stable", "canary": "canary.variant", "shadow": "shadow.variant"}
         identities = {}
@@ -390,7 +454,7 @@ class RolloutManager:
         for name in self.names():
             try:
                 configured = read_config(self.root / name).rollout
-            except LoadError:
+            except (LoadError, OSError):
                 continue  # the model's own load reported it
             if configured is None:
                 continue
@@ -428,6 +492,7 @@ class RolloutManager:
     async def _analyse(self) -> None:
         snapshot = await asyncio.to_thread(self.metrics.snapshot)
         now = time.time()
+        self._waiting_logged &= {(r.model, r.revision) for r in self._records.values()}
         for record in self._analysed():
             name, analysis = record.model, record.spec.canary.analysis  # type: ignore[union-attr]
             counters = snapshot.get(name, {})
@@ -443,14 +508,19 @@ class RolloutManager:
                     self._waiting_logged.add((name, record.revision))
                     log.event("rollout_waiting", model=name, detail=verdict.detail)
                 continue
+            if verdict.action == "promote":
+                problem = self._unservable(record, "canary")
+                if problem is not None:  # gone since it was judged: never promote that
+                    verdict = Verdict("rollback", f"the canary cannot be promoted: {problem}",
+                                      "canary_unavailable")
             if verdict.action == "rollback":
-                self.metrics.child(self.metrics.rollbacks, name, verdict.guard).inc()
-                log.event("rollout_guard_failed", logging.WARNING, model=name,
-                          guard=verdict.guard, detail=verdict.detail)
-                await self._step(record, lambda r: r.changed(
+                if await self._step(record, lambda r: r.changed(
                     "rolled_back", now, f"{verdict.guard}: {verdict.detail}",
                     state=ROLLED_BACK, percent=0.0,
-                ))
+                )):
+                    self.metrics.child(self.metrics.rollbacks, name, verdict.guard).inc()
+                    log.event("rollout_guard_failed", logging.WARNING, model=name,
+                              guard=verdict.guard, detail=verdict.detail)
             elif verdict.action == "promote":
                 await self._step(record, lambda r: r.changed(
                     "promoted", now, verdict.detail, counters, state=PROMOTED, percent=0.0,
@@ -465,15 +535,15 @@ class RolloutManager:
                     percent=analysis.steps[following], baseline=counters, epoch=self.epoch,
                 ))
 
-    async def _step(self, seen: RolloutRecord, change: Callable[[RolloutRecord], RolloutRecord]) -> None:
+    async def _step(self, seen: RolloutRecord, change: Callable[[RolloutRecord], RolloutRecord]) -> bool:
         """Apply an automatic change, unless the record changed since it was judged (a user's
-        promote or rollback meanwhile wins)."""
+        promote or rollback meanwhile wins); whether it was applied."""
         def guarded(current: RolloutRecord | None) -> RolloutRecord | None:
             if current is None or current.revision != seen.revision:
                 return current
             return change(current)
 
-        await self._change(seen.model, guarded)
+        return await self._change(seen.model, guarded)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -481,7 +551,7 @@ class RolloutManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         mirrors = [e.plan.mirror for e in self._endpoints.values() if e.plan.mirror is not None]
-        await asyncio.gather(*(m.close() for m in mirrors), return_exceptions=True)
+        await asyncio.gather(*(m.close() for m in mirrors), *self._closing, return_exceptions=True)
         self.store.close()
 
 
@@ -493,10 +563,13 @@ def _remote_node(variant: Variant) -> Any:
             f"shadow.variant: a remote shadow ({variant.text}) needs aiohttp: "
             "pip install 'shoal[triton]'"
         ) from None
-    return RemoteCall(
-        "shadow", lambda seconds: None, variant.url or "", "v2-rest", variant.model,
-        variant.version, REMOTE_SHADOW_TIMEOUT, {}, None,
-    )
+    try:
+        return RemoteCall(
+            "shadow", lambda seconds: None, variant.url or "", "v2-rest", variant.model,
+            variant.version, REMOTE_SHADOW_TIMEOUT, {SHADOW_HEADER: "1"}, None,
+        )
+    except ShoalError as exc:
+        raise InvalidInput(f"shadow.variant: {variant.text!r}: {exc}") from None
 
 
 def _describe(spec: RolloutSpec, percent: float) -> str:

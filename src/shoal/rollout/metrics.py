@@ -89,10 +89,14 @@ class RolloutMetrics:
 
     def forget(self, model: str) -> None:
         """Drop a deleted rollout's gauges (its counters stay: they are history)."""
+        multiprocess_mode = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         for metric, labels in [k for k in self._children if k[1][0] == model]:
             if metric in (self.state, self.canary_percent):
-                del self._children[metric, labels]
-                metric.remove(*labels)
+                # In multiprocess mode a removed gauge keeps its file's value: zero it.
+                self._children[metric, labels].set(0.0)
+                if not multiprocess_mode:
+                    del self._children[metric, labels]
+                    metric.remove(*labels)
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Model -> its flat cumulative counters, across every server process. Blocking

@@ -35,6 +35,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 #: Pending shadow requests per rollout, by default, before new ones are skipped.
 DEFAULT_MAX_PENDING = 64
+#: The most a spec may allow: each pending shadow request holds a copy of its inputs.
+MAX_PENDING_LIMIT = 10_000
 
 
 def parse_duration(value: Any) -> float:
@@ -111,6 +113,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _a_number(value: Any) -> Any:
+    """Percentages and limits are JSON numbers: ``true`` or ``"10"`` is a mistake."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number, not {value!r}")
+    return value
+
+
 class AnalysisSpec(_Strict):
     """Progressive delivery: the canary's percentage steps up while the guards hold."""
 
@@ -128,6 +137,16 @@ class AnalysisSpec(_Strict):
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
+
+    @field_validator("max_error_rate", "max_latency_ratio", "min_requests", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        return value if value is None else _a_number(value)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _number_list(cls, value: Any) -> Any:
+        return [_a_number(v) for v in value] if isinstance(value, list) else value
 
     @field_validator("steps")
     @classmethod
@@ -148,6 +167,11 @@ class CanarySpec(_Strict):
     sticky: str | None = None
     """A JMESPath expression over the request (``headers."x-user-id"``): one key, one variant."""
     analysis: AnalysisSpec | None = None
+
+    @field_validator("percent", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        return value if value is None else _a_number(value)
 
     @field_validator("sticky")
     @classmethod
@@ -178,8 +202,14 @@ class ShadowSpec(_Strict):
     variant: str
     percent: float = Field(default=100.0, ge=0, le=100)
     """Share of the traffic mirrored to the shadow."""
-    max_pending: int = Field(default=DEFAULT_MAX_PENDING, ge=1)
-    """Shadow requests running at once; requests beyond it are not mirrored (and counted)."""
+    max_pending: int = Field(default=DEFAULT_MAX_PENDING, ge=1, le=MAX_PENDING_LIMIT)
+    """Shadow requests waiting or running at once; requests beyond it are not mirrored (and
+    counted)."""
+
+    @field_validator("percent", "max_pending", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        return _a_number(value)
 
 
 class RolloutSpec(_Strict):

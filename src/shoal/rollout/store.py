@@ -18,6 +18,7 @@ Locks are advisory and need a local file system (or one with working ``flock``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import mmap
 import os
@@ -91,12 +92,16 @@ class RolloutStore:
                 updated = change(current)
                 if updated is current and (current is not None or not path.exists()):
                     return current  # nothing to change: no write, no new generation
+                generation = self.generation() + 1
                 if updated is None:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
                 else:
+                    # Stamped with the generation it makes: a revision is never reused, even
+                    # after a delete, so "same revision" always means "same record".
+                    updated = dataclasses.replace(updated, revision=generation)
                     _write(path, orjson.dumps(updated.to_json(), option=orjson.OPT_INDENT_2))
-                _COUNTER.pack_into(self._map, 0, self.generation() + 1)
+                _COUNTER.pack_into(self._map, 0, generation)
                 return updated
         except OSError as exc:
             raise Unavailable(
@@ -117,6 +122,14 @@ class RolloutStore:
             handle.close()
             return False
         self._controller = handle
+        # A leader that died between writing a record and moving the counter left the other
+        # processes one change behind: moving it now makes every process re-read.
+        try:
+            with self._local, open(self.folder / ".lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                _COUNTER.pack_into(self._map, 0, self.generation() + 1)
+        except OSError:
+            pass
         return True
 
     def close(self) -> None:

@@ -8,13 +8,11 @@ from typing import Any
 
 
 def window(current: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
-    """Counts since ``baseline``. A counter below its baseline means the counters restarted
-    (a server restart) and counts from zero."""
-    delta = {}
-    for key, value in current.items():
-        before = baseline.get(key, 0.0)
-        delta[key] = value - before if value >= before else value
-    return delta
+    """Counts since ``baseline``. Any counter below its baseline means the counters
+    restarted (a server restart): then every count is from zero, never a mix of the two."""
+    if any(value < baseline.get(key, 0.0) for key, value in current.items()):
+        return dict(current)
+    return {key: value - baseline.get(key, 0.0) for key, value in current.items()}
 
 
 def variant_figures(delta: dict[str, float], role: str) -> dict[str, Any]:

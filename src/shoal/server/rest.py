@@ -93,7 +93,9 @@ def build_app(
 
     async def model_ready(request: Request) -> Response:
         params = request.path_params
-        dataplane.registry.get(params["name"], params.get("version"))  # 404 / 503 with reason
+        endpoint = dataplane.registry.get(params["name"], params.get("version"))  # 404 / 503
+        if not endpoint.ready:  # a rollout whose stable variant is down
+            raise Unavailable(f"model {params['name']!r} is not ready: {endpoint.unready_reason()}")
         if dataplane.draining:
             raise Unavailable("server is shutting down")
         return json_response({"name": params["name"], "ready": True})

@@ -162,6 +162,13 @@ class Batcher:
         self._arrived.set()
         return await waiting.future
 
+    async def close(self) -> None:
+        """Stop the dispatcher; requests still queued are cancelled."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     def _note_arrival(self, now: float) -> None:
         gap = now - self._last_arrival
         self._last_arrival = now

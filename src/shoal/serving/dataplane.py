@@ -105,6 +105,11 @@ class DataPlane:
     def model_ready(self, name: str, version: str | None = None) -> bool:
         entry = self.registry.entry(name, version)
         ready = entry.state is ModelState.READY and entry.endpoint is not None and entry.endpoint.ready
+        if ready and not version:  # a name with a rollout is ready while its stable variant is
+            try:
+                ready = self.registry.get(name).ready
+            except ShoalError:
+                ready = False
         return ready and not self.draining
 
     async def infer(

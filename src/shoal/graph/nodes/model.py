@@ -40,10 +40,10 @@ class ModelCall(GraphNode):
 
     def unready_reason(self) -> str | None:
         try:
-            self.registry.get(self.model, self.version)
+            endpoint = self.registry.get(self.model, self.version)
         except ShoalError as exc:
             return str(exc)
-        return None
+        return endpoint.unready_reason()  # a rollout is ready while its stable variant is
 
     def _signature(self, key: str) -> list[TensorSpec]:
         try:
