@@ -135,3 +135,24 @@ def test_a_deleted_rollouts_gauges_go_to_zero_under_http_workers(tmp_path: Path)
         assert lines and all(line.endswith(" 0.0") for line in lines), lines
     finally:
         process.stop()
+
+
+def test_a_rollback_after_a_promotion_goes_back_to_the_previous_stable(server: ShoalProcess) -> None:
+    assert put(server, {"stable": "1", "canary": {"variant": "2", "percent": 50}}).status_code == 200
+    promoted = httpx.post(f"{server.url}/v2/models/iris/rollout/promote").json()
+    assert promoted["state"] == "promoted" and promoted["spec"]["stable"] == "2"
+    back = httpx.post(f"{server.url}/v2/models/iris/rollout/rollback")
+    assert back.status_code == 200, back.text
+    status = back.json()
+    assert status["state"] == "rolled_back"
+    assert status["spec"]["stable"] == "1"
+    assert status["spec"]["canary"] == {"variant": "2", "percent": 0.0}  # dark, for another try
+    assert "undoing the promotion of 2" in status["reason"]
+    with httpx.Client() as client:
+        for _ in range(10):
+            answer = client.post(f"{server.url}/v2/models/iris/infer", json=BODY).json()
+            assert answer["model_version"] == "1"
+    # Nothing left to undo: a second rollback changes nothing.
+    again = httpx.post(f"{server.url}/v2/models/iris/rollout/rollback").json()
+    assert again["revision"] == status["revision"]
+    assert httpx.delete(f"{server.url}/v2/models/iris/rollout").status_code == 200

@@ -55,7 +55,7 @@ def test_the_round_trip_survives_json_bytes() -> None:
 def test_to_json_has_every_field() -> None:
     data = full_record().to_json()
     assert set(data) == {"model", "spec", "state", "percent", "step", "since", "baseline", "epoch",
-                         "reason", "origin", "revision", "history"}
+                         "reason", "origin", "revision", "history", "previous"}
     assert data["spec"]["stable"] == "2"
     assert "percent" not in data["spec"]["canary"]  # unset fields stay out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -33,7 +34,7 @@ from .endpoint import SHADOW_HEADER, Plan, RolloutEndpoint, within
 from .metrics import RolloutMetrics
 from .mirror import Mirror, ShadowCall
 from .record import NONE, PAUSED, PROGRESSING, PROMOTED, ROLLED_BACK, RolloutRecord
-from .spec import RolloutSpec, Variant, parse_spec
+from .spec import CanarySpec, RolloutSpec, Variant, parse_spec
 from .store import RolloutStore
 from .window import shadow_figures, variant_figures, window
 
@@ -220,6 +221,7 @@ class RolloutManager:
             return record.changed(
                 "promoted", time.time(), f"{canary.variant} is the stable variant now",
                 baseline, spec=spec, state=PROMOTED, percent=0.0, step=0, epoch=self.epoch,
+                previous=record.spec.stable,
             )
 
         await self._change_existing(name, change)
@@ -229,6 +231,24 @@ class RolloutManager:
         rolled: list[bool] = []
 
         def change(record: RolloutRecord) -> RolloutRecord:
+            if record.state == PROMOTED and record.previous is not None:
+                # Undo the promotion: the old stable variant back, the promoted one dark.
+                problem = self._unservable(
+                    dataclasses.replace(record, spec=record.spec.model_copy(
+                        update={"canary": None, "stable": record.previous})), "stable")
+                if problem is not None:
+                    raise InvalidInput(f"stable: cannot go back to {record.previous!r}: {problem}")
+                promoted = record.spec.stable
+                spec = record.spec.model_copy(update={
+                    "stable": record.previous,
+                    "canary": CanarySpec(variant=promoted or "", percent=0.0),
+                })
+                rolled.append(True)
+                return record.changed(
+                    "rolled_back", time.time(),
+                    f"manual: back to {record.previous}, undoing the promotion of {promoted}",
+                    spec=spec, state=ROLLED_BACK, percent=0.0, previous=None,
+                )
             canary = self._canary_of(record, "roll back")
             if record.state == ROLLED_BACK:
                 return record  # already: nothing to do, nothing to count
@@ -524,7 +544,7 @@ class RolloutManager:
             elif verdict.action == "promote":
                 await self._step(record, lambda r: r.changed(
                     "promoted", now, verdict.detail, counters, state=PROMOTED, percent=0.0,
-                    step=0, epoch=self.epoch, spec=r.spec.model_copy(
+                    step=0, epoch=self.epoch, previous=r.spec.stable, spec=r.spec.model_copy(
                         update={"stable": r.spec.canary.variant, "canary": None}  # type: ignore[union-attr]
                     ),
                 ))

@@ -39,6 +39,8 @@ class RolloutRecord:
     """The ``model.yaml`` rollout this record started from, if it did."""
     revision: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    previous: str | None = None
+    """After a promotion: the stable variant before it (a rollback goes back to it)."""
 
     def changed(
         self, event: str, now: float, detail: str = "", baseline: dict[str, float] | None = None,
@@ -62,6 +64,7 @@ class RolloutRecord:
             "percent": self.percent, "step": self.step, "since": self.since,
             "baseline": self.baseline, "epoch": self.epoch, "reason": self.reason,
             "origin": self.origin, "revision": self.revision, "history": self.history,
+            "previous": self.previous,
         }
 
     @classmethod
@@ -73,4 +76,5 @@ class RolloutRecord:
             epoch=str(data.get("epoch", "")), reason=str(data.get("reason", "")),
             origin=data.get("origin"), revision=int(data.get("revision", 0)),
             history=list(data.get("history") or []),
+            previous=data.get("previous"),
         )
