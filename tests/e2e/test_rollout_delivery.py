@@ -239,6 +239,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShoalProcess]:
         versioned(root, name)
     custom(root / "fast", FAST)
     custom(root / "fast2", FAST)
+    custom(root / "fast3", FAST)
     custom(root / "sleepy", SLEEPY)
     custom(root / "boom", BOOM)
     custom(root / "labels", LABELS)
@@ -293,6 +294,22 @@ def test_a_slow_or_failing_shadow_leaves_the_primary_alone(server: ShoalProcess)
     assert boom["skipped"] == metric(url, r'shoal_rollout_shadow_skipped_total\{model="fast2"\}')
     primary = status(url, "fast2")["variants"]["stable"]
     assert primary["requests"] == sent_fast and primary["errors"] == 0
+
+
+def test_a_slow_shadow_with_a_deep_queue_never_fills_the_model_threads(server: ShoalProcess) -> None:
+    """A 2 s shadow with the default max_pending (64, far more than the server's model
+    threads): it runs one call at a time, so the primary keeps its threads and its latency."""
+    url = server.url
+    put(url, "fast3", {"shadow": {"variant": "sleepy"}})
+    try:
+        with Load(url, ["fast3"], threads=8, count=20) as load:
+            load.wait()
+        assert not load.failures and {a.status for a in load.answers} == {200}
+        assert p99(load.answers) < 0.5, p99(load.answers)
+        shadow = status(url, "fast3")["variants"]["shadow"]
+        assert shadow["pending"] > 4  # more shadow requests waiting than there are threads
+    finally:
+        httpx.delete(f"{url}/v2/models/fast3/rollout", timeout=30)  # drops the waiting copies
 
 
 # -- 2. agreement figures ------------------------------------------------------------------------
