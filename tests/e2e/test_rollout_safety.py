@@ -156,3 +156,19 @@ def test_a_rollback_after_a_promotion_goes_back_to_the_previous_stable(server: S
     again = httpx.post(f"{server.url}/v2/models/iris/rollout/rollback").json()
     assert again["revision"] == status["revision"]
     assert httpx.delete(f"{server.url}/v2/models/iris/rollout").status_code == 200
+
+
+def test_a_model_yaml_rollout_naming_a_missing_variant_is_logged_and_the_model_serves(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    sklearn_iris(root / "iris" / "1")
+    write(root / "iris" / "model.yaml", 'rollout: {canary: {variant: "9", percent: 10}}\n')
+    process = ShoalProcess(root)
+    try:
+        process.wait_ready()
+        assert httpx.post(f"{process.url}/v2/models/iris/infer", json=BODY).status_code == 200
+        assert httpx.get(f"{process.url}/v2/models/iris/rollout").json() == {"model": "iris", "state": "none"}
+    finally:
+        process.stop()
+    invalid = [e for e in process.log_events() if e.get("event") == "rollout_invalid"]
+    assert len(invalid) == 1 and invalid[0]["model"] == "iris"
+    assert "canary.variant" in invalid[0]["reason"] and "'9'" in invalid[0]["reason"]

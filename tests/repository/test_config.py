@@ -159,3 +159,30 @@ def test_a_misnamed_file_is_reported_not_ignored(tmp_path: Path, wrong: str, rig
     (tmp_path / right).write_text("runtime: sklearn\n")
     with pytest.raises(LoadError, match=f"has both {wrong} and {right}; Shoal reads only {right}"):
         read_config(tmp_path)
+
+
+def test_a_rollout_section_is_read_and_checked(tmp_path: Path) -> None:
+    config = read_config(write(tmp_path, """
+rollout:
+  stable: "1"
+  canary: {variant: "2", analysis: {steps: [10, 50], interval: 30s, max_error_rate: 0.05}}
+  shadow: {variant: iris-xgb, percent: 20}
+"""))
+    assert config.rollout is not None
+    assert config.rollout.canary is not None and config.rollout.canary.analysis is not None
+    assert config.rollout.canary.analysis.interval == 30.0
+    assert config.rollout.shadow is not None and config.rollout.shadow.percent == 20.0
+
+
+@pytest.mark.parametrize("section, named", [
+    ('rollout: {canary: {variant: "2", percnt: 10}}', "rollout.canary.percnt"),
+    ('rollout: {canary: {variant: "2", percent: 150}}', "rollout.canary.percent"),
+    ('rollout: {shadow: {variant: "2", percent: "all"}}', "rollout.shadow.percent"),
+    ('rollout: {canary: {variant: "2", analysis: {steps: [50, 10], interval: 1}}}',
+     "rollout.canary.analysis.steps"),
+    ('rollout: {stabel: "1"}', "rollout.stabel"),
+])
+def test_a_bad_rollout_section_fails_the_load_naming_the_key(
+    tmp_path: Path, section: str, named: str
+) -> None:
+    assert named in load_error(tmp_path, section + "\n")
