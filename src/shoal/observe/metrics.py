@@ -1,4 +1,4 @@
-"""Prometheus metrics for requests and model lifecycle.
+"""Prometheus metrics for requests and model lifecycle, and the standard process metrics.
 
 Transports record every request once, through :class:`Metrics`, so REST and gRPC report the
 same series. Label children are cached: looking them up per request would cost more than
@@ -8,16 +8,50 @@ Under ``--http-workers N`` every server process writes its values to files in
 ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, chosen when the module is
 imported) and ``/metrics``, whichever process answers, adds them up: counters and histograms
 sum, in-flight gauges sum over live processes, state and load-time gauges take the maximum.
+
+prometheus-client's standard collectors are in ``/metrics`` too, read when it is scraped
+(nothing on the request path): ``process_*`` (memory, CPU, file descriptors, start time; on
+Linux), ``python_info`` and ``python_gc_*``. With one server process they are that process's,
+unlabelled, as in any Python service. Under ``--http-workers`` a scrape reaches one process
+chosen by the kernel, and multiprocess mode has no per-process collectors: answering with that
+process's own values would make every series jump between processes (a CPU counter going
+backwards, memory of one process or the other). Instead every scrape, whichever process
+answers, has the series of every live server process, each labelled ``pid`` (the way
+multiprocess gauges name their process): ``sum(process_resident_memory_bytes)`` is the
+memory of all of them. The answering process reads the others' ``process_*`` from
+``/proc/PID``, live; ``python_gc_*`` (which only a process itself can read) comes from a small
+file each process rewrites at most every :data:`GC_PUBLISH_INTERVAL` seconds, from a thread
+that does nothing while the counts do not change. Each process registers itself with that
+file (``shoal_process_PID.json`` in the metrics folder, with its start time, so a reused pid
+is not mistaken for it); a process that died drops out of the next scrape. ``python_info`` is
+the same for all of them and stays unlabelled. Model worker processes (``--workers``) are not
+included, in either mode.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
+import gc
+import glob
+import json
 import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -28,6 +62,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: The ``model`` label of requests for names that are not served, and the ``version`` label
 #: of requests for versions that are not: made-up names must not each become a series.
 UNKNOWN = "_unknown"
+#: Under ``--http-workers``: how often (at most) a server process publishes its GC counts.
+GC_PUBLISH_INTERVAL = 2.0
+#: The file each server process registers itself with, in the multiprocess metrics folder.
+PROCESS_FILE = "shoal_process_{pid}.json"
 
 
 class Metrics:
@@ -67,6 +105,19 @@ class Metrics:
         )
         #: (metric, label values) -> the labelled child, made once.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        #: What ``/metrics`` adds to :attr:`registry`: kept apart, so that the code that
+        #: reads the registry back (rollout statistics) does not read /proc with it.
+        self.standard = CollectorRegistry()
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            multiprocess.MultiProcessCollector(self.standard)
+            ServerProcessCollector(directory, self.standard)
+            _ProcessFile(directory).start()
+        else:
+            ProcessCollector(registry=self.standard)
+            GCCollector(registry=self.standard)
+        PlatformCollector(registry=self.standard)
+        self._multiprocess = bool(directory)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric, labels)
@@ -121,8 +172,138 @@ class Metrics:
         return observe
 
     def exposition(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            combined = CollectorRegistry()
-            multiprocess.MultiProcessCollector(combined)
-            return generate_latest(combined)
-        return generate_latest(self.registry)
+        if self._multiprocess:  # the registry's values are in the files the collector reads
+            return generate_latest(self.standard)
+        return generate_latest(self.registry) + generate_latest(self.standard)
+
+
+class ServerProcessCollector:
+    """``process_*`` and ``python_gc_*`` of every live server process under
+    ``--http-workers``, labelled ``pid`` (see the module's docstring)."""
+
+    def __init__(self, directory: str, registry: CollectorRegistry | None = None) -> None:
+        self.directory = directory
+        self._collectors: dict[int, ProcessCollector] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        collectors: dict[int, ProcessCollector] = {}
+        for pid, gc_stats in sorted(self._live().items()):
+            collector = self._collectors.get(pid)
+            if collector is None:
+                collector = ProcessCollector(pid=lambda pid=pid: pid, registry=None)
+            collectors[pid] = collector
+            for family in [*collector.collect(), *_gc_families(gc_stats)]:
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(
+                        family.name, family.documentation, family.type
+                    )
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        self._collectors = collectors
+        return list(families.values())
+
+    def _live(self) -> dict[int, list[dict[str, int]]]:
+        """pid -> GC stats of each registered server process that is alive."""
+        found = {}
+        for path in glob.glob(os.path.join(self.directory, PROCESS_FILE.format(pid="*"))):
+            try:
+                with open(path, "rb") as file:
+                    record = json.load(file)
+                pid = int(record["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if pid == os.getpid():
+                found[pid] = gc.get_stats()  # its own: live
+            elif _alive(pid, record.get("start")):
+                found[pid] = record.get("gc", [])
+            else:
+                _remove(path)
+        return found
+
+
+class _ProcessFile:
+    """This server process's entry in the multiprocess metrics folder: its pid, its start
+    time and its GC counts, rewritten (atomically) when they change."""
+
+    def __init__(self, directory: str) -> None:
+        pid = os.getpid()
+        self.path = os.path.join(directory, PROCESS_FILE.format(pid=pid))
+        self.record: dict[str, Any] = {"pid": pid, "start": _start_ticks(pid), "gc": None}
+
+    def start(self) -> None:
+        self.publish()
+        threading.Thread(target=self._run, name="shoal-gc-stats", daemon=True).start()
+
+    def publish(self) -> None:
+        stats = gc.get_stats()
+        if stats == self.record["gc"]:
+            return
+        self.record["gc"] = stats
+        partial = f"{self.path}.partial"
+        with open(partial, "w") as file:
+            json.dump(self.record, file)
+        os.replace(partial, self.path)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(GC_PUBLISH_INTERVAL)
+            try:
+                self.publish()
+            except OSError:  # the folder is gone: the supervisor is stopping
+                return
+
+
+def _gc_families(stats: list[dict[str, int]]) -> list[Metric]:
+    """What prometheus-client's GCCollector reports, from ``gc.get_stats()`` of a process."""
+    families = [
+        CounterMetricFamily("python_gc_objects_collected", "Objects collected during gc",
+                            labels=["generation"]),
+        CounterMetricFamily("python_gc_objects_uncollectable",
+                            "Uncollectable objects found during GC", labels=["generation"]),
+        CounterMetricFamily("python_gc_collections",
+                            "Number of times this generation was collected", labels=["generation"]),
+    ]
+    for generation, stat in enumerate(stats):
+        for family, key in zip(families, ("collected", "uncollectable", "collections")):
+            family.add_metric([str(generation)], value=stat.get(key, 0))
+    return families
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks after boot; Linux), None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    if start is not None:
+        return _start_ticks(pid) == start  # not a later process given the same pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: the pid is in use
+    return True
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def mark_process_dead(pid: int) -> None:
+    """A server process died (under ``--http-workers``): its live gauges and its entry go."""
+    multiprocess.mark_process_dead(pid)
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        _remove(os.path.join(directory, PROCESS_FILE.format(pid=pid)))

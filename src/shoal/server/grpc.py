@@ -1,7 +1,9 @@
 """The gRPC transport: ``inference.GRPCInferenceService`` on ``grpc.aio``.
 
 Errors become status codes from :mod:`shoal.errors`; a request with ``raw_input_contents``
-gets ``raw_output_contents`` back.
+gets ``raw_output_contents`` back. The same port serves TF Serving's services
+(:mod:`.tfs_grpc`), gRPC health checking (:mod:`.grpc_health`) and server reflection
+(:mod:`.grpc_reflection`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..errors import InvalidInput, ShoalError
 from ..graph.context import HEADERS as REQUEST_HEADERS
@@ -19,7 +22,9 @@ from ..protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
 from .auth import AdminToken
+from .grpc_health import HealthServicer
 from .grpc_parsing import add_parsed_service
+from .grpc_reflection import add_to_server as add_reflection
 
 T = TypeVar("T")
 
@@ -167,4 +172,10 @@ def build_server(
     from . import tfs_grpc  # TF Serving's services; that module builds on this one's _guard
 
     tfs_grpc.add_to_server(dataplane, server, max_message_size)
+    inference = [pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], *tfs_grpc.SERVICES]
+    add_parsed_service(
+        server, health_pb2_grpc.add_HealthServicer_to_server,
+        HealthServicer(dataplane, tuple(s.full_name for s in inference)),
+    )
+    add_reflection(server, [*inference, health_pb2.DESCRIPTOR.services_by_name["Health"]])
     return server

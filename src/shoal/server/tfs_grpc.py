@@ -19,8 +19,10 @@ from ..protocol import tfs_grpc
 from ..protocol.tfs_gen import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
 from ..serving.dataplane import DataPlane
@@ -29,6 +31,11 @@ from .grpc import _guard
 from .grpc_parsing import add_parsed_service
 
 PROTOCOL = "tfs-grpc"
+#: The services added by :func:`add_to_server` (for health checking and reflection).
+SERVICES = (
+    prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
