@@ -1,10 +1,11 @@
-"""The ``shoal`` command: ``serve``, and ``rollout`` to steer a running server.
+"""The ``shoal`` command: ``serve``; ``models``, ``metadata``, ``predict``, ``load`` and
+``unload`` against a running server; ``rollout`` to steer its rollouts.
 
 Each command group is a thin layer over the documented Python API (the server settings, the
 client), so every command is also usable from Python.
 """
 
-from . import rollout, serve  # noqa: F401  (registers the commands)
+from . import client, rollout, serve  # noqa: F401  (registers the commands)
 from .main import main
 
 __all__ = ["main"]

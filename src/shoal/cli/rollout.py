@@ -23,8 +23,11 @@ import yaml
 from ..client.rollouts import DEFAULT_URL, RolloutClient, ShoalClientError
 from .main import main
 
-_server = click.option("--server", envvar="SHOAL_SERVER", default=DEFAULT_URL, show_default=True,
-                       show_envvar=True, help="The server's HTTP address.")
+_server = click.option("--server", "--url", "server", envvar=["SHOAL_SERVER", "SHOAL_URL"],
+                       default=DEFAULT_URL, show_default=True, show_envvar=True,
+                       help="The server's HTTP address.")
+_cacert = click.option("--cacert", envvar="SHOAL_CACERT", type=click.Path(exists=True, dir_okay=False),
+                       help="CA certificate to trust for an https:// server.")
 _token = click.option("--token", envvar="SHOAL_ADMIN_TOKEN", default=None, show_envvar=True,
                       help="The server's --admin-token, for changes.")
 _json = click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
@@ -109,12 +112,13 @@ def spec_from_options(
               help="The whole spec as a YAML or JSON file (instead of the options).")
 @_server
 @_token
+@_cacert
 @_json
 def set_rollout(model: str, stable: str | None, canary: str | None, shadow: str | None,
                 sticky: str | None, steps: str | None, interval: str | None,
                 max_error_rate: float | None, max_latency_ratio: float | None,
                 min_requests: int | None, max_pending: int | None, spec_file: Path | None,
-                server: str, token: str | None, as_json: bool) -> None:
+                server: str, token: str | None, cacert: str | None, as_json: bool) -> None:
     """Set MODEL's rollout live (replacing the one it has)."""
     options = spec_from_options(stable, canary, shadow, sticky, steps, interval, max_error_rate,
                                 max_latency_ratio, min_requests, max_pending)
@@ -125,7 +129,7 @@ def set_rollout(model: str, stable: str | None, canary: str | None, shadow: str 
             options = yaml.safe_load(spec_file.read_text()) or {}
         except yaml.YAMLError as exc:
             raise click.BadParameter(f"not YAML or JSON: {exc}", param_hint="--file") from None
-    _run(server, token, as_json, lambda client: client.set(model, options))
+    _run(server, token, as_json, lambda client: client.set(model, options), cacert)
 
 
 def _action(name: str, doc: str) -> None:
@@ -133,9 +137,10 @@ def _action(name: str, doc: str) -> None:
     @click.argument("model")
     @_server
     @_token
+    @_cacert
     @_json
-    def command(model: str, server: str, token: str | None, as_json: bool) -> None:
-        _run(server, token, as_json, lambda client: getattr(client, name)(model))
+    def command(model: str, server: str, token: str | None, cacert: str | None, as_json: bool) -> None:
+        _run(server, token, as_json, lambda client: getattr(client, name)(model), cacert)
 
 
 _action("promote", "The canary becomes the stable variant and takes all traffic.")
@@ -150,24 +155,25 @@ _action("delete", "Remove MODEL's rollout: unversioned requests go where they di
 @click.option("--watch", type=click.FloatRange(0.2), default=None, metavar="SECONDS",
               help="Print the status again every SECONDS until interrupted.")
 @_server
+@_cacert
 @_json
-def status(model: str, watch: float | None, server: str, as_json: bool) -> None:
+def status(model: str, watch: float | None, server: str, cacert: str | None, as_json: bool) -> None:
     """Per variant: requests, errors, p50/p99 since the last change; shadow agreement."""
     while True:
-        _run(server, None, as_json, lambda client: client.status(model))
+        _run(server, None, as_json, lambda client: client.status(model), cacert)
         if watch is None:
             return
         time.sleep(watch)
         click.echo()
 
 
-def _run(server: str, token: str | None, as_json: bool, call: Any) -> None:
-    with RolloutClient(server, token) as client:
-        try:
+def _run(server: str, token: str | None, as_json: bool, call: Any, cacert: str | None = None) -> None:
+    try:
+        with RolloutClient(server, token, cafile=cacert) as client:
             answer = call(client)
-        except ShoalClientError as exc:
-            click.echo(f"error: {exc.message}" + (f" (HTTP {exc.status})" if exc.status else ""), err=True)
-            sys.exit(1)
+    except ShoalClientError as exc:
+        click.echo(f"error: {exc.message}" + (f" (HTTP {exc.status})" if exc.status else ""), err=True)
+        sys.exit(1)
     click.echo(json.dumps(answer, indent=2) if as_json else describe(answer))
 
 

@@ -13,24 +13,21 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import orjson
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+from .errors import ShoalClientError
+from .inference import DEFAULT_URL, json_of
+from .transport import HttpTransport
 
-
-class ShoalClientError(Exception):
-    """The server refused (``status`` is its HTTP status) or could not be reached (0)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+__all__ = ["DEFAULT_URL", "RolloutClient", "ShoalClientError"]
 
 
 class RolloutClient:
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+    def __init__(
+        self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0,
+        cafile: str | None = None,
+    ) -> None:
+        self._http = HttpTransport(url, token, timeout, cafile)
         self.url = url
 
     def status(self, model: str) -> dict[str, Any]:
@@ -65,15 +62,7 @@ class RolloutClient:
 
     def _call(self, method: str, model: str, suffix: str = "", json: Any = None) -> dict[str, Any]:
         path = f"/v2/models/{quote(model, safe='')}/rollout{suffix}"
-        try:
-            response = self._http.request(method, path, json=json)
-        except httpx.HTTPError as exc:
-            raise ShoalClientError(0, f"cannot reach {self.url}: {exc}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"error": response.text.strip() or response.reason_phrase}
-        if response.status_code != 200:
-            message = body.get("error") if isinstance(body, dict) else None
-            raise ShoalClientError(response.status_code, str(message or body))
-        return body
+        body = None if json is None else orjson.dumps(json)
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        status, _, content = self._http.request(method, path, body, headers)
+        return dict(json_of(status, content))
