@@ -1,4 +1,8 @@
-"""Server settings: one object that the CLI, environment variables and Python callers fill."""
+"""Server settings: one object that the CLI, environment variables and Python callers fill.
+
+``shoal serve --help`` documents each one; a Python caller passes the same values to
+``shoal.server.app.run(ServerSettings(...))``.
+"""
 
 from __future__ import annotations
 
@@ -35,3 +39,16 @@ class ServerSettings:
     #: Bearer token control routes (repository load/unload, rollout changes) require;
     #: None: they are open.
     admin_token: str | None = None
+    #: PEM certificate (chain) both ports present; with ``tls_key``, REST and gRPC use TLS.
+    tls_cert: Path | None = None
+    #: PEM private key of ``tls_cert`` (unencrypted).
+    tls_key: Path | None = None
+    #: PEM CA certificate(s): clients must present a certificate they signed (mutual TLS),
+    #: on both ports. Needs ``tls_cert`` and ``tls_key``.
+    tls_ca: Path | None = None
+    #: Poll the repository and load new model folders, reload changed ones and unload
+    #: removed ones (``shoal.repository.watch``).
+    watch: bool = False
+    #: Seconds between two looks at the repository; a folder is acted on once it has not
+    #: changed for this long.
+    watch_interval: float = 2.0

@@ -91,14 +91,39 @@ class ByteSize(click.ParamType):
               help="Bearer token that repository load/unload and rollout changes require "
                    "(REST 'Authorization: Bearer ...', gRPC 'authorization' metadata); "
                    "unset: they are open.")
+@click.option("--tls-cert", envvar="SHOAL_TLS_CERT", default=None, show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM certificate (chain) for TLS on both ports; needs --tls-key. "
+                   "Unset: plain HTTP and gRPC.")
+@click.option("--tls-key", envvar="SHOAL_TLS_KEY", default=None, show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM private key (unencrypted) of --tls-cert.")
+@click.option("--tls-ca", envvar="SHOAL_TLS_CA", default=None, show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM CA certificate(s): both ports then require a client certificate "
+                   "signed by it (mutual TLS).")
+@click.option("--watch", envvar="SHOAL_WATCH", is_flag=True, default=False, show_envvar=True,
+              help="Poll the repository: load new model folders, reload changed ones (new or "
+                   "removed version folders, changed files), unload removed ones.")
+@click.option("--watch-interval", envvar="SHOAL_WATCH_INTERVAL", default=2.0, show_default=True,
+              type=click.FloatRange(0, min_open=True), show_envvar=True,
+              help="Seconds between two looks at the repository with --watch; a folder is "
+                   "acted on once it has stayed unchanged this long.")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
           max_header_size: int, header_timeout: float, drain_timeout: float, log_level: str,
           model_threads: int | None,
           max_batch_size: int, max_batch_delay_ms: float, max_inflight: int,
           request_timeout: float, workers: int, http_workers: int,
-          state_dir: Path | None, admin_token: str | None) -> None:
+          state_dir: Path | None, admin_token: str | None, tls_cert: Path | None,
+          tls_key: Path | None, tls_ca: Path | None, watch: bool, watch_interval: float) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
     from ..server.app import exit_now, run
+
+    if (tls_cert is None) != (tls_key is None):
+        missing = "--tls-key" if tls_key is None else "--tls-cert"
+        raise click.UsageError(f"--tls-cert and --tls-key go together: {missing} is missing")
+    if tls_ca is not None and tls_cert is None:
+        raise click.UsageError("--tls-ca (client certificates) needs --tls-cert and --tls-key")
 
     run(ServerSettings(
         repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
@@ -108,6 +133,8 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
         max_inflight=max_inflight, request_timeout=request_timeout, workers=workers,
         http_workers=http_workers, state_dir=state_dir, admin_token=admin_token or None,
+        tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+        watch=watch, watch_interval=watch_interval,
     ))
     exit_now()
 

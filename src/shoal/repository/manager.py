@@ -1,8 +1,9 @@
 """Loads and unloads the models of a repository folder into the registry.
 
 A (re)load brings the new version up before the old one goes: requests keep being answered
-by the old instance until the new one is ready, so a reload never fails a request. A model
-that fails to load is recorded with its reason and does not affect the others.
+by the old instance until the new one is ready, so a reload never fails a request. A reload
+that fails leaves the versions that were serving serving (a version it meant to retire too).
+A model that fails to load is recorded with its reason and does not affect the others.
 """
 
 from __future__ import annotations
@@ -128,8 +129,14 @@ class ModelRepository:
             try:
                 config = read_config(model_dir)
             except LoadError as exc:
-                for version in dirs:
-                    self._failed(name, str(version), exc)
+                serving = {e.version for e in self.registry.entries(name)
+                           if e.state is ModelState.READY}
+                for version in map(str, dirs):
+                    if version in serving:  # a broken model.yaml leaves it serving
+                        log.event("model_reload_failed", logging.ERROR, model=name,
+                                  version=version, reason=str(exc), serving="previous instance")
+                    else:
+                        self._failed(name, version, exc)
                 raise
             self._configs[name] = config
             wanted = [str(v) for v in config.select_versions(list(dirs))]
@@ -139,10 +146,20 @@ class ModelRepository:
                     await self._load_version(name, version, dirs[int(version)], model_dir, config)
                 except LoadError as exc:
                     errors.append(exc)
+            kept = []
             for entry in self.registry.entries(name):
-                if entry.version not in wanted:
-                    await self._retire(name, entry)
+                if entry.version in wanted:
+                    continue
+                if errors and entry.state is ModelState.READY:
+                    # As Triton: a load that fails leaves what was serving serving (a new
+                    # version folder with a broken artifact must not take the model down).
+                    kept.append(entry.version)
+                    continue
+                await self._retire(name, entry)
             if errors:
+                if kept:
+                    log.event("model_versions_kept", logging.WARNING, model=name,
+                              versions=kept, reason="the new versions did not load")
                 raise LoadError(f"model {name!r}: " + "; ".join(str(e) for e in errors))
             return wanted
 

@@ -4,6 +4,11 @@ Startup binds both ports first (port 0 picks a free one) and prints one JSON lin
 chosen ports on stdout, then loads the repository; ``/v2/health/ready`` turns true only
 when loading has finished. SIGTERM or SIGINT stops accepting connections, lets in-flight
 requests finish for up to ``drain_timeout`` seconds, and exits 0.
+
+With ``tls_cert`` and ``tls_key`` both ports speak TLS only (REST through uvicorn's SSL
+settings, gRPC through ``grpc.ssl_server_credentials``); with ``tls_ca`` too, both require a
+client certificate signed by that CA. With ``watch``, a ``RepositoryWatcher`` polls the
+repository once the startup load is done, until shutdown.
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,6 +36,7 @@ import uvicorn
 from ..observe import logging as log
 from ..observe.metrics import Metrics
 from ..repository.manager import ModelRepository
+from ..repository.watch import RepositoryWatcher
 from ..rollout.manager import RolloutManager
 from ..serving.batcher import BatchSettings
 from ..serving.dataplane import DataPlane
@@ -65,6 +74,80 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """The PEM files of ``--tls-cert``, ``--tls-key`` and ``--tls-ca``, read and checked."""
+
+    cert: Path
+    key: Path
+    ca: Path | None
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes | None
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key_pem, self.cert_pem)], root_certificates=self.ca_pem,
+            require_client_auth=self.ca_pem is not None,
+        )
+
+    def uvicorn_settings(self) -> dict[str, Any]:
+        return {
+            "ssl_certfile": str(self.cert), "ssl_keyfile": str(self.key),
+            "ssl_ca_certs": None if self.ca is None else str(self.ca),
+            "ssl_cert_reqs": ssl.CERT_NONE if self.ca is None else ssl.CERT_REQUIRED,
+        }
+
+
+def load_tls(settings: ServerSettings) -> TlsFiles | None:
+    """The TLS files (None: no TLS), or SystemExit with a message naming the file at fault:
+    checked up front, so that a bad file stops the server before it binds, not later in
+    uvicorn or gRPC with a message that names no file."""
+    cert, key, ca = settings.tls_cert, settings.tls_key, settings.tls_ca
+    if cert is None and key is None:
+        if ca is not None:
+            raise SystemExit("--tls-ca needs --tls-cert and --tls-key (client certificates "
+                             "are only asked for over TLS)")
+        return None
+    if cert is None or key is None:
+        raise SystemExit("TLS needs both --tls-cert and --tls-key: "
+                         f"{'--tls-key' if cert is None else '--tls-cert'} is missing")
+    cert_pem = _read_pem(cert, "TLS certificate", b"-----BEGIN CERTIFICATE-----")
+    key_pem = _read_pem(key, "TLS key", b"PRIVATE KEY-----", "-----BEGIN ... PRIVATE KEY-----")
+    ca_pem = None if ca is None else _read_pem(ca, "TLS CA certificate",
+                                               b"-----BEGIN CERTIFICATE-----")
+    if b"ENCRYPTED" in key_pem:
+        raise SystemExit(f"the TLS key {key} is encrypted: give it unencrypted (for example "
+                         "`openssl pkey -in KEY -out PLAIN_KEY`), and keep it readable only "
+                         "by the server")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A password of b"" makes an encrypted key fail here rather than prompt on a terminal.
+        context.load_cert_chain(cert, key, password=b"")
+    except ssl.SSLError as exc:
+        reason = ("the key does not belong to the certificate"
+                  if exc.reason == "KEY_VALUES_MISMATCH" else exc.reason or str(exc))
+        raise SystemExit(f"cannot use the TLS certificate {cert} with the key {key}: "
+                         f"{reason}") from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except ssl.SSLError as exc:
+            raise SystemExit(f"cannot use the TLS CA certificate {ca}: "
+                             f"{exc.reason or exc}") from None
+    return TlsFiles(cert, key, ca, cert_pem, key_pem, ca_pem)
+
+
+def _read_pem(path: Path, what: str, marker: bytes, shown: str | None = None) -> bytes:
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+    if marker not in pem:
+        raise SystemExit(f"the {what} {path} is not PEM (no '{shown or marker.decode()}' line)")
+    return pem
+
+
 #: Called with (http_port, grpc_port) once both ports listen; prints the startup line unless
 #: a supervisor collects it instead.
 ListeningHook = Callable[[int, int], None]
@@ -92,6 +175,11 @@ class ShoalServer:
         )
         self.admin = AdminToken(settings.admin_token)
         self.app = build_app(self.dataplane, settings.max_request_size, self.rollouts, self.admin)
+        self.tls = load_tls(settings)
+        self.watcher = (
+            RepositoryWatcher(self.repository, settings.watch_interval) if settings.watch else None
+        )
+        self._watching: asyncio.Task[None] | None = None
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._stop = asyncio.Event()
@@ -126,6 +214,8 @@ class ShoalServer:
         log.event("shutting_down", drain_timeout=settings.drain_timeout)
         self.dataplane.draining = True
         loading.cancel()
+        if self._watching is not None:  # no load starts while draining
+            self._watching.cancel()
         http_server.should_exit = True  # no new connections; idle ones close
         grpc_stopped = asyncio.ensure_future(
             grpc_server.stop(grace=settings.drain_timeout + ABORT_MARGIN)
@@ -147,10 +237,12 @@ class ShoalServer:
         grpc_server = grpc_transport.build_server(
             self.dataplane, settings.max_request_size, settings.reuse_port, self.admin
         )
+        address = _grpc_address(settings.host, settings.grpc_port)
         try:
-            self.grpc_port = grpc_server.add_insecure_port(
-                _grpc_address(settings.host, settings.grpc_port)
-            )
+            if self.tls is None:
+                self.grpc_port = grpc_server.add_insecure_port(address)
+            else:
+                self.grpc_port = grpc_server.add_secure_port(address, self.tls.grpc_credentials())
         except RuntimeError as exc:
             raise SystemExit(
                 f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}: {exc}"
@@ -162,6 +254,9 @@ class ShoalServer:
             http=http_protocol(settings.max_header_size, settings.header_timeout),  # httptools
             loop="none", timeout_graceful_shutdown=settings.drain_timeout + ABORT_MARGIN,
             server_header=False, proxy_headers=False,  # Shoal never reads client addresses
+            # TLS sits below the HTTP protocol (asyncio's SSL transport): the protocol class
+            # above, with its limits, sees the decrypted bytes.
+            **(self.tls.uvicorn_settings() if self.tls is not None else {}),
         )
         http_server = _UvicornServer(config)
         http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
@@ -170,7 +265,8 @@ class ShoalServer:
         if self.on_listening is not None:
             self.on_listening(self.http_port, self.grpc_port)
         else:
-            announce(settings.host, self.http_port, self.grpc_port)
+            announce(settings.host, self.http_port, self.grpc_port,
+                     **({"tls": True} if self.tls is not None else {}))
         return http_server, http_task, grpc_server
 
     async def _release(self) -> None:
@@ -180,6 +276,9 @@ class ShoalServer:
         self.executor.shutdown(timeout=RELEASE_TIMEOUT)
 
     async def _load(self) -> None:
+        if self.watcher is not None:
+            # What the startup load is about to read: a change made while it loads is seen.
+            await self.watcher.baseline()
         await self.repository.load_all()
         # Everything alive now (modules, models) lives as long as the process: keep it out of
         # the garbage collector's scans, which otherwise walk it on every full collection.
@@ -188,6 +287,8 @@ class ShoalServer:
         self.dataplane.startup_complete = True
         ready = [n for n in self.registry.names() if any(e.endpoint for e in self.registry.entries(n))]
         log.event("ready", models=len(self.registry.names()), ready=len(ready))
+        if self.watcher is not None:
+            self._watching = asyncio.create_task(self.watcher.run())
 
 
 def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -257,6 +358,7 @@ def run(settings: ServerSettings, on_listening: ListeningHook | None = None) -> 
     """Serve until SIGTERM/SIGINT; the documented Python entry point behind ``shoal serve``."""
     log.configure(settings.log_level)
     if settings.http_workers > 1 and not settings.reuse_port:
+        load_tls(settings)  # a bad file stops the supervisor, before any server process starts
         from .supervisor import supervise
 
         supervise(settings)

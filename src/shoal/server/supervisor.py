@@ -84,7 +84,8 @@ def supervise(settings: ServerSettings) -> None:
                     break
                 raise SystemExit(f"server process {process.pid} exited while starting") from None
         if not stopping:
-            announce(settings.host, ports[0], ports[1], http_workers=settings.http_workers)
+            tls = {"tls": True} if settings.tls_cert is not None else {}
+            announce(settings.host, ports[0], ports[1], http_workers=settings.http_workers, **tls)
         while not stopping:
             time.sleep(0.2)
             for index, process in enumerate(processes):
@@ -107,6 +108,6 @@ def supervise(settings: ServerSettings) -> None:
 
 
 def _mark_dead(pid: int) -> None:
-    from prometheus_client import multiprocess
+    from ..observe.metrics import mark_process_dead
 
-    multiprocess.mark_process_dead(pid)
+    mark_process_dead(pid)
