@@ -19,6 +19,18 @@ from .models import IDENTITY, custom, iris_rows, sklearn_iris, write
 from .process import ShoalProcess
 
 TOKEN = "s3cret"
+FLOAT32 = """
+    from shoal import Model, TensorSpec
+
+    class Half(Model):
+        def load(self):
+            self.inputs = [TensorSpec("x", "FP32", (-1, 2))]
+
+        def predict(self, request):
+            x = request.as_numpy("x")
+            assert x.dtype.name == "float32"
+            return {"y": x * 2}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShoalProcess]:
     sklearn_iris(root / "iris" / "2")
     write(root / "iris" / "model.yaml", "version_policy: all\n")
     custom(root / "identity", IDENTITY)
+    custom(root / "float32", FLOAT32)
     (root / "broken").mkdir()
     (root / "broken" / "model.joblib").write_bytes(b"not a pickle")
     process = ShoalProcess(root, "--admin-token", TOKEN)
@@ -203,3 +216,51 @@ def test_shoal_load_and_unload(server: ShoalProcess) -> None:
     back = shoal("load", "identity", "--grpc-address", server.grpc_target, "--token", TOKEN)
     assert back.returncode == 0, back.stderr
     assert Client(server.url).ready("identity")
+
+
+def test_numbers_are_sent_as_the_model_declares_them(client: Client, server: ShoalProcess) -> None:
+    """Lists (and JSON, CSV) are FP64 to numpy; an FP32 model gets FP32, not a 400 for 0.1."""
+    result = client.infer("float32", [[0.1, 2.5]])
+    assert result.output.dtype == np.float32
+    np.testing.assert_allclose(result.output, [[0.2, 5.0]], rtol=1e-6)
+    answer = shoal("predict", "float32", "--data", "[0.1, 2.5]", "--url", server.url)
+    assert answer.returncode == 0, answer.stderr
+    assert "y  FP32  [1, 2]" in answer.stdout
+
+
+def test_an_answer_that_is_not_v2_is_a_clear_error(tmp_path: Path) -> None:
+    """A URL that points at something else (a proxy's page) is an error message, not a traceback."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._answer()
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self._answer()
+
+        def _answer(self) -> None:
+            body = b"<html>" + b"x" * 5000 + b"</html>"
+            self.send_response(200 if self.path.endswith("/infer") else 502)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    page = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=page.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{page.server_address[1]}"
+        with Client(url) as client, pytest.raises(ShoalClientError) as exc:
+            client.infer("iris", [[1.0, 2.0]])
+        assert "not a V2 response" in exc.value.message
+        answer = shoal("predict", "iris", "--data", "[1]", "--url", url)
+        assert answer.returncode == 1 and "Traceback" not in answer.stderr
+        models = shoal("models", "--url", url)
+        assert models.returncode == 1 and "HTTP 502" in models.stderr and len(models.stderr) < 700
+    finally:
+        page.shutdown()

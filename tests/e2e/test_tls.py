@@ -275,3 +275,33 @@ def test_tls_settings_that_cannot_work_stop_the_server_clearly(
         unreadable.chmod(0)
         failed = shoal_serve(repository, "--tls-cert", str(server.cert), "--tls-key", str(unreadable))
         assert failed.returncode != 0 and "unreadable.pem" in failed.stderr
+
+
+def test_shoal_clients_speak_tls_and_present_client_certificates(repository: Path, pki: dict) -> None:
+    """The Python client and the shoal commands against a --tls-ca server, over REST and gRPC."""
+    from shoal.client import Client, ShoalClientError
+
+    ca: Path = pki["ca"]  # type: ignore[assignment]
+    client: Issued = pki["client"]  # type: ignore[assignment]
+    server = ShoalProcess(repository, *tls_args(pki, ca=True))
+    try:
+        wait_ready(server, client_context(ca, client))
+        for grpc_address in (None, server.grpc_target):
+            with Client(https(server), grpc=grpc_address, cafile=str(ca), certfile=str(client.cert),
+                        keyfile=str(client.key)) as connected:
+                assert connected.infer("identity", {"x": [1.0, 2.0]})["x"].tolist() == [1.0, 2.0]
+            with Client(https(server), grpc=grpc_address, cafile=str(ca)) as anonymous:
+                with pytest.raises(ShoalClientError):  # no client certificate: refused
+                    anonymous.models()
+        command = [sys.executable, "-m", "shoal", "models", "--url", https(server), "--cacert", str(ca),
+                   "--cert", str(client.cert), "--key", str(client.key)]
+        listed = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert "identity" in listed.stdout
+        over_grpc = subprocess.run([*command, "--grpc-address", server.grpc_target], capture_output=True,
+                                   text=True, timeout=60)
+        assert over_grpc.returncode == 0, over_grpc.stderr
+        refused = subprocess.run(command[:-4], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and refused.stderr.startswith("error:")
+    finally:
+        assert server.stop() == 0

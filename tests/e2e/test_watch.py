@@ -206,3 +206,23 @@ def test_a_broken_change_keeps_the_old_version_serving(tmp_path: Path) -> None:
     assert kept["versions"] == ["1"]
     changes = [(e["model"], e["change"]) for e in events if e["event"] == "repository_changed"]
     assert changes == [("iris", "changed")] * 6
+
+
+def test_a_graph_copied_in_before_its_model_loads_once_the_model_arrives(tmp_path: Path) -> None:
+    import yaml
+
+    root = tmp_path / "repo"
+    sklearn_iris(root / "iris")
+    process = ShoalProcess(root, "--watch", "--watch-interval", "0.3")
+    try:
+        process.wait_ready()
+        graph = root / "via-other"
+        graph.mkdir()
+        (graph / "graph.yaml").write_text(yaml.safe_dump({"nodes": {"root": {"kind": "model", "model": "other"}}}))
+        (graph / "model.yaml").write_text("runtime: graph\n")
+        wait_for(lambda: httpx.get(f"{process.url}/v2/models/via-other").status_code == 503, what="the graph to fail")
+        sklearn_iris(root / "other")  # the model the graph calls arrives later
+        wait_for(lambda: httpx.get(f"{process.url}/v2/models/via-other/ready").status_code == 200,
+                 what="the graph to load once its model is there")
+    finally:
+        process.stop()

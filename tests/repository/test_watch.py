@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shoal.errors import LoadError, ModelNotFound
+from shoal.serving.registry import Registry
 from shoal.repository.watch import (
     Change,
     Debouncer,
@@ -37,7 +38,7 @@ def test_signature_lists_files_with_size_and_time_and_folders(tmp_path: Path) ->
     signature = folder_signature(model)
     assert signature is not None
     assert ("1/", 0, 0) in signature and ("2/", 0, 0) in signature
-    assert ("1/model.joblib", 5, 2_000_000_000) in signature
+    assert ("1/model.joblib", 5, 2_000_000_000) in [entry[:3] for entry in signature]
     assert [entry[0] for entry in signature] == sorted(entry[0] for entry in signature)
 
 
@@ -88,8 +89,9 @@ def test_signature_follows_links_once(tmp_path: Path) -> None:
     (model / "dangling").symlink_to(tmp_path / "gone")
     signature = folder_signature(model)
     assert signature is not None
-    assert ("1/model.joblib", 2, (tmp_path / "artifacts" / "model.joblib").stat().st_mtime_ns) in signature
-    assert not any(name.startswith(("dangling", "loop/")) for name, _, _ in signature)
+    linked = (tmp_path / "artifacts" / "model.joblib").stat().st_mtime_ns
+    assert ("1/model.joblib", 2, linked) in [entry[:3] for entry in signature]
+    assert not any(entry[0].startswith(("dangling", "loop/")) for entry in signature)
 
 
 def test_scan_sees_the_model_folders_only(tmp_path: Path) -> None:
@@ -172,6 +174,10 @@ class FakeRepository:
         self.root = root
         self.calls: list[tuple[str, str]] = []
         self.failing = failing or {}
+        self.registry = Registry()
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
     def is_graph(self, name: str) -> bool:
         return (self.root / name / "graph.yaml").is_file()
@@ -267,3 +273,28 @@ async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-unt
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+def test_a_file_replaced_with_the_same_size_and_time_is_a_change(tmp_path: Path) -> None:
+    """rsync -a, cp -p or an archive keep size and mtime; the ctime and inode still move."""
+    model = tmp_path / "iris"
+    artifact = make(model / "model.joblib", b"weights-1")
+    os.utime(artifact, ns=(1, 1_000_000_000))
+    before = folder_signature(model)
+    replacement = make(tmp_path / "new.joblib", b"weights-2")  # same size
+    os.utime(replacement, ns=(1, 1_000_000_000))
+    os.replace(replacement, artifact)
+    assert folder_signature(model) != before
+
+
+def test_a_failed_graph_is_tried_again_when_models_arrive(tmp_path: Path) -> None:
+    from shoal.serving.endpoint import ModelState
+    from shoal.serving.registry import VersionEntry
+
+    make(tmp_path / "chain" / "graph.yaml")
+    repository = FakeRepository(tmp_path)
+    repository.registry.set("chain", VersionEntry("1", ModelState.UNAVAILABLE, "unknown model 'iris'"))
+    watcher = RepositoryWatcher(repository, 1.0)  # type: ignore[arg-type]
+    make(tmp_path / "iris" / "model.joblib")
+    asyncio.run(watcher.apply([Change("iris", "added")]))
+    assert repository.calls == [("load", "iris"), ("load", "chain")]

@@ -34,6 +34,10 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="The server's --admin-token (for load and unload)."),
         click.option("--cacert", envvar="SHOAL_CACERT", type=click.Path(exists=True, dir_okay=False),
                      help="CA certificate to trust for an https:// server (or gRPC over TLS)."),
+        click.option("--cert", envvar="SHOAL_CLIENT_CERT", type=click.Path(exists=True, dir_okay=False),
+                     help="Client certificate (PEM) for a server started with --tls-ca."),
+        click.option("--key", envvar="SHOAL_CLIENT_KEY", type=click.Path(exists=True, dir_okay=False),
+                     help="The client certificate's key (PEM), if not in --cert's file."),
         click.option("--timeout", type=click.FloatRange(0, min_open=True), default=30.0,
                      show_default=True, help="Seconds to wait for an answer."),
     ]
@@ -43,13 +47,13 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def connect(url: str, use_grpc: bool, grpc_address: str | None, token: str | None,
-            cacert: str | None, timeout: float) -> Any:
+            cacert: str | None, cert: str | None, key: str | None, timeout: float) -> Any:
     from ..client.errors import ShoalClientError
     from ..client.inference import Client
 
     try:
         return Client(url, grpc=grpc_address or use_grpc or None, token=token, timeout=timeout,
-                      cafile=cacert)
+                      cafile=cacert, certfile=cert, keyfile=key)
     except ShoalClientError as exc:
         fail(exc)
 
@@ -138,15 +142,18 @@ def predict(model: str, data: str | None, file: Path | None, outputs: tuple[str,
             answer = run(lambda: client.predict_v1(model, value, version))
             click.echo(json.dumps(answer, indent=None if as_json else 2))
             return
+        wanted, parameters = list(outputs) or None, None
         if isinstance(value, dict) and isinstance(value.get("inputs"), list):
-            value = v2_tensors(value)  # a whole V2 request
+            # A whole V2 request: its inputs, and its outputs and parameters unless given here.
+            value, asked, parameters = v2_request(value)
+            wanted = wanted or asked
         if as_json:
             if client.target is not None:
                 raise click.UsageError("--json prints a REST answer: leave out --grpc")
-            answer = run(lambda: client.infer_json(model, value, version, list(outputs) or None))
+            answer = run(lambda: client.infer_json(model, value, version, wanted, parameters))
             click.echo(json.dumps(answer))
             return
-        result = run(lambda: client.infer(model, value, version, list(outputs) or None))
+        result = run(lambda: client.infer(model, value, version, wanted, parameters))
     import numpy as np
 
     click.echo(f"{result.model_name} version {result.model_version}"
@@ -197,15 +204,18 @@ def parse_json(text: str, option: str) -> Any:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
 
 
-def v2_tensors(body: dict[str, Any]) -> Any:
-    """A V2 JSON request's inputs as tensors (its datatypes and shapes as given)."""
+def v2_request(body: dict[str, Any]) -> tuple[Any, list[str] | None, dict[str, Any]]:
+    """A V2 JSON request's inputs (datatypes and shapes as given), the outputs it asks for and
+    its parameters."""
     from ..errors import ShoalError
     from ..protocol import v2_json
 
     try:
-        return v2_json.request_from_dict(body).inputs
+        request = v2_json.request_from_dict(body)
     except ShoalError as exc:
         raise click.BadParameter(str(exc), param_hint="--data") from None
+    asked = [o.name for o in request.outputs] if request.outputs else None
+    return request.inputs, asked, request.parameters
 
 
 def _repository_command(name: str, doc: str) -> None:

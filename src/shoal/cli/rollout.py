@@ -26,8 +26,20 @@ from .main import main
 _server = click.option("--server", "--url", "server", envvar=["SHOAL_SERVER", "SHOAL_URL"],
                        default=DEFAULT_URL, show_default=True, show_envvar=True,
                        help="The server's HTTP address.")
-_cacert = click.option("--cacert", envvar="SHOAL_CACERT", type=click.Path(exists=True, dir_okay=False),
-                       help="CA certificate to trust for an https:// server.")
+_tls_options = [
+    click.option("--cacert", envvar="SHOAL_CACERT", type=click.Path(exists=True, dir_okay=False),
+                 help="CA certificate to trust for an https:// server."),
+    click.option("--cert", envvar="SHOAL_CLIENT_CERT", type=click.Path(exists=True, dir_okay=False),
+                 help="Client certificate (PEM) for a server started with --tls-ca."),
+    click.option("--key", envvar="SHOAL_CLIENT_KEY", type=click.Path(exists=True, dir_okay=False),
+                 help="The client certificate's key (PEM), if not in --cert's file."),
+]
+
+
+def _cacert(command: Any) -> Any:
+    for option in reversed(_tls_options):
+        command = option(command)
+    return command
 _token = click.option("--token", envvar="SHOAL_ADMIN_TOKEN", default=None, show_envvar=True,
                       help="The server's --admin-token, for changes.")
 _json = click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
@@ -118,7 +130,8 @@ def set_rollout(model: str, stable: str | None, canary: str | None, shadow: str 
                 sticky: str | None, steps: str | None, interval: str | None,
                 max_error_rate: float | None, max_latency_ratio: float | None,
                 min_requests: int | None, max_pending: int | None, spec_file: Path | None,
-                server: str, token: str | None, cacert: str | None, as_json: bool) -> None:
+                server: str, token: str | None, cacert: str | None, cert: str | None,
+                key: str | None, as_json: bool) -> None:
     """Set MODEL's rollout live (replacing the one it has)."""
     options = spec_from_options(stable, canary, shadow, sticky, steps, interval, max_error_rate,
                                 max_latency_ratio, min_requests, max_pending)
@@ -129,7 +142,7 @@ def set_rollout(model: str, stable: str | None, canary: str | None, shadow: str 
             options = yaml.safe_load(spec_file.read_text()) or {}
         except yaml.YAMLError as exc:
             raise click.BadParameter(f"not YAML or JSON: {exc}", param_hint="--file") from None
-    _run(server, token, as_json, lambda client: client.set(model, options), cacert)
+    _run(server, token, as_json, lambda client: client.set(model, options), (cacert, cert, key))
 
 
 def _action(name: str, doc: str) -> None:
@@ -139,8 +152,9 @@ def _action(name: str, doc: str) -> None:
     @_token
     @_cacert
     @_json
-    def command(model: str, server: str, token: str | None, cacert: str | None, as_json: bool) -> None:
-        _run(server, token, as_json, lambda client: getattr(client, name)(model), cacert)
+    def command(model: str, server: str, token: str | None, cacert: str | None, cert: str | None,
+                key: str | None, as_json: bool) -> None:
+        _run(server, token, as_json, lambda client: getattr(client, name)(model), (cacert, cert, key))
 
 
 _action("promote", "The canary becomes the stable variant and takes all traffic.")
@@ -157,19 +171,22 @@ _action("delete", "Remove MODEL's rollout: unversioned requests go where they di
 @_server
 @_cacert
 @_json
-def status(model: str, watch: float | None, server: str, cacert: str | None, as_json: bool) -> None:
+def status(model: str, watch: float | None, server: str, cacert: str | None, cert: str | None,
+           key: str | None, as_json: bool) -> None:
     """Per variant: requests, errors, p50/p99 since the last change; shadow agreement."""
     while True:
-        _run(server, None, as_json, lambda client: client.status(model), cacert)
+        _run(server, None, as_json, lambda client: client.status(model), (cacert, cert, key))
         if watch is None:
             return
         time.sleep(watch)
         click.echo()
 
 
-def _run(server: str, token: str | None, as_json: bool, call: Any, cacert: str | None = None) -> None:
+def _run(server: str, token: str | None, as_json: bool, call: Any,
+         tls: tuple[str | None, str | None, str | None] = (None, None, None)) -> None:
+    cafile, certfile, keyfile = tls
     try:
-        with RolloutClient(server, token, cafile=cacert) as client:
+        with RolloutClient(server, token, cafile=cafile, certfile=certfile, keyfile=keyfile) as client:
             answer = call(client)
     except ShoalClientError as exc:
         click.echo(f"error: {exc.message}" + (f" (HTTP {exc.status})" if exc.status else ""), err=True)

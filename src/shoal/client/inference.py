@@ -24,10 +24,12 @@ from urllib.parse import quote
 import numpy as np
 import orjson
 
+from ..datatypes import NUMPY_DTYPES
+from ..errors import ShoalError
 from ..protocol import v2_json
 from ..types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from .errors import GRPC_TO_HTTP, ShoalClientError
-from .transport import HttpTransport
+from .transport import MESSAGE_LIMIT, HttpTransport, Tls, parse_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_GRPC_PORT = 8081
@@ -60,7 +62,8 @@ class InferResult:
             data = tensor.data
             if tensor.datatype == "BYTES":
                 data = np.vectorize(_text, otypes=[object])(data) if data.size else data
-            outputs[tensor.name] = data.reshape(tensor.shape) if data.size else data
+            size = int(np.prod(tensor.shape)) if tensor.shape else 1
+            outputs[tensor.name] = data.reshape(tensor.shape) if data.size == size else data
             datatypes[tensor.name] = tensor.datatype
         return cls(response.model_name, response.model_version, response.id, outputs, datatypes,
                    dict(response.parameters))
@@ -92,6 +95,13 @@ def as_tensors(inputs: Any, declared: list[dict[str, Any]] | None = None) -> lis
 
 def _tensor(name: str, value: Any, spec: dict[str, Any] | None) -> Tensor:
     tensor = Tensor.from_numpy(name, value)
+    if spec is not None and spec.get("datatype") in NUMPY_DTYPES and tensor.datatype != spec["datatype"]:
+        declared = NUMPY_DTYPES[spec["datatype"]]
+        # Numbers as the model declares them (JSON and CSV give FP64): floats into a narrower
+        # float, integers into floats. Never floats into integers, which would drop the
+        # fraction silently: the server says no to those, naming the value.
+        if declared.kind == "f" and tensor.data.dtype.kind in "iuf":
+            tensor = Tensor(name, spec["datatype"], tensor.shape, tensor.data.astype(declared))
     if spec is not None:
         shape = list(spec.get("shape") or [])
         if len(shape) == len(tensor.shape) + 1 and shape[0] == -1:
@@ -122,7 +132,10 @@ def rest_infer_body(request: InferenceRequest, binary_output: bool = True) -> tu
 def rest_result(status: int, headers: dict[str, str], content: bytes) -> InferResult:
     check_rest(status, content)
     length = headers.get(_HEADER_LENGTH)
-    return InferResult.of(v2_json.decode_response(content, None if length is None else int(length)))
+    try:
+        return InferResult.of(v2_json.decode_response(content, None if length is None else int(length)))
+    except (ShoalError, ValueError) as exc:
+        raise ShoalClientError(status, f"the server's answer is not a V2 response: {exc}") from None
 
 
 def check_rest(status: int, content: bytes) -> Any:
@@ -137,14 +150,27 @@ def error_message(content: bytes) -> str:
     try:
         body = orjson.loads(content)
     except orjson.JSONDecodeError:
-        return content.decode("utf-8", "replace").strip()
+        return _quoted(content)
     if isinstance(body, dict):
         if isinstance(body.get("error"), str):
             return body["error"]
         status = body.get("status")
         if isinstance(status, dict) and isinstance(status.get("info"), str):
             return status["info"]  # a Seldon answer
-    return content.decode("utf-8", "replace").strip()
+    return _quoted(content)
+
+
+def _quoted(content: bytes) -> str:
+    """An answer that is not Shoal's error JSON (a proxy's HTML page), cut to a message."""
+    text = content.decode("utf-8", "replace").strip()
+    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT] + "…"
+
+
+def json_object(status: int, content: bytes) -> dict[str, Any]:
+    value = json_of(status, content)
+    if not isinstance(value, dict):
+        raise ShoalClientError(status, f"the server answered {type(value).__name__}, not a JSON object")
+    return value
 
 
 def json_of(status: int, content: bytes) -> Any:
@@ -180,7 +206,15 @@ def grpc_target(url: str | None, grpc: str | bool | None) -> str | None:
     from urllib.parse import urlsplit
 
     host = urlsplit(url or DEFAULT_URL).hostname or "127.0.0.1"
-    return f"{host}:{DEFAULT_GRPC_PORT}"
+    return f"[{host}]:{DEFAULT_GRPC_PORT}" if ":" in host else f"{host}:{DEFAULT_GRPC_PORT}"
+
+
+def grpc_secure(url: str | None, grpc: str | bool | None, tls: Tls) -> bool:
+    """gRPC over TLS when the REST URL is https, the gRPC address says grpcs:// or https://,
+    or TLS files were given."""
+    if isinstance(grpc, str) and "://" in grpc:
+        return grpc.split("://", 1)[0] in ("grpcs", "https")
+    return (url or "").startswith("https://") or any((tls.cafile, tls.certfile))
 
 
 def grpc_error(exc: Any) -> ShoalClientError:
@@ -210,29 +244,22 @@ def _grpc_modules() -> tuple[Any, Any, Any]:
     return grpc, pb, pb_grpc
 
 
-def _grpc_credentials(cafile: str | None) -> Any:
-    import grpc
-
-    if cafile is None:
-        return None
-    with open(cafile, "rb") as handle:
-        return grpc.ssl_channel_credentials(root_certificates=handle.read())
-
-
 class Client:
     """Synchronous client. ``url``: the server's REST address; ``grpc``: a gRPC address
     ``host:port`` (or True for the REST host on port 8081) to use gRPC instead."""
 
     def __init__(
         self, url: str = DEFAULT_URL, grpc: str | bool | None = None, token: str | None = None,
-        timeout: float = 30.0, cafile: str | None = None,
+        timeout: float = 30.0, cafile: str | None = None, certfile: str | None = None,
+        keyfile: str | None = None,
     ) -> None:
         self.url = url
         self.token = token
         self.timeout = timeout
+        self.tls = Tls(cafile, certfile, keyfile)
         self.target = grpc_target(url, grpc)
-        self._http = HttpTransport(url, token, timeout, cafile) if self.target is None else None
-        self._cafile = cafile
+        self._secure = grpc_secure(url, grpc, self.tls)
+        self._http = HttpTransport(url, token, timeout, tls=self.tls) if self.target is None else None
         self._channel: Any = None
         self._stub: Any = None
         self._metadata: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
@@ -255,9 +282,8 @@ class Client:
     def _rpc(self, name: str, message: Any) -> Any:
         grpc, _, pb_grpc = _grpc_modules()
         if self._stub is None:
-            credentials = _grpc_credentials(self._cafile)
-            self._channel = (grpc.secure_channel(self.target, credentials) if credentials
-                             else grpc.insecure_channel(self.target))
+            self._channel = (grpc.secure_channel(self.target, self.tls.grpc_credentials())
+                             if self._secure else grpc.insecure_channel(self.target))
             self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         try:
             return getattr(self._stub, name)(message, timeout=self.timeout,
@@ -304,7 +330,8 @@ class Client:
         if self.target is not None:
             reply = self._rpc("ModelMetadata", self._pb.ModelMetadataRequest(name=model, version=version or ""))
             return grpc_model_metadata(reply)
-        return dict(self._get(model_path(model, version)))
+        assert self._http is not None
+        return json_object(*self._request("GET", model_path(model, version)))
 
     def infer(
         self, model: str, inputs: Any, version: str | None = None, outputs: list[str] | None = None,
@@ -323,20 +350,33 @@ class Client:
         return rest_result(*self._http.request("POST", model_path(model, version, "/infer"), body, headers))
 
     def infer_json(self, model: str, inputs: Any, version: str | None = None,
-                   outputs: list[str] | None = None) -> dict[str, Any]:
+                   outputs: list[str] | None = None,
+                   parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         """The server's V2 JSON answer as it came (REST only): for ``shoal predict --json``."""
+        if self.target is not None:
+            raise ShoalClientError(0, "a JSON answer is a REST answer: use a Client without grpc")
         tensors = as_tensors(inputs, self._declared(model, version, inputs))
-        body, headers = rest_infer_body(infer_request(tensors, outputs, None, None), binary_output=False)
-        return dict(self._post(model_path(model, version, "/infer"), body, headers))
+        request = infer_request(tensors, outputs, parameters, None)
+        body, headers = rest_infer_body(request, binary_output=False)
+        status, content = self._request("POST", model_path(model, version, "/infer"), body, headers)
+        return json_object(status, content)
 
     def predict_v1(self, model: str, instances: Any, version: str | None = None) -> dict[str, Any]:
-        """V1 / TF Serving ``:predict`` with ``{"instances": ...}`` (REST only)."""
+        """V1 / TF Serving ``:predict`` with ``{"instances": ...}`` (REST only); a dict with
+        ``instances`` or ``inputs`` is sent as the whole body."""
+        if self.target is not None:
+            raise ShoalClientError(0, "V1 is a REST protocol: use a Client without grpc")
         path = f"/v1/models/{quote(model, safe='')}"
         if version:
             path += f"/versions/{quote(version, safe='')}"
-        body = v2_json.dumps({"instances": np.asarray(instances).tolist()
-                              if isinstance(instances, np.ndarray) else instances})
-        return dict(self._post(path + ":predict", body))
+        if isinstance(instances, dict) and ("instances" in instances or "inputs" in instances):
+            payload = instances
+        else:
+            payload = {"instances": np.asarray(instances).tolist()
+                       if isinstance(instances, np.ndarray) else instances}
+        status, content = self._request("POST", path + ":predict", v2_json.dumps(payload),
+                                        {"Content-Type": "application/json"})
+        return json_object(status, content)
 
     def load(self, model: str) -> None:
         if self.target is not None:
@@ -386,13 +426,16 @@ class AsyncClient:
 
     def __init__(
         self, url: str = DEFAULT_URL, grpc: str | bool | None = None, token: str | None = None,
-        timeout: float = 30.0, cafile: str | None = None,
+        timeout: float = 30.0, cafile: str | None = None, certfile: str | None = None,
+        keyfile: str | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        parts = parse_url(url)
+        self.url = parts.geturl().rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.tls = Tls(cafile, certfile, keyfile)
         self.target = grpc_target(url, grpc)
-        self._cafile = cafile
+        self._secure = grpc_secure(url, grpc, self.tls)
         self._http: Any = None
         self._channel: Any = None
         self._stub: Any = None
@@ -405,7 +448,7 @@ class AsyncClient:
         if self._http is None:
             auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             self._http = httpx.AsyncClient(base_url=self.url, headers=auth, timeout=self.timeout,
-                                           verify=self._cafile or True)
+                                           verify=self.tls.context())
         try:
             reply = await self._http.request(method, path, content=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -420,9 +463,8 @@ class AsyncClient:
     async def _rpc(self, name: str, message: Any) -> Any:
         grpc, _, pb_grpc = _grpc_modules()
         if self._stub is None:
-            credentials = _grpc_credentials(self._cafile)
-            self._channel = (grpc.aio.secure_channel(self.target, credentials) if credentials
-                             else grpc.aio.insecure_channel(self.target))
+            self._channel = (grpc.aio.secure_channel(self.target, self.tls.grpc_credentials())
+                             if self._secure else grpc.aio.insecure_channel(self.target))
             self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         try:
             return await getattr(self._stub, name)(message, timeout=self.timeout,
@@ -464,7 +506,8 @@ class AsyncClient:
         if self.target is not None:
             reply = await self._rpc("ModelMetadata", self._pb.ModelMetadataRequest(name=model, version=version or ""))
             return grpc_model_metadata(reply)
-        return dict(await self._json("GET", model_path(model, version)))
+        status, _, content = await self._request("GET", model_path(model, version))
+        return json_object(status, content)
 
     async def infer(
         self, model: str, inputs: Any, version: str | None = None, outputs: list[str] | None = None,

@@ -16,8 +16,8 @@ from urllib.parse import quote
 import orjson
 
 from .errors import ShoalClientError
-from .inference import DEFAULT_URL, json_of
-from .transport import HttpTransport
+from .inference import DEFAULT_URL, json_object
+from .transport import HttpTransport, Tls
 
 __all__ = ["DEFAULT_URL", "RolloutClient", "ShoalClientError"]
 
@@ -25,9 +25,9 @@ __all__ = ["DEFAULT_URL", "RolloutClient", "ShoalClientError"]
 class RolloutClient:
     def __init__(
         self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0,
-        cafile: str | None = None,
+        cafile: str | None = None, certfile: str | None = None, keyfile: str | None = None,
     ) -> None:
-        self._http = HttpTransport(url, token, timeout, cafile)
+        self._http = HttpTransport(url, token, timeout, tls=Tls(cafile, certfile, keyfile))
         self.url = url
 
     def status(self, model: str) -> dict[str, Any]:
@@ -65,4 +65,4 @@ class RolloutClient:
         body = None if json is None else orjson.dumps(json)
         headers = {"Content-Type": "application/json"} if body is not None else None
         status, _, content = self._http.request(method, path, body, headers)
-        return dict(json_of(status, content))
+        return json_object(status, content)

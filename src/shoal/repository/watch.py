@@ -35,13 +35,15 @@ from typing import TYPE_CHECKING
 
 from ..errors import ModelNotFound, ShoalError
 from ..observe import logging as log
+from ..serving.endpoint import ModelState
 from .layout import model_names
 
 if TYPE_CHECKING:
     from .manager import ModelRepository
 
-#: One entry per file (relative path, size, mtime in ns) and per folder ("path/", 0, 0), sorted.
-Signature = tuple[tuple[str, int, int], ...]
+#: One entry per file (relative path, size, mtime, ctime in ns, inode) and per folder
+#: ("path/", 0, 0), sorted.
+Signature = tuple[tuple[str, int, int] | tuple[str, int, int, int, int], ...]
 
 #: Folder and file names the watcher never looks at (beside names starting with a dot).
 IGNORED_NAMES = frozenset({"__pycache__"})
@@ -90,7 +92,9 @@ def folder_signature(folder: str | os.PathLike[str]) -> Signature | None:
                 entries.append((relative + "/", 0, 0))
                 stack.append((entry.path, relative + "/"))
             else:
-                entries.append((relative, info.st_size, info.st_mtime_ns))
+                # ctime and inode too: a copy tool can keep a file's size and mtime (rsync -a,
+                # cp -p, an archive with fixed times), never its ctime or a new file's inode.
+                entries.append((relative, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino))
     entries.sort()
     return tuple(entries)
 
@@ -204,7 +208,22 @@ class RepositoryWatcher:
         loads = [c for c in changes if c.kind != "removed"]
         graphs = [c for c in loads if self.repository.is_graph(c.name)]
         await asyncio.gather(*(self._act(c) for c in loads if c not in graphs))
+        if len(graphs) < len(loads):
+            # A graph that failed because a model it calls was missing (copied in before it)
+            # loads now that models arrived, though its own folder did not change.
+            graphs += [Change(name, "changed") for name in await self._failed_graphs(changes)]
         await asyncio.gather(*(self._act(c) for c in graphs))
+
+    async def _failed_graphs(self, changes: list[Change]) -> list[str]:
+        changed = {c.name for c in changes}
+        registry = self.repository.registry
+        names = await asyncio.to_thread(self.repository.names)
+        return [
+            name for name in names
+            if name not in changed and self.repository.is_graph(name)
+            and (entries := registry.entries(name))
+            and all(e.state is ModelState.UNAVAILABLE for e in entries)
+        ]
 
     async def _act(self, change: Change) -> None:
         log.event("repository_changed", model=change.name, change=change.kind)
