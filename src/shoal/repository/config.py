@@ -14,6 +14,7 @@ Example::
     workers: 2                       # run the model in 2 worker processes (GIL-bound models)
     url: http://triton:8000          # served by a remote V2 server (runtime: triton)
     rollout: {stable: "2", canary: {variant: "3", percent: 10}}   # docs/rollouts.md
+    explainer: {method: auto, background: background.npy}        # docs/explanations.md
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pydantic import (
 
 from ..datatypes import DATATYPES
 from ..errors import LoadError
+from ..explain.config import ExplainerConfig
 from ..rollout.spec import RolloutSpec
 from ..types import TensorSpec
 
@@ -101,6 +103,11 @@ class ModelConfig(BaseModel):
     """A remote V2 server (Triton, another Shoal, ...) that serves this model: the ``triton``
     runtime forwards to it. Options (``protocol``, ``timeout``, ``retries``) go in
     ``parameters``."""
+    explainer: ExplainerConfig | None = None
+    """How ``:explain`` / ``/explain`` explain this model's predictions (SHAP; see
+    ``docs/explanations.md``). Read with ``context={"folder": model_dir}`` (as
+    :func:`read_config` does), its ``background`` file is resolved against the model's folder
+    and must be there."""
 
     @field_validator("version_policy", mode="wrap")
     @classmethod
@@ -134,7 +141,8 @@ def read_config(model_dir: Path) -> ModelConfig:
     if not isinstance(raw, dict):
         raise LoadError(f"{path.name} must be a mapping")
     try:
-        return ModelConfig.model_validate(raw)
+        # The folder resolves (and checks) files model.yaml names: explainer.background.
+        return ModelConfig.model_validate(raw, context={"folder": model_dir})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'model.yaml'}: {_message(e)}"

@@ -58,6 +58,8 @@ class ModelRepository:
         self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
         self._configs: dict[str, ModelConfig] = {}
+        #: Models whose explainer takes its background from the requests they answer.
+        self.sampled: dict[str, Any] = {}
         #: Where graphs keep bandit state and rollouts their records.
         self.state_dir = (state_dir or self.root / ".shoal-state").resolve()
         self.graphs = GraphEnvironment(
@@ -139,6 +141,13 @@ class ModelRepository:
                         self._failed(name, version, exc)
                 raise
             self._configs[name] = config
+            explainer = config.explainer
+            if explainer is not None and not isinstance(explainer.background, str):
+                # Its explanations compare against requests it answered: the data plane
+                # samples them (only for such models, so no other model pays for it).
+                self.sampled[name] = explainer
+            else:
+                self.sampled.pop(name, None)
             wanted = [str(v) for v in config.select_versions(list(dirs))]
             errors = []
             for version in wanted:
@@ -257,6 +266,10 @@ class ModelRepository:
         async with self._locks.setdefault(name, asyncio.Lock()):
             for entry in self.registry.entries(name):
                 await self._retire(name, entry)
+            if self.sampled.pop(name, None) is not None:
+                from ..explain import forget
+
+                forget(name)  # the requests sampled for its explanations
 
     async def _retire(self, name: str, entry: VersionEntry) -> None:
         self.registry.remove(name, entry.version)

@@ -24,7 +24,9 @@ from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
 from . import infer_asgi
 from ..rollout.manager import RolloutManager
+from ..explain.metrics import ExplainMetrics
 from .auth import AdminToken
+from .explain_routes import explain_routes
 from .graph_routes import graph_routes
 from .rollout_routes import rollout_routes
 
@@ -50,6 +52,10 @@ def build_app(
     dataplane: DataPlane, max_request_size: int, rollouts: RolloutManager | None = None,
     admin: AdminToken = AdminToken(None),
 ) -> infer_asgi.InferenceASGI:
+    explaining, v1_explain = explain_routes(
+        dataplane, max_request_size, ExplainMetrics(dataplane.metrics.registry)
+    )
+
     async def v1_verb(request: Request) -> Response:
         """``/v1/models/{m}[/versions/{v}]:{verb}`` for every verb but ``:predict`` (which
         :mod:`.infer_asgi` answers). Model names have no ``:``, so the verb is never part of one."""
@@ -58,8 +64,7 @@ def build_app(
         if verb == "explain":
             if request.method != "POST":
                 raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
-            dataplane.registry.get(name, version)
-            return error_response(501, f"model {name!r} has no explainer")
+            return await v1_explain(name, version, request)
         if verb in TF_SERVING_ONLY_VERBS:
             dataplane.registry.entry(name, version)  # 404 for an unknown model, as TF Serving
             return error_response(
@@ -184,6 +189,7 @@ def build_app(
         Route("/v1/models/{name}/versions/{version}", v1_status, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *graph_routes(dataplane, max_request_size),
+        *explaining,
         *(rollout_routes(rollouts, admin) if rollouts is not None else []),
     ]
 

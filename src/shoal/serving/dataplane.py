@@ -169,6 +169,11 @@ class DataPlane:
         self.metrics.request_finished(
             name, served_version, protocol, "success", time.perf_counter() - started
         )
+        explainer = self.repository.sampled.get(name)
+        if explainer is not None:  # its explanations' background: rows it answered
+            from ..explain import observe
+
+            observe(name, request, explainer)
         return request, response
 
     async def drained(self, timeout: float) -> bool:
