@@ -164,7 +164,7 @@ def check_output(command: str, expected: list[str], done: subprocess.CompletedPr
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.language in ("bash", "sh", "shell")],
                          ids=lambda b: b.id)
-def test_shell_examples_run(block: Block, server: ShoalProcess) -> None:
+def test_shell_examples_run(block: Block, server: ShoalProcess, tmp_path: Path) -> None:
     if block.skip is not None:
         pytest.skip(block.skip)
     ran = 0
@@ -172,8 +172,12 @@ def test_shell_examples_run(block: Block, server: ShoalProcess) -> None:
         if command.startswith(NOT_RUN_HERE):
             continue
         done = subprocess.run(["bash", "-c", pointed_at(command, server)], capture_output=True,
-                              text=True, timeout=120, env=environment(server))
+                              text=True, timeout=120, env=environment(server), cwd=tmp_path)
         check_output(command, expected, done)
+        if command.startswith("curl") and not expected:
+            assert '"error"' not in done.stdout, f"{command!r}: {done.stdout[:300]}"
+        if command.startswith("curl") and expected and "…" in "".join(expected):
+            assert not done.stdout.startswith('{"error"'), f"{command!r}: {done.stdout[:300]}"
         ran += 1
     if not ran:
         pytest.skip("only commands covered elsewhere (./dev, benchmarks)")
