@@ -194,3 +194,33 @@ def test_without_shap_it_is_a_501_naming_the_extra(tmp_path: Path, run: Run, mon
         f"the explain extra ({INSTALL})"
     )
     assert INSTALL == "pip install 'shoal[explain]'"
+
+
+@pytest.mark.parametrize("path", ["../secret.npy", "/etc/secret.npy", "data/../../secret.csv", "~/x.npy"])
+def test_a_background_file_must_be_inside_the_model_folder(tmp_path: Path, path: str) -> None:
+    (tmp_path / "model").mkdir()
+    np.save(tmp_path / "secret.npy", np.zeros((3, 2)))
+    (tmp_path / "model" / "model.yaml").write_text(f"explainer: {{background: '{path}'}}\n")
+    with pytest.raises(LoadError, match="inside the model's folder"):
+        read_config(tmp_path / "model")
+
+
+def test_a_background_csv_error_does_not_quote_the_file(tmp_path: Path) -> None:
+    from shoal.explain.background import read_background
+
+    csv = tmp_path / "background.csv"
+    csv.write_text("a,b\n1,2\nroot,hunter2\n")
+    with pytest.raises(InvalidInput) as info:
+        read_background(csv)
+    assert "hunter2" not in str(info.value) and "root" not in str(info.value)
+
+
+def test_too_many_explanations_at_once_is_a_503(monkeypatch: Any) -> None:
+    import asyncio
+
+    from shoal.errors import Overloaded
+    from shoal.explain import explainer
+
+    monkeypatch.setattr(explainer, "_running", explainer.MAX_CONCURRENT)
+    with pytest.raises(Overloaded):
+        asyncio.run(explain(object(), request(X[:1]), None))

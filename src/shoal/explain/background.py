@@ -90,8 +90,9 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
         table = table.iloc[1:]
     try:
         return table.to_numpy().astype(np.float64), columns
-    except ValueError as exc:
-        raise InvalidInput(f"explainer.background {path.name} must hold numbers: {exc}") from None
+    except ValueError:
+        # The offending cell is not quoted: it could be anything the file holds.
+        raise InvalidInput(f"explainer.background {path.name} must hold numbers only") from None
 
 
 def _read_parquet(path: Path) -> tuple[np.ndarray, list[str] | None]:

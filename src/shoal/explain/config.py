@@ -83,6 +83,12 @@ class ExplainerConfig(BaseModel):
         if isinstance(value, str):
             if not value.strip():
                 raise ValueError("must name a file (.npy, .csv or .parquet) or be {rows: N}")
+            parts = Path(value).parts
+            if Path(value).is_absolute() or value.startswith("~") or ".." in parts:
+                # Only files of the model's own folder: a model.yaml must not make the server
+                # read (and echo, as feature names) files elsewhere.
+                raise ValueError(f"{value!r} must be a file inside the model's folder (no '..', "
+                                 "no absolute path)")
             if Path(value).suffix.lower() not in BACKGROUND_SUFFIXES:
                 raise ValueError(
                     f"{value!r} is not a .npy, .csv or .parquet file (or write {{rows: N}} to "
@@ -131,12 +137,9 @@ class ExplainerConfig(BaseModel):
     def background_path(self) -> Path | None:
         """The background file, resolved against the model's folder; None when ``background``
         is not a file (or, for a relative path, when no folder is bound)."""
-        if not isinstance(self.background, str):
+        if not isinstance(self.background, str) or self._folder is None:
             return None
-        path = Path(self.background).expanduser()
-        if path.is_absolute():
-            return path
-        return None if self._folder is None else self._folder / path
+        return self._folder / self.background
 
     @property
     def sampled_rows(self) -> int | None:

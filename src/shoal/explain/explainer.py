@@ -28,6 +28,7 @@ past it the answer is 504 and shap's thread stops at its next model call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import concurrent.futures
 import math
 import threading
@@ -40,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..datatypes import numpy_dtype
-from ..errors import DeadlineExceeded, InvalidInput, ShoalError
+from ..errors import DeadlineExceeded, InvalidInput, Overloaded, ShoalError
 from ..serving.endpoint import conform_inputs
 from ..types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor, TensorSpec
 from . import background as backgrounds
@@ -168,10 +169,14 @@ async def explain(
             config.bind(Path(folder))
         except ValueError as exc:
             raise InvalidInput(f"explainer: {exc}") from None
+    global _running
+    if _running >= MAX_CONCURRENT:
+        raise Overloaded(f"{MAX_CONCURRENT} explanations are running; retry shortly")
     job = _Explanation(endpoint, request, config, max_rows)
     limit = timeout if timeout is not None else _own_timeout(endpoint)
     started = time.perf_counter()
     outcome = "success"
+    _running += 1
     try:
         await job.prepare()
         if not limit:
@@ -194,6 +199,7 @@ async def explain(
         outcome = "500"
         raise
     finally:
+        _running -= 1
         job.stopped.set()
         if metrics is not None:
             metrics.observed(endpoint.name, job.plan.method, outcome, time.perf_counter() - started)
@@ -237,11 +243,11 @@ class _Explanation:
         self.x = self.layout.matrix({t.name: t.data for t in inputs})
         self.feature_names = await self._feature_names()
         if not methods.imported():
-            await asyncio.to_thread(methods.import_shap)  # seconds: off the loop
+            await _off_loop(methods.import_shap)  # seconds: off the loop
         self.plan = self._choose()
         if self.plan.method in AGNOSTIC:
             self.background = await self._background(required=True)  # a 400 before compiling
-            await asyncio.to_thread(methods.warm_up)
+            await _off_loop(methods.warm_up)
 
     async def run(self) -> InferenceResponse:
         result: methods.Result | None = None
@@ -250,7 +256,7 @@ class _Explanation:
                 result, prediction, described = await self._in_process()
             except _Fallback as exc:
                 self.plan = _Plan("permutation", note=str(exc))
-                await asyncio.to_thread(methods.warm_up)
+                await _off_loop(methods.warm_up)
         if result is None:
             result, prediction, described = await self._agnostic()
         return self._response(result, prediction, described)
@@ -380,7 +386,7 @@ class _Explanation:
                     return methods.run_linear(explainer, self.x)
 
             try:
-                result = await asyncio.to_thread(work)
+                result = await _off_loop(work)
             except ShoalError:
                 raise
             except Exception as exc:
@@ -429,7 +435,7 @@ class _Explanation:
         loop = asyncio.get_running_loop()
         predict = self._predictor(output, loop)
         try:
-            result = await asyncio.to_thread(methods.run_agnostic, method, predict, self.x, data, evals)
+            result = await _off_loop(methods.run_agnostic, method, predict, self.x, data, evals)
         except (ShoalError, _Stopped):
             raise
         except Exception as exc:
@@ -538,7 +544,7 @@ class _Explanation:
         except OSError as exc:
             raise InvalidInput(f"explainer.background {path.name}: cannot read it: {exc.strerror}") from None
         if cached is None or cached.path != path or cached.mtime_ns != mtime:
-            cached = self.state.file = await asyncio.to_thread(backgrounds.read_background, path)
+            cached = self.state.file = await _off_loop(backgrounds.read_background, path)
             self.state.explainers = {}
         return cached
 
@@ -575,7 +581,7 @@ class _Explanation:
             "set explainer.background in its model.yaml to a file of typical rows "
             "(background.npy, .csv or .parquet in the model's folder) or to {rows: 100} to "
             "sample the requests it answers, or "
-            if self.kind == "model" else "send it predictions first (their rows are sampled), or "
+            if self.kind == "model" else "explain the models it calls instead, or "
         )
         raise InvalidInput(
             f"{self.plan.method} SHAP needs background data (typical rows to compare with), and "
@@ -651,3 +657,20 @@ def _adds_up(result: methods.Result, predicted: np.ndarray) -> bool:
     predicted = predicted.reshape(total.shape)
     scale = max(1.0, float(np.max(np.abs(predicted))))
     return bool(np.allclose(total, predicted, rtol=1e-5, atol=1e-6 * scale))
+
+
+#: Explanations running at once in this process; beyond it, 503 + Retry-After.
+MAX_CONCURRENT = 4
+_pool: Any = None
+_running = 0
+
+
+async def _off_loop(function: Any, *args: Any) -> Any:
+    """Run shap's work on the explainers' own threads, never the loop's default pool (which
+    the server needs for worker process bookkeeping and repository scans)."""
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(MAX_CONCURRENT + 1, thread_name_prefix="shoal-explain")
+    return await asyncio.get_running_loop().run_in_executor(_pool, functools.partial(function, *args))

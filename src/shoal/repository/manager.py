@@ -146,8 +146,10 @@ class ModelRepository:
                 # Its explanations compare against requests it answered: the data plane
                 # samples them (only for such models, so no other model pays for it).
                 self.sampled[name] = explainer
-            else:
-                self.sampled.pop(name, None)
+            elif self.sampled.pop(name, None) is not None:
+                from ..explain import forget
+
+                forget(name)  # sampled for a background it no longer uses
             wanted = [str(v) for v in config.select_versions(list(dirs))]
             errors = []
             for version in wanted:
@@ -266,10 +268,10 @@ class ModelRepository:
         async with self._locks.setdefault(name, asyncio.Lock()):
             for entry in self.registry.entries(name):
                 await self._retire(name, entry)
-            if self.sampled.pop(name, None) is not None:
-                from ..explain import forget
+            self.sampled.pop(name, None)
+            from ..explain import forget
 
-                forget(name)  # the requests sampled for its explanations
+            forget(name)  # the requests sampled for its explanations, if any
 
     async def _retire(self, name: str, entry: VersionEntry) -> None:
         self.registry.remove(name, entry.version)

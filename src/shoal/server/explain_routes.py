@@ -132,7 +132,10 @@ def _wants_png(request: Request) -> bool:
 async def _png(response: InferenceResponse, request: InferenceRequest) -> Response:
     from ..explain import png
 
-    picture = await asyncio.to_thread(png, response, 0, features=request)
+    try:
+        picture = await asyncio.to_thread(png, response, 0, features=request)
+    except ValueError as exc:  # NaN or infinite values: there is no picture of those
+        raise InvalidInput(f"this explanation cannot be drawn: {exc}") from None
     return Response(picture, media_type=PNG)
 
 

@@ -171,10 +171,18 @@ class DataPlane:
         )
         explainer = self.repository.sampled.get(name)
         if explainer is not None:  # its explanations' background: rows it answered
-            from ..explain import observe
-
-            observe(name, request, explainer)
+            self._sample(name, request, explainer)
         return request, response
+
+    def _sample(self, name: str, request: InferenceRequest, explainer: Any) -> None:
+        """Keep the request's rows for explanations; never the request's failure."""
+        from ..explain import observe
+
+        try:
+            observe(name, request, explainer)
+        except Exception as exc:  # a model that changed its inputs in place, say
+            log.event("explain_sample_failed", logging.WARNING, model=name,
+                      error=f"{type(exc).__name__}: {exc}")
 
     async def drained(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the inferences running now to finish; True if
