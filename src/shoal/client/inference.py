@@ -78,14 +78,19 @@ def _text(value: Any) -> Any:
     return value
 
 
+def given_as_tensors(inputs: Any) -> bool:
+    """Whether the caller built the tensors already (nothing to name or shape)."""
+    return isinstance(inputs, Tensor) or (
+        isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(t, Tensor) for t in inputs)
+    )
+
+
 def as_tensors(inputs: Any, declared: list[dict[str, Any]] | None = None) -> list[Tensor]:
     """The request's tensors from what the caller gave, named and shaped after the model's
     declared inputs (``metadata()["inputs"]``) when those are known."""
     declared = declared or []
-    if isinstance(inputs, Tensor):
-        return [inputs]
-    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, Tensor) for t in inputs):
-        return list(inputs)
+    if given_as_tensors(inputs):
+        return [inputs] if isinstance(inputs, Tensor) else list(inputs)
     if isinstance(inputs, dict):
         specs = {d["name"]: d for d in declared}
         return [_tensor(name, value, specs.get(name)) for name, value in inputs.items()]
@@ -266,10 +271,6 @@ class Client:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _get(self, path: str) -> Any:
-        assert self._http is not None
-        return json_of(*self._request("GET", path))
-
     def _post(self, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Any:
         return json_of(*self._request("POST", path, body, headers or {"Content-Type": "application/json"}))
 
@@ -393,9 +394,7 @@ class Client:
     def _declared(self, model: str, version: str | None, inputs: Any) -> list[dict[str, Any]]:
         """The model's declared inputs, asked once per model, only when they are needed: to
         name a single unnamed input or to add a batch axis."""
-        if isinstance(inputs, Tensor) or (
-            isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, Tensor) for t in inputs)
-        ):
+        if given_as_tensors(inputs):
             return []
         key = (model, version)
         if key not in self._metadata:
@@ -537,9 +536,7 @@ class AsyncClient:
             await self._json("POST", f"/v2/repository/models/{quote(model, safe='')}/unload", b"")
 
     async def _declared(self, model: str, version: str | None, inputs: Any) -> list[dict[str, Any]]:
-        if isinstance(inputs, Tensor) or (
-            isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, Tensor) for t in inputs)
-        ):
+        if given_as_tensors(inputs):
             return []
         key = (model, version)
         if key not in self._metadata:

@@ -13,9 +13,10 @@ The server makes one :class:`ExplainMetrics` for its registry and passes it to e
 
 from __future__ import annotations
 
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ..observe.metrics import LabelCache
 
 #: Explanations take from milliseconds (tree SHAP, one row) to minutes (kernel, many rows).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -31,11 +32,7 @@ class ExplainMetrics:
             "shoal_explanation_duration_seconds", "Time taken to explain a request's rows.",
             ["model", "method"], buckets=DURATION_BUCKETS, registry=registry,
         )
-        self._made: set[tuple[Any, tuple[str, ...]]] = set()
-
-    def _labels(self, metric: Any, *labels: str) -> Any:
-        self._made.add((metric, labels))
-        return metric.labels(*labels)
+        self._labels = LabelCache()
 
     def observed(self, model: str, method: str, outcome: str, seconds: float) -> None:
         """One explanation of ``model`` by ``method`` ended with ``outcome`` after ``seconds``."""
@@ -44,9 +41,5 @@ class ExplainMetrics:
 
     def forget(self, model: str) -> None:
         """Drop an unloaded model's series."""
-        for metric, labels in [made for made in self._made if made[1][0] == model]:
-            self._made.discard((metric, labels))
-            try:
-                metric.remove(*labels)
-            except KeyError:
-                pass
+        for metric, labels in self._labels.of(model):
+            self._labels.remove(metric, labels)

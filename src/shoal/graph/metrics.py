@@ -7,11 +7,10 @@ sum of rewards (so a dashboard divides the two for each arm's mean reward).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..observe.metrics import LATENCY_BUCKETS
+from ..observe.metrics import LATENCY_BUCKETS, LabelCache
 
 
 class GraphMetrics:
@@ -33,12 +32,8 @@ class GraphMetrics:
             "Sum of the rewards received per routing node and branch.",
             ["graph", "node", "branch"], registry=registry, multiprocess_mode="sum",
         )
-        #: Every (metric, label values) made, so an unloaded graph's series can be dropped.
-        self._made: set[tuple[Any, tuple[str, ...]]] = set()
-
-    def _labels(self, metric: Any, *labels: str) -> Any:
-        self._made.add((metric, labels))
-        return metric.labels(*labels)
+        #: Every labelled child made, so an unloaded graph's series can be dropped.
+        self._labels = LabelCache()
 
     def node_observer(self, graph: str, node: str) -> Callable[[float], None]:
         return self._labels(self.node_latency, graph, node).observe
@@ -53,6 +48,5 @@ class GraphMetrics:
 
     def forget(self, graph: str) -> None:
         """Drop an unloaded graph's series."""
-        for metric, labels in [made for made in self._made if made[1][0] == graph]:
-            self._made.discard((metric, labels))
-            metric.remove(*labels)
+        for metric, labels in self._labels.of(graph):
+            self._labels.remove(metric, labels)

@@ -68,6 +68,33 @@ GC_PUBLISH_INTERVAL = 2.0
 PROCESS_FILE = "shoal_process_{pid}.json"
 
 
+class LabelCache:
+    """Labelled children of metrics, made once: looking one up per request would cost more
+    than the increment itself. The first label is the model, so a model's series can be
+    dropped when it goes."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def __call__(self, metric: Any, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def of(self, model: str) -> list[tuple[Any, tuple[str, ...]]]:
+        """The (metric, labels) made for ``model``."""
+        return [key for key in self._children if key[1][0] == model]
+
+    def remove(self, metric: Any, labels: tuple[str, ...]) -> None:
+        self._children.pop((metric, labels), None)
+        try:
+            metric.remove(*labels)
+        except KeyError:
+            pass
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -103,8 +130,7 @@ class Metrics:
             "shoal_worker_restarts", "Model worker processes restarted after they died.",
             registry=self.registry,
         )
-        #: (metric, label values) -> the labelled child, made once.
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._child = LabelCache()
         #: What ``/metrics`` adds to :attr:`registry`: kept apart, so that the code that
         #: reads the registry back (rollout statistics) does not read /proc with it.
         self.standard = CollectorRegistry()
@@ -118,13 +144,6 @@ class Metrics:
             GCCollector(registry=self.standard)
         PlatformCollector(registry=self.standard)
         self._multiprocess = bool(directory)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def request_started(self, model: str) -> None:
         self._child(self.in_flight, model).inc()
@@ -152,10 +171,9 @@ class Metrics:
         """Drop the series of an unloaded model version (``version`` None: of the whole model,
         its in-flight gauge included), so a scrape lists what is served, not everything that
         ever was. Called once the version's requests have finished."""
-        for metric, labels in [key for key in self._children if key[1][0] == model]:
+        for metric, labels in self._child.of(model):
             if version is None or (metric is not self.in_flight and labels[1] == version):
-                del self._children[metric, labels]
-                metric.remove(*labels)
+                self._child.remove(metric, labels)
 
     def model_loaded(self, model: str, version: str, seconds: float) -> None:
         self._child(self.load_duration, model, version).set(seconds)

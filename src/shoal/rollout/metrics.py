@@ -12,11 +12,10 @@ figures are a snapshot minus the one taken when the window began.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
-from ..observe.metrics import LATENCY_BUCKETS
+from ..observe.metrics import LATENCY_BUCKETS, LabelCache
 from .record import STATES
 
 ROLES = ("stable", "canary", "shadow")
@@ -69,14 +68,7 @@ class RolloutMetrics:
             "shoal_rollout_rollbacks", "Rollbacks, by the guard that failed (manual: by a user).",
             ["model", "guard"], registry=registry,
         )
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        key = (metric, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self.child = LabelCache()
 
     def answered(self, model: str, role: str, outcome: str, seconds: float) -> None:
         self.child(self.requests, model, role, outcome).inc()
@@ -90,13 +82,12 @@ class RolloutMetrics:
     def forget(self, model: str) -> None:
         """Drop a deleted rollout's gauges (its counters stay: they are history)."""
         multiprocess_mode = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-        for metric, labels in [k for k in self._children if k[1][0] == model]:
+        for metric, labels in self.child.of(model):
             if metric in (self.state, self.canary_percent):
                 # In multiprocess mode a removed gauge keeps its file's value: zero it.
-                self._children[metric, labels].set(0.0)
+                self.child(metric, *labels).set(0.0)
                 if not multiprocess_mode:
-                    del self._children[metric, labels]
-                    metric.remove(*labels)
+                    self.child.remove(metric, labels)
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Model -> its flat cumulative counters, across every server process. Blocking

@@ -29,7 +29,7 @@ from ..graph.endpoint import declared_inputs
 from ..protocol import seldon, v1, v2_json
 from ..serving.dataplane import DataPlane
 from ..types import InferenceRequest, InferenceResponse
-from .infer_asgi import TIMEOUT_HEADER, read_body
+from .infer_asgi import read_body, timeout_of
 
 JSON = "application/json"
 PNG = "image/png"
@@ -54,7 +54,7 @@ def explain_routes(
             decoded = v2_json.decode_request(body, None if length is None else int(length))
         except ValueError:
             raise InvalidInput(f"{v2_json.HEADER_LENGTH} must be an integer") from None
-        response = await run(name, version, decoded, _timeout(request))
+        response = await run(name, version, decoded, timeout_of(request.scope))
         if _wants_png(request):
             return await _png(response, decoded)
         content, json_length = v2_json.encode_response(response, decoded)
@@ -67,7 +67,7 @@ def explain_routes(
         body = await read_body(request.scope, request.receive, max_request_size)
         endpoint = dataplane.registry.served(name, version)
         decoded, _ = v1.decode_request(body, declared_inputs(endpoint))
-        response = await run(name, version, decoded, _timeout(request))
+        response = await run(name, version, decoded, timeout_of(request.scope))
         if _wants_png(request):
             return await _png(response, decoded)
         return Response(v2_json.dumps({"explanations": explanations(response)}), media_type=JSON)
@@ -83,7 +83,7 @@ def explain_routes(
         body = await read_body(request.scope, request.receive, max_request_size)
         endpoint = dataplane.registry.served(name, None)
         message = seldon.decode_request(body, declared_inputs(endpoint))
-        response = await run(name, None, message.request, _timeout(request))
+        response = await run(name, None, message.request, timeout_of(request.scope))
         answer = {"jsonData": {"explanations": explanations(response)},
                   "meta": {"puid": message.meta.puid} if message.meta.puid else {}}
         return Response(v2_json.dumps(answer), media_type=JSON)
@@ -137,17 +137,3 @@ async def _png(response: InferenceResponse, request: InferenceRequest) -> Respon
     except ValueError as exc:  # NaN or infinite values: there is no picture of those
         raise InvalidInput(f"this explanation cannot be drawn: {exc}") from None
     return Response(picture, media_type=PNG)
-
-
-def _timeout(request: Request) -> float | None:
-    value = request.headers.get(TIMEOUT_HEADER)
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0 or seconds == float("inf"):
-        raise InvalidInput(f"{TIMEOUT_HEADER} must be a positive number of seconds")
-    return seconds
-

@@ -96,7 +96,7 @@ class InferenceASGI:
             return request
 
         request, response = await self.dataplane.infer(
-            name, version, "v2-rest", decode, _timeout(scope)
+            name, version, "v2-rest", decode, timeout_of(scope)
         )
         content, json_length = v2_json.encode_response(response, request)
         if json_length is None:
@@ -120,7 +120,7 @@ class InferenceASGI:
             formats.append(fmt)
             return request
 
-        _, response = await self.dataplane.infer(name, version, "v1-rest", decode, _timeout(scope))
+        _, response = await self.dataplane.infer(name, version, "v1-rest", decode, timeout_of(scope))
         content = v2_json.dumps(v1.encode_response(response, formats[0]))
         if response.parameters or response.id is not None:
             # V1 bodies have no id or parameters: a graph's request id and routing, and a
@@ -146,7 +146,7 @@ def _client_gone(receive: Any) -> Callable[[], bool]:
 _TIMEOUT = TIMEOUT_HEADER.lower().encode()
 
 
-def _timeout(scope: dict) -> float | None:
+def timeout_of(scope: dict) -> float | None:
     """Seconds from the ``Shoal-Timeout`` header, overriding the model's timeout."""
     for key, value in scope["headers"]:
         if key == _TIMEOUT:
