@@ -52,3 +52,8 @@ class ServerSettings:
     #: Seconds between two looks at the repository; a folder is acted on once it has not
     #: changed for this long.
     watch_interval: float = 2.0
+    #: Payload log sink for models and graphs without a ``logger:`` block (CloudEvents;
+    #: ``http(s)://``, ``kafka://host:port/topic``, ``file:///dir``); None: only those with one.
+    payload_log: str | None = None
+    #: Bytes the payload log's disk spool (under the state directory) may hold.
+    payload_log_spool_size: int = 1024 * MiB

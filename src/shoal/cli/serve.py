@@ -109,13 +109,22 @@ class ByteSize(click.ParamType):
               type=click.FloatRange(0, min_open=True), show_envvar=True,
               help="Seconds between two looks at the repository with --watch; a folder is "
                    "acted on once it has stayed unchanged this long.")
+@click.option("--payload-log", envvar="SHOAL_PAYLOAD_LOG", default=None, show_envvar=True,
+              help="Log every request and response as CloudEvents to this sink, for models "
+                   "and graphs whose model.yaml / graph.yaml has no logger: block: "
+                   "http(s)://host/path, kafka://host:port/topic or file:///directory.")
+@click.option("--payload-log-spool-size", envvar="SHOAL_PAYLOAD_LOG_SPOOL_SIZE", default="1G",
+              show_default=True, type=ByteSize(), show_envvar=True,
+              help="Disk the payload log may use (under --state-dir) for records a sink cannot "
+                   "take yet; beyond it records are dropped, and counted.")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
           max_header_size: int, header_timeout: float, drain_timeout: float, log_level: str,
           model_threads: int | None,
           max_batch_size: int, max_batch_delay_ms: float, max_inflight: int,
           request_timeout: float, workers: int, http_workers: int,
           state_dir: Path | None, admin_token: str | None, tls_cert: Path | None,
-          tls_key: Path | None, tls_ca: Path | None, watch: bool, watch_interval: float) -> None:
+          tls_key: Path | None, tls_ca: Path | None, watch: bool, watch_interval: float,
+          payload_log: str | None, payload_log_spool_size: int) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
     from ..server.app import exit_now, run
 
@@ -124,6 +133,13 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         raise click.UsageError(f"--tls-cert and --tls-key go together: {missing} is missing")
     if tls_ca is not None and tls_cert is None:
         raise click.UsageError("--tls-ca (client certificates) needs --tls-cert and --tls-key")
+    if payload_log:
+        from ..observe.payload.config import parse_sink_url
+
+        try:
+            parse_sink_url(payload_log)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--payload-log") from None
 
     run(ServerSettings(
         repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
@@ -135,6 +151,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         http_workers=http_workers, state_dir=state_dir, admin_token=admin_token or None,
         tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
         watch=watch, watch_interval=watch_interval,
+        payload_log=payload_log or None, payload_log_spool_size=payload_log_spool_size,
     ))
     exit_now()
 

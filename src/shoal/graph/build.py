@@ -113,12 +113,14 @@ class _Builder:
         root = self.node(self.spec.root)
         for name in self.spec.nodes:  # nodes no path reaches still load (and fail) here
             self.node(name)
-        return GraphEndpoint(
+        endpoint = GraphEndpoint(
             self.name, root, dict(self.built), self.env.metrics,
             inputs=[t.spec() for t in self.spec.inputs],
             outputs=[t.spec() for t in self.spec.outputs],
             timeout=self.spec.timeout,
         )
+        endpoint.logger = self.spec.logger  # the repository hands it to the payload logger
+        return endpoint
 
     def node(self, name: str) -> GraphNode:
         """Each node is built once; nodes several parents share are one object."""

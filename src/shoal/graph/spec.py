@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import LoadError
+from ..observe.payload.config import LoggerConfig
 from ..repository.config import TensorConfig
 from ..expressions import Expression, ExpressionError
 
@@ -150,6 +151,8 @@ class GraphSpec(_Strict):
     outputs: list[TensorConfig] = Field(default_factory=list)
     timeout: float | None = Field(default=None, ge=0)
     """Seconds a request may take through the whole graph; 504 beyond it."""
+    logger: LoggerConfig | bool | None = None
+    """Payload logging of the graph's requests and responses, as in ``model.yaml``."""
 
 
 def children(node: Any) -> list[str]:

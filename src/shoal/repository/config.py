@@ -15,6 +15,7 @@ Example::
     url: http://triton:8000          # served by a remote V2 server (runtime: triton)
     rollout: {stable: "2", canary: {variant: "3", percent: 10}}   # docs/rollouts.md
     explainer: {method: auto, background: background.npy}        # docs/explanations.md
+    logger: {url: http://collector:8000/events, mode: all}        # docs/observability.md
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pydantic import (
 from ..datatypes import DATATYPES
 from ..errors import LoadError
 from ..explain.config import ExplainerConfig
+from ..observe.payload.config import LoggerConfig
 from ..rollout.spec import RolloutSpec
 from ..types import TensorSpec
 
@@ -108,6 +110,10 @@ class ModelConfig(BaseModel):
     ``docs/explanations.md``). Read with ``context={"folder": model_dir}`` (as
     :func:`read_config` does), its ``background`` file is resolved against the model's folder
     and must be there."""
+
+    logger: LoggerConfig | bool | None = None
+    """Payload logging of this model's requests and responses (CloudEvents; see
+    ``docs/observability.md``); None: the server's ``--payload-log``, if any; false: none."""
 
     @field_validator("version_policy", mode="wrap")
     @classmethod

@@ -21,6 +21,7 @@ from ..graph.build import GraphEnvironment, load_graph
 from ..graph.endpoint import GraphEndpoint
 from ..graph.metrics import GraphMetrics
 from ..graph.spec import GRAPH_FILE
+from ..observe.payload import PayloadLogger
 from ..observe import logging as log
 from ..observe.metrics import Metrics
 from ..runtimes import GRAPH_RUNTIME, create_model, declare_metadata, model_artifacts
@@ -47,8 +48,11 @@ class ModelRepository:
         workers: int = 0,
         pool: WorkerPool | None = None,
         state_dir: Path | None = None,
+        payload: PayloadLogger | None = None,
     ) -> None:
         self.root = root.resolve()
+        #: Payload logging: told what each model's or graph's ``logger:`` says at its load.
+        self.payload = payload
         self.default_workers = workers
         self.pool = pool
         self.default_batching = batching
@@ -130,6 +134,8 @@ class ModelRepository:
             dirs = version_dirs(model_dir)
             try:
                 config = read_config(model_dir)
+                if self.payload is not None:
+                    self.payload.configure(name, config.logger)
             except LoadError as exc:
                 serving = {e.version for e in self.registry.entries(name)
                            if e.state is ModelState.READY}
@@ -233,6 +239,13 @@ class ModelRepository:
             else:
                 self._failed(name, "1", error)
             raise error from exc
+        if self.payload is not None:
+            try:
+                self.payload.configure(name, endpoint.logger, graph=True)
+            except LoadError as exc:
+                await endpoint.close()
+                self._failed(name, "1", exc)
+                raise
         seconds = time.perf_counter() - started
         for entry in self.registry.entries(name):
             if entry.version != "1":
@@ -269,6 +282,8 @@ class ModelRepository:
             for entry in self.registry.entries(name):
                 await self._retire(name, entry)
             self.sampled.pop(name, None)
+            if self.payload is not None:
+                self.payload.forget(name)
             from ..explain import forget
 
             forget(name)  # the requests sampled for its explanations, if any

@@ -35,6 +35,7 @@ import uvicorn
 
 from ..observe import logging as log
 from ..observe.metrics import Metrics
+from ..observe.payload import PayloadLogger
 from ..repository.manager import ModelRepository
 from ..repository.watch import RepositoryWatcher
 from ..rollout.manager import RolloutManager
@@ -162,13 +163,18 @@ class ShoalServer:
         self.executor = Executor(settings.model_threads)
         self.pool = WorkerPool(settings.log_level, settings.workers)
         self.pool.on_restart = self.metrics.worker_restarts.inc
+        state_dir = (settings.state_dir or settings.repository / ".shoal-state").resolve()
+        self.payload = PayloadLogger(
+            self.metrics.registry, state_dir, settings.payload_log,
+            settings.payload_log_spool_size, several_processes=settings.reuse_port,
+        )
         self.repository = ModelRepository(
             settings.repository, self.registry, self.executor, self.metrics,
             BatchSettings(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
             Limits(settings.max_inflight, settings.request_timeout),
-            settings.workers, self.pool, state_dir=settings.state_dir,
+            settings.workers, self.pool, state_dir=settings.state_dir, payload=self.payload,
         )
-        self.dataplane = DataPlane(self.registry, self.repository, self.metrics)
+        self.dataplane = DataPlane(self.registry, self.repository, self.metrics, self.payload)
         self.rollouts = RolloutManager(
             self.registry, self.repository.root, self.repository.names, self.metrics.registry,
             self.repository.state_dir,
@@ -225,6 +231,8 @@ class ShoalServer:
             log.event("drain_timeout", logging.WARNING, drain_timeout=settings.drain_timeout,
                       requests_cut=cut)
         await asyncio.gather(grpc_stopped, http_task, return_exceptions=True)
+        # Every answered request's record is queued by now: flush it, or spool it.
+        await self.payload.close()
         await self.rollouts.close()
         await self._release()
         log.event("stopped")
@@ -279,6 +287,7 @@ class ShoalServer:
         if self.watcher is not None:
             # What the startup load is about to read: a change made while it loads is seen.
             await self.watcher.baseline()
+        self.payload.resume()  # records an earlier run spooled go out first
         await self.repository.load_all()
         # Everything alive now (modules, models) lives as long as the process: keep it out of
         # the garbage collector's scans, which otherwise walk it on every full collection.

@@ -40,6 +40,10 @@ def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) 
     return Response(v2_json.dumps(value), status, headers=headers, media_type=JSON)
 
 
+def _first(encoded: tuple[bytes, Any]) -> bytes:
+    return encoded[0]
+
+
 def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
     def loaded(name: str, version: str | None = None) -> Any:
         """The endpoint, ready or not: feedback about past requests and router state need the
@@ -104,16 +108,24 @@ def graph_routes(dataplane: DataPlane, max_request_size: int) -> list[Route]:
                 decoded.append(message)
                 return message.request
 
+            def encode(_: Any, response: Any) -> tuple[bytes, dict[str, str]]:
+                message = decoded[0]
+                meta = seldon.Meta(message.meta.puid or response.id, message.meta.tags, {})
+                routing = response.parameters.get(ROUTING_PARAMETER)
+                served = _graph_that_served(dataplane, response) if routing else None
+                if served is not None:
+                    meta.routing = served.routing_indices(parse_routing(routing))
+                headers = {k.decode(): v.decode()
+                           for k, v in response_headers(response.parameters, None)}
+                return v2_json.dumps(seldon.encode_response(response, message.kind, meta)), headers
+
             HEADERS.set(request.headers.raw)
-            _, response = await dataplane.infer(name, None, "seldon-rest", decode)
-            message = decoded[0]
-            meta = seldon.Meta(message.meta.puid or response.id, message.meta.tags, {})
-            routing = response.parameters.get(ROUTING_PARAMETER)
-            served = _graph_that_served(dataplane, response) if routing else None
-            if served is not None:
-                meta.routing = served.routing_indices(parse_routing(routing))
-            headers = {k.decode(): v.decode() for k, v in response_headers(response.parameters, None)}
-            return _json(seldon.encode_response(response, message.kind, meta), headers=headers)
+            logged = dataplane.logs(name)
+            content, headers = await dataplane.infer(
+                name, None, "seldon-rest", decode, encode,
+                body=body if logged else None, sent=_first if logged else None,
+            )
+            return Response(content, media_type=JSON, headers=headers)
         except ShoalError as exc:
             return _seldon_error(exc)
 

@@ -96,14 +96,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: pb.ModelInferRequest, deadline: float | None = None
     ) -> pb.ModelInferResponse:
-        _, response = await self.dataplane.infer(
+        raw = bool(request.raw_input_contents)
+        return await self.dataplane.infer(
             request.model_name,
             request.model_version or None,
             "v2-grpc",
             lambda _: v2_grpc.decode_request(request),
+            lambda _, response: v2_grpc.encode_response(response, raw=raw),
             deadline=deadline if deadline is None else max(deadline, 1e-6),
         )
-        return v2_grpc.encode_response(response, raw=bool(request.raw_input_contents))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any

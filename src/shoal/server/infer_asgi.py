@@ -19,7 +19,7 @@ from ..graph.context import response_headers
 from ..graph.endpoint import declared_inputs
 from ..protocol import v1, v2_json
 from ..serving.dataplane import DataPlane
-from ..types import InferenceRequest
+from ..types import InferenceRequest, InferenceResponse
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
@@ -95,18 +95,13 @@ class InferenceASGI:
             request.client_gone = gone
             return request
 
-        request, response = await self.dataplane.infer(
-            name, version, "v2-rest", decode, timeout_of(scope)
+        logged = self.dataplane.logs(name)
+        return await self.dataplane.infer(
+            name, version, "v2-rest", decode, _encode_v2, timeout_of(scope),
+            # The payload log keeps a JSON body as received (a binary one is rendered).
+            body=body if logged and header_length is None else None,
+            sent=_json_content if logged else None,
         )
-        content, json_length = v2_json.encode_response(response, request)
-        if json_length is None:
-            if response.parameters:  # a graph's routing, as a header too
-                return content, _JSON_HEADERS + response_headers(response.parameters, None)
-            return content, _JSON_HEADERS
-        return content, [*response_headers(response.parameters, None),
-            (b"content-type", b"application/octet-stream"),
-            (_HEADER_LENGTH, str(json_length).encode()),
-        ]
 
     async def _v1(
         self, name: str, version: str | None, body: bytes, scope: dict, receive: Any
@@ -120,13 +115,37 @@ class InferenceASGI:
             formats.append(fmt)
             return request
 
-        _, response = await self.dataplane.infer(name, version, "v1-rest", decode, timeout_of(scope))
-        content = v2_json.dumps(v1.encode_response(response, formats[0]))
-        if response.parameters or response.id is not None:
-            # V1 bodies have no id or parameters: a graph's request id and routing, and a
-            # rollout's variant, go in headers (a V1 request has no id: only graphs make one).
-            return content, _JSON_HEADERS + response_headers(response.parameters, response.id)
+        def encode(_: InferenceRequest, response: InferenceResponse) -> tuple[bytes, list]:
+            content = v2_json.dumps(v1.encode_response(response, formats[0]))
+            if response.parameters or response.id is not None:
+                # V1 bodies have no id or parameters: a graph's request id and routing, and a
+                # rollout's variant, go in headers (a V1 request has no id: only graphs make one).
+                return content, _JSON_HEADERS + response_headers(response.parameters, response.id)
+            return content, _JSON_HEADERS
+
+        logged = self.dataplane.logs(name)
+        return await self.dataplane.infer(
+            name, version, "v1-rest", decode, encode, timeout_of(scope),
+            body=body if logged else None, sent=_json_content if logged else None,
+        )
+
+
+def _encode_v2(request: InferenceRequest, response: InferenceResponse) -> tuple[bytes, list]:
+    content, json_length = v2_json.encode_response(response, request)
+    if json_length is None:
+        if response.parameters:  # a graph's routing, as a header too
+            return content, _JSON_HEADERS + response_headers(response.parameters, None)
         return content, _JSON_HEADERS
+    return content, [*response_headers(response.parameters, None),
+        (b"content-type", b"application/octet-stream"),
+        (_HEADER_LENGTH, str(json_length).encode()),
+    ]
+
+
+def _json_content(encoded: tuple[bytes, list]) -> bytes | None:
+    """The body an encoder above produced, when it is JSON (binary outputs: None)."""
+    content, headers = encoded
+    return None if any(key == _HEADER_LENGTH for key, _ in headers) else content
 
 
 def _never() -> bool:

@@ -63,17 +63,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 names = [spec["name"] for spec in endpoint.metadata()["inputs"]]
             return tfs_grpc.decode_predict_request(request, names, self.max_message_size)
 
-        _, response = await self.dataplane.infer(
+        def encode(_: Any, response: Any) -> predict_pb2.PredictResponse:
+            variant = response.parameters.get(VARIANT_PARAMETER)
+            if isinstance(variant, str):  # TF Serving's response has no parameters: metadata
+                context.set_trailing_metadata(((VARIANT_PARAMETER, variant),))
+            return tfs_grpc.encode_predict_response(response)
+
+        return await self.dataplane.infer(
             tfs_grpc.model_name(spec),
             tfs_grpc.requested_version(spec),
             PROTOCOL,
             decode,
+            encode,
             deadline=deadline if deadline is None else max(deadline, 1e-6),
         )
-        variant = response.parameters.get(VARIANT_PARAMETER)
-        if isinstance(variant, str):  # TF Serving's response has no parameters: metadata
-            context.set_trailing_metadata(((VARIANT_PARAMETER, variant),))
-        return tfs_grpc.encode_predict_response(response)
 
     async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Any

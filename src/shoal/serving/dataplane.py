@@ -1,20 +1,25 @@
 """What both transports call: readiness, metadata, repository operations and inference.
 
 Inference is observed here, once, for every protocol: the in-flight gauge, the request
-counter and latency histogram, and a structured log line for each failed request.
+counter and latency histogram, a structured log line for each failed request, and the
+payload log record of a model or graph that asks for one (``logger:``). A transport hands
+over how to decode the request and how to encode the answer, so encoding counts as part of
+the request (an answer that cannot be encoded is a failed request, counted and logged as one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from .. import __version__
 from ..errors import ModelFailure, ModelNotFound, ShoalError, Unavailable
 from ..observe import logging as log
 from ..observe.metrics import UNKNOWN, Metrics
+from ..observe.payload import PayloadLogger, Record, Route, header_metadata
 from ..protocol import triton_config, triton_stats
 from ..repository.manager import ModelRepository
 from ..types import InferenceRequest, InferenceResponse
@@ -26,13 +31,25 @@ EXTENSIONS = [
 ]
 
 Decoder = Callable[[Endpoint], InferenceRequest]
+Encoded = TypeVar("Encoded")
+Encoder = Callable[[InferenceRequest, InferenceResponse], Encoded]
+#: What a JSON transport sent, out of what its encoder returned (for the payload log).
+SentBody = Callable[[Any], "bytes | None"]
+#: The status of a request whose client went away before the answer (nginx's 499).
+CLIENT_GONE = 499
 
 
 class DataPlane:
-    def __init__(self, registry: Registry, repository: ModelRepository, metrics: Metrics) -> None:
+    def __init__(
+        self, registry: Registry, repository: ModelRepository, metrics: Metrics,
+        payload: PayloadLogger | None = None,
+    ) -> None:
         self.registry = registry
         self.repository = repository
         self.metrics = metrics
+        self.payload = payload
+        #: Served name -> its payload logging (shared with the logger, which keeps it current).
+        self._logged: dict[str, Route] = payload.routes if payload is not None else {}
         self.startup_complete = False
         self.draining = False
         #: The tasks running an inference now, so a shutdown can wait for them, or cut them
@@ -112,20 +129,36 @@ class DataPlane:
                 ready = False
         return ready and not self.draining
 
+    def logs(self, name: str) -> bool:
+        """Whether requests to ``name`` are payload-logged: a transport passes the body it
+        received (and says how to find the one it sends) only then."""
+        return name in self._logged
+
     async def infer(
         self,
         name: str,
         version: str | None,
         protocol: str,
         decode: Decoder,
+        encode: Encoder[Encoded],
         timeout: float | None = None,
         deadline: float | None = None,
-    ) -> tuple[InferenceRequest, InferenceResponse]:
+        body: bytes | None = None,
+        sent: SentBody | None = None,
+    ) -> Encoded:
+        """Decode, infer and encode one request. ``body`` (the request as received, for JSON
+        protocols) and ``sent`` (the response bytes out of what ``encode`` returned) are only
+        for the payload log; without them a record renders the tensors as V2 JSON."""
         started = time.perf_counter()
+        route = self._logged.get(name)
+        arrived = time.time() if route is not None else 0.0
         try:
             endpoint = self.registry.get(name, version)
         except ShoalError as exc:  # not served (404) or not ready (503): never in flight
             self._failed(name, version or "", protocol, exc, started, in_flight=False)
+            if route is not None:
+                self._log(route, name, version or "", protocol, arrived, None, body, None, None,
+                          exc.http_status, str(exc))
             raise
         served_version = endpoint.version
         self.metrics.request_started(name)
@@ -141,25 +174,38 @@ class DataPlane:
             response = await endpoint.infer(request, timeout, deadline)
             if request.model_name != name or request.model_version != served_version:
                 served_version = _served_by(request, name)  # a rollout chose a variant
+            encoded = encode(request, response)
         except ShoalError as exc:
             if request is not None:
                 served_version = _served_by(request, name)
             self._failed(name, served_version, protocol, exc, started)
+            if route is not None:
+                self._log(route, name, served_version, protocol, arrived, request, body, None,
+                          None, exc.http_status, str(exc))
             raise
         except asyncio.CancelledError:
             if self._aborting and _uncancel(task):
                 # Cut off by the drain timeout: the contract's answer, not a dropped request.
                 error = Unavailable("server is shutting down")
                 self._failed(name, served_version, protocol, error, started)
+                if route is not None:
+                    self._log(route, name, served_version, protocol, arrived, request, body,
+                              None, None, error.http_status, str(error))
                 raise error from None
             # The client went away (gRPC cancel, REST disconnect).
             self.metrics.request_finished(
                 name, served_version, protocol, "cancelled", time.perf_counter() - started
             )
+            if route is not None:
+                self._log(route, name, served_version, protocol, arrived, request, body, None,
+                          None, CLIENT_GONE, "the client went away before the answer")
             raise
         except Exception as exc:
             error = ModelFailure(f"internal error: {type(exc).__name__}: {exc}")
             self._failed(name, served_version, protocol, error, started)
+            if route is not None:
+                self._log(route, name, served_version, protocol, arrived, request, body, None,
+                          None, error.http_status, str(error))
             raise error from exc
         finally:
             if task is not None:
@@ -169,10 +215,33 @@ class DataPlane:
         self.metrics.request_finished(
             name, served_version, protocol, "success", time.perf_counter() - started
         )
+        if route is not None:
+            self._log(route, name, served_version, protocol, arrived, request, body, response,
+                      None if sent is None else sent(encoded), 200, None)
         explainer = self.repository.sampled.get(name)
         if explainer is not None:  # its explanations' background: rows it answered
             self._sample(name, request, explainer)
-        return request, response
+        return encoded
+
+    def _log(
+        self, route: Route, name: str, version: str, protocol: str, arrived: float,
+        request: InferenceRequest | None, body: bytes | None, response: InferenceResponse | None,
+        sent: bytes | None, status: int, error: str | None,
+    ) -> None:
+        """Put the request's record on its sink's queue: all the request path does for it."""
+        if route.sample_rate < 1.0 and random.random() >= route.sample_rate:
+            return
+        size = 512 + (len(body) if body is not None else 0) + (len(sent) if sent is not None else 0)
+        if response is not None and sent is None:
+            size += sum(t.data.nbytes for t in response.outputs)
+        if request is not None and body is None:
+            size += sum(t.data.nbytes for t in request.inputs)
+        record = Record(
+            name, version, protocol, route.component, arrived, time.time(), request, body,
+            response, sent, status, error,
+            header_metadata(route.headers) if route.headers else None, route.mode, size,
+        )
+        route.channel.put(record)
 
     def _sample(self, name: str, request: InferenceRequest, explainer: Any) -> None:
         """Keep the request's rows for explanations; never the request's failure."""
