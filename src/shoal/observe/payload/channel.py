@@ -32,7 +32,7 @@ BATCH = 256
 #: keeping up; a down sink empties memory into the spool, so this is not an outage).
 MEMORY_LIMIT = 64 * 1024 * 1024
 BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 10.0
+BACKOFF_MAX = 5.0
 #: How often a dropped-record warning may be logged, per channel.
 WARN_INTERVAL = 10.0
 
