@@ -165,3 +165,32 @@ def test_a_server_killed_during_an_outage_delivers_its_spool_after_restart(tmp_p
     finally:
         receiver.stop()
         assert restarted.stop() == 0
+
+
+def test_sigterm_flushes_what_is_queued_or_spools_it(tmp_path: Path) -> None:
+    receiver = EventReceiver().start()
+    server = serve(tmp_path, receiver)
+    ids = [f"t-{i}" for i in range(30)]
+    with httpx.Client(base_url=server.url) as client:
+        for request_id in ids:
+            assert client.post("/v2/models/iris/infer", json={**BODY, "id": request_id}).status_code == 200
+    assert server.stop() == 0  # right away: what is queued is sent before the exit
+    assert all_delivered(receiver, set(ids))
+
+    receiver.stop()  # now a collector that is down at shutdown
+    server = serve(tmp_path, receiver)
+    later = [f"u-{i}" for i in range(30)]
+    with httpx.Client(base_url=server.url) as client:
+        for request_id in later:
+            assert client.post("/v2/models/iris/infer", json={**BODY, "id": request_id}).status_code == 200
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 10
+    assert any((tmp_path / "state" / "payload-log").rglob("*.jsonl"))
+    receiver.start()
+    server = serve(tmp_path, receiver)
+    try:
+        wait_until(lambda: all_delivered(receiver, set(later)), 30, "the spool to be delivered")
+    finally:
+        receiver.stop()
+        assert server.stop() == 0

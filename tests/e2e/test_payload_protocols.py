@@ -44,6 +44,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: EventReceiver) ->
     sklearn_iris(root / "answers" / "1")
     write(root / "answers" / "model.yaml",
           "logger: {mode: response, headers: [X-User-Id, x-tenant]}\n")
+    sklearn_iris(root / "ab" / "1")
+    sklearn_iris(root / "ab" / "2")
+    write(root / "ab" / "model.yaml", "version_policy: all\n"
+          "rollout: {stable: '1', canary: {variant: '2', percent: 100}}\n")
     write(root / "chain" / "graph.yaml", yaml.safe_dump({
         "nodes": {"root": {"kind": "sequence", "steps": ["iris"]},
                   "iris": {"kind": "model", "model": "iris"}},
@@ -222,3 +226,14 @@ def test_metrics_count_what_was_sent(server: ShoalProcess, receiver: EventReceiv
     text = httpx.get(f"{server.url}/metrics").text
     assert f'shoal_payload_log_records_total{{model="iris",outcome="sent",sink="{receiver.url}"}}' in text
     assert f'shoal_payload_log_sink_up{{sink="{receiver.url}"}} 1.0' in text
+
+
+def test_a_rollout_names_the_variant(server: ShoalProcess, receiver: EventReceiver) -> None:
+    body = {"id": "ab-1", "inputs": [
+        {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}
+    assert httpx.post(f"{server.url}/v2/models/ab/infer", json=body).status_code == 200
+    request, response = pair(receiver, "ab-1")
+    for event in (request, response):
+        assert event["inferenceservicename"] == "ab"
+        assert event["variant"] == "canary" and event["endpoint"] == "canary"
+        assert event["modelversion"] == "2"
