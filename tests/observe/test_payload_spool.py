@@ -127,3 +127,41 @@ def test_file_sink_that_cannot_write_reports_down(tmp_path: Path) -> None:
         asyncio.run(sink.send([event(1)]))
     assert down.value.delivered == 0
 
+
+
+def test_cut_and_empty_lines_give_their_budget_back(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, SpoolBudget(1 << 20))
+    spool.append([b'{"n":1}'])
+    spool.close()
+    with open(next(tmp_path.glob("*.jsonl")), "ab") as handle:
+        handle.write(b'\n\n{"n":2')  # empty lines, then a line a crash cut
+    budget = SpoolBudget(1 << 20)
+    again = Spool(tmp_path, budget)
+    assert again.peek(10) == [b'{"n":1}']
+    again.ack(1)
+    assert again.empty() and again.bytes == 0 and budget.used == 0
+
+
+def test_an_offset_never_applies_to_another_segment(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, SpoolBudget(1 << 20))
+    spool.append([b'{"old":1}', b'{"old":2}'])
+    spool.peek(1)
+    spool.ack(1)
+    spool.close()  # head.offset names the first segment
+    first = next(tmp_path.glob("*.jsonl"))
+    first.unlink()  # as if a crash came between deleting the segment and its offset
+    again = Spool(tmp_path, SpoolBudget(1 << 20))
+    again.append([b'{"new":%d}' % n for n in range(3)])
+    got = again.peek(10)
+    assert got == [b'{"new":0}', b'{"new":1}', b'{"new":2}']
+
+
+def test_a_lock_on_a_deleted_lock_file_is_no_lock(tmp_path: Path) -> None:
+    budget = SpoolBudget(1 << 20)
+    holder = Spool(tmp_path / "1", budget)
+    (tmp_path / "1" / ".lock").unlink()  # what adopt() does before it lets go
+    holder.close()
+    again = Spool(tmp_path / "1", budget)  # a fresh lock file: a real lock
+    with pytest.raises(SpoolBusy):
+        Spool(tmp_path / "1", budget)
+    again.close()

@@ -65,6 +65,8 @@ class Channel:
         self._retry_at = 0.0
         self._backoff = BACKOFF_FIRST
         self._warned = 0.0
+        #: Events taken from memory and being sent: spooled if the send is cut short.
+        self._in_hand: list[Event] = []
         self.task: asyncio.Task[None] | None = None
         metrics.sink_state(label, True)
         metrics.spool_bytes(label, spool.bytes)
@@ -84,32 +86,60 @@ class Channel:
     # -- the logger thread ----------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Deliver until closed. Nothing that goes wrong here (a full disk under the spool, a
+        sink's own bug) ends the channel: it is logged, what was in hand is spooled (or
+        counted as dropped), and delivery resumes after a backoff."""
         while True:
-            if not self.spool.empty():
-                if not self.up or self.queue:
-                    self._spool_memory()
-                if self._closing and (not self.up or time.monotonic() >= self._flush_deadline):
-                    self._spool_memory()
+            try:
+                if await self._step():
                     return
-                if not self.up and not await self._backed_off():
-                    continue
-                await self._send_spooled()
-                continue
-            if not self.queue:
+            except asyncio.CancelledError:
+                self._rescue()
+                raise
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                log.event("payload_log_channel_error", logging.ERROR, sink=self.label,
+                          error=reason)
+                self._rescue()
+                self._down(reason)
                 if self._closing:
                     return
-                await self._sleep(None)
-                if not self._closing:
-                    await asyncio.sleep(LINGER)  # let a batch gather (put() does not wake us)
-                continue
-            events = self._take()
-            if not self.up and time.monotonic() < self._retry_at:
-                self._to_spool(events)
-                continue
-            if self._closing and time.monotonic() >= self._flush_deadline:
-                self._to_spool(events)
-                continue
-            await self._send(events, spooled=False)
+                await asyncio.sleep(max(0.0, self._retry_at - time.monotonic()))
+
+    async def _step(self) -> bool:
+        """One round of delivery; True when the channel is done (closing, nothing left)."""
+        if not self.spool.empty():
+            if not self.up or self.queue:
+                self._spool_memory()
+            if self._closing and (not self.up or time.monotonic() >= self._flush_deadline):
+                self._spool_memory()
+                return True
+            if not self.up and not await self._backed_off():
+                return False
+            await self._send_spooled()
+            return False
+        if not self.queue:
+            if self._closing:
+                return True
+            await self._sleep(None)
+            if not self._closing:
+                await asyncio.sleep(LINGER)  # let a batch gather (put() does not wake us)
+            return False
+        events = self._take()
+        if (not self.up and time.monotonic() < self._retry_at) or (
+            self._closing and time.monotonic() >= self._flush_deadline
+        ):
+            self._to_spool(events)
+            return False
+        self._in_hand = events
+        await self._send(events, spooled=False)
+        self._in_hand = []
+        return False
+
+    def _rescue(self) -> None:
+        """Spool the events taken from memory whose send did not finish (at least once)."""
+        events, self._in_hand = self._in_hand, []
+        self._to_spool(events)
 
     def _take(self) -> list[Event]:
         events: list[Event] = []
@@ -166,7 +196,7 @@ class Channel:
             try:
                 events.append(from_structured(line))
                 line_of.append(number)
-            except ValueError:  # not a record (cannot happen short of a damaged file)
+            except Exception:  # not a record (cannot happen short of a damaged file)
                 log.event("payload_log_spool_line_skipped", logging.ERROR, sink=self.label,
                           spool=str(self.spool.directory))
         done = await self._send(events, spooled=True) if events else 0
@@ -181,7 +211,12 @@ class Channel:
         if not events:
             return
         lines = [structured(event) for event in events]
-        taken = self.spool.append(lines)
+        try:
+            taken = self.spool.append(lines)
+        except OSError as exc:
+            for event in events:
+                self._dropped(event.model, 1, f"cannot write the spool: {exc.strerror or exc}")
+            return
         for event in events[:taken]:
             self.metrics.count(event.model, self.label, "spooled")
         for event in events[taken:]:
@@ -211,6 +246,8 @@ class Channel:
         if self._closing:
             return False
         await self._sleep(remaining)
+        if not self._closing:
+            await asyncio.sleep(LINGER)  # spool what arrives in batches, not per request
         return time.monotonic() >= self._retry_at
 
     async def _sleep(self, timeout: float | None) -> None:
@@ -242,11 +279,16 @@ class Channel:
         self._closing = True
         self._wake.set()
         if self.task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.task), timeout + 1.0)
-            except asyncio.TimeoutError:
-                self.task.cancel()  # a sink stuck past its own timeouts
+            await asyncio.wait({self.task}, timeout=timeout + 1.0)
+            if not self.task.done():
+                self.task.cancel()  # a sink stuck past the deadline: its batch is spooled
                 await asyncio.gather(self.task, return_exceptions=True)
         self._spool_memory()
-        await self.sink.close()
-        self.spool.close()
+        for step in (self.sink.close, self.spool.close):
+            try:
+                result = step()
+                if asyncio.iscoroutine(result):
+                    await asyncio.wait_for(result, 5.0)
+            except Exception as exc:
+                log.event("payload_log_close_failed", logging.ERROR, sink=self.label,
+                          error=f"{type(exc).__name__}: {exc}")

@@ -15,7 +15,7 @@ turns logging off for one model while the server default is on.
 from __future__ import annotations
 
 from typing import Literal
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -59,6 +59,13 @@ def parse_sink_url(url: str) -> SplitResult:
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ValueError(f"{url!r}: a file sink is file:///absolute/directory")
+        options = parse_qs(parts.query)
+        unknown = sorted(set(options) - {"max_bytes"})
+        if unknown:
+            raise ValueError(f"{url!r}: unknown option {unknown[0]!r} (a file sink takes max_bytes)")
+        for value in options.get("max_bytes", []):
+            if not value.isdigit() or int(value) <= 0:
+                raise ValueError(f"{url!r}: max_bytes must be a positive number of bytes")
     elif not parts.hostname:
         raise ValueError(f"{url!r} names no host")
     if parts.scheme == "kafka" and (not parts.port or not parts.path.strip("/")):

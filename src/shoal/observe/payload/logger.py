@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import importlib.util
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,13 @@ class PayloadLogger:
             raise LoadError("logger: has no url, and the server has no --payload-log default")
         if url.startswith("kafka:") and importlib.util.find_spec("aiokafka") is None:
             raise LoadError("logger: a kafka:// sink needs aiokafka: pip install 'shoal[kafka]'")
+        try:
+            channel = self._channel(url)
+        except OSError as exc:  # the state directory: not writable, full, ...
+            raise LoadError(f"logger: cannot open the payload log spool under "
+                            f"{self.spool_root}: {exc.strerror or exc}") from None
         self.routes[name] = Route(
-            self._channel(url), config.mode, config.sample_rate, tuple(config.headers),
+            channel, config.mode, config.sample_rate, tuple(config.headers),
             "graph" if graph else "predictor",
         )
 
@@ -139,13 +145,22 @@ class PayloadLogger:
             return channel
         loop = self._start()
         folder = self.spool_root / hashlib.sha256(url.encode()).hexdigest()[:16]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / _URL_FILE).write_text(url + "\n")
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        url_file = folder / _URL_FILE
+        if not url_file.exists():  # it may hold a password: readable by the server only
+            descriptor = os.open(url_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(url + "\n")
         spool = open_slot(folder, self.budget)
         slot = int(spool.directory.name) if self.several_processes else None
         label = sink_label(url)
-        channel = Channel(url, label, open_sink(url, slot), spool, self.metrics, loop,
-                          self._source, self._namespace)
+        try:
+            sink = open_sink(url, slot)
+        except Exception:
+            spool.close()
+            raise
+        channel = Channel(url, label, sink, spool, self.metrics, loop, self._source,
+                          self._namespace)
         self._channels[url] = channel
 
         async def begin() -> None:

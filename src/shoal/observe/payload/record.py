@@ -15,7 +15,7 @@ a request, and ``inferenceservicename``, ``endpoint``, ``component``, ``namespac
 rather than built through the ``cloudevents`` SDK objects: the SDK costs about 15 µs per event
 (attribute validation and the standard library's JSON), as much as a whole prediction of a
 small model, and this thread shares the server's CPU. Every sink's output is parsed by the
-SDK in the tests (``tests/observe/payload``).
+SDK in the tests (``tests/e2e/test_payload_*.py``, ``tests/observe/test_payload_*.py``).
 """
 
 from __future__ import annotations
@@ -274,7 +274,13 @@ def structured(event: Event) -> bytes:
     body: dict[str, Any] = dict(event.attributes)
     if event.data is not None:
         if event.attributes.get("datacontenttype", JSON) == JSON:
-            body["data"] = orjson.Fragment(event.data)  # already JSON: embedded as is
+            data = event.data
+            if b"\n" in data or b"\r" in data:
+                # A pretty-printed body: its line breaks can only sit between tokens (inside
+                # a JSON string they are escaped), so as spaces they mean the same, and the
+                # event stays one line.
+                data = data.replace(b"\r", b" ").replace(b"\n", b" ")
+            body["data"] = orjson.Fragment(data)  # already JSON: embedded as is
         else:
             body["data_base64"] = base64.b64encode(event.data).decode()
     return orjson.dumps(body)

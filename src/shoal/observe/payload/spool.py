@@ -48,6 +48,11 @@ class SpoolBudget:
         with self._lock:
             self.used = max(0, self.used - size)
 
+    def add(self, size: int) -> None:
+        """Bytes found on disk (a spool left behind): they count, even over the limit."""
+        with self._lock:
+            self.used += size
+
 
 class SpoolBusy(Exception):
     """Another live process holds this spool folder."""
@@ -55,7 +60,7 @@ class SpoolBusy(Exception):
 
 class Spool:
     def __init__(self, directory: Path, budget: SpoolBudget) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory = directory
         self.budget = budget
         self._lock_fd = _lock(directory)
@@ -65,11 +70,14 @@ class Spool:
         self._head_number: int | None = None
         self._head_index = 0
         self._head_offset = 0
+        self._head_unacked = 0  # bytes of the head counted in ``bytes`` and not yet acked
         self.bytes = sum(_size(self._path(n)) for n in self._segments)
-        offset = _read_offset(directory)
-        if self._segments and offset:
+        segment, offset = _read_offset(directory)
+        if self._segments and segment == self._segments[0]:
             self.bytes = max(0, self.bytes - offset)
-        budget.used += self.bytes  # what is already there counts, even over the limit
+        elif segment is not None:
+            _write_offset(directory, None, 0)  # it named a segment that is gone: stale
+        budget.add(self.bytes)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -86,9 +94,16 @@ class Spool:
             taken += 1
         if not taken:
             return 0
-        number, handle = self._tail()
-        handle.write(b"\n".join(lines[:taken]) + b"\n")  # type: ignore[attr-defined]
-        handle.flush()  # type: ignore[attr-defined]
+        position: int | None = None
+        try:
+            number, handle = self._tail()
+            position = handle.tell()  # type: ignore[attr-defined]
+            handle.write(b"\n".join(lines[:taken]) + b"\n")  # type: ignore[attr-defined]
+            handle.flush()  # type: ignore[attr-defined]
+        except OSError:
+            self.budget.give(sum(sizes))
+            self._abandon_tail(position)
+            raise
         self.bytes += sum(sizes)
         if handle.tell() >= SEGMENT_BYTES:  # type: ignore[attr-defined]
             self._seal()
@@ -103,6 +118,20 @@ class Spool:
             self._segments.append(number)
             self._writer = (number, handle)
         return self._writer
+
+    def _abandon_tail(self, position: int | None) -> None:
+        """After a failed write: cut what part of it reached the file (a cut line would
+        merge with the next one) and start a new segment next time."""
+        if self._writer is None:
+            return
+        handle = self._writer[1]
+        try:
+            if position is not None:
+                handle.truncate(position)  # type: ignore[attr-defined]
+            handle.close()  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        self._writer = None
 
     def _seal(self) -> None:
         if self._writer is not None:
@@ -127,12 +156,13 @@ class Spool:
         self._head_index += len(done)
         size = sum(len(line) + 1 for line in done)
         self._head_offset += size
+        self._head_unacked -= size
         self.bytes = max(0, self.bytes - size)
         self.budget.give(size)
         if self._head_index >= len(self._head):
             self._finish_head()
         else:
-            _write_offset(self.directory, self._head_offset)
+            _write_offset(self.directory, self._head_number, self._head_offset)
 
     def _next_head(self) -> bool:
         if not self._segments:
@@ -141,18 +171,19 @@ class Spool:
         if self._writer is not None and self._writer[0] == number:
             self._seal()  # appends go to a new segment from now on
         path = self._path(number)
-        offset = _read_offset(self.directory)
+        segment, offset = _read_offset(self.directory)
         try:
             content = path.read_bytes()
         except FileNotFoundError:
             content = b""
-        offset = offset if 0 < offset <= len(content) else 0
+        offset = offset if segment == number and 0 < offset <= len(content) else 0
         lines = content[offset:].split(b"\n")
         # A last line without its newline was cut off by a crash mid-write: not a record.
         self._head = [line for line in lines[:-1] if line]
         self._head_number = number
         self._head_index = 0
         self._head_offset = offset
+        self._head_unacked = len(content) - offset  # what ``bytes`` counts of it
         self._segments.pop(0)
         if not self._head:
             self._finish_head()
@@ -160,12 +191,18 @@ class Spool:
         return True
 
     def _finish_head(self) -> None:
+        # The offset goes before the segment: a crash between the two must not leave an
+        # offset that the next segment would be read from.
+        _write_offset(self.directory, None, 0)
         if self._head_number is not None:
             try:
                 self._path(self._head_number).unlink()
             except FileNotFoundError:
                 pass
-        _write_offset(self.directory, 0)
+        if self._head_unacked > 0:  # empty or cut lines: counted, never acked
+            self.bytes = max(0, self.bytes - self._head_unacked)
+            self.budget.give(self._head_unacked)
+        self._head_unacked = 0
         self._head = []
         self._head_number = None
         self._head_index = 0
@@ -177,48 +214,48 @@ class Spool:
 
     def adopt(self, other: Path) -> int:
         """Take over the segments of a spool folder no live process holds; returns how many.
-        They are older than anything this spool has not read yet, so they go first only when
-        this spool is fresh (at start, before any append): the caller adopts then."""
+        Called at start, before any append: they are older than anything this spool has not
+        read yet, and go behind its own leftovers."""
         try:
             fd = _lock(other)
         except SpoolBusy:
             return 0
         try:
             numbers = sorted(_segments(other))
-            offset = _read_offset(other)
+            segment, offset = _read_offset(other)
             base = max(self._segments, default=0)
-            moved = []
+            moved = 0
             for index, number in enumerate(numbers, start=1):
                 target = self._path(base + index)
                 source = other / f"{number:012d}{_SUFFIX}"
-                if index == 1 and offset:
-                    content = source.read_bytes()[offset:]
-                    target.write_bytes(content)
+                if number == segment and offset:
+                    target.write_bytes(source.read_bytes()[offset:])
+                    _write_offset(other, None, 0)  # before the source goes (see _finish_head)
                     source.unlink()
                 else:
                     os.replace(source, target)
-                moved.append(base + index)
+                self._segments.append(base + index)
                 size = _size(target)
                 self.bytes += size
-                self.budget.used += size
-            (other / _OFFSET).unlink(missing_ok=True)
-            if base == 0 and not self._segments:
-                self._segments = moved
-            else:  # behind what this spool already holds (older leftovers of its own)
-                self._segments.extend(moved)
-            return len(moved)
-        finally:
-            os.close(fd)
+                self.budget.add(size)
+                moved += 1
+            _write_offset(other, None, 0)
+            # The folder goes while it is still locked: a process that opened its lock file
+            # meanwhile finds, once it gets the lock, that the file is no longer there.
+            for leftover in (other / _LOCK, other / f"{_OFFSET}.tmp"):
+                leftover.unlink(missing_ok=True)
             try:
-                (other / _LOCK).unlink()
                 other.rmdir()
             except OSError:
                 pass
+            return moved
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self._seal()
         if self._head and self._head_index < len(self._head):
-            _write_offset(self.directory, self._head_offset)
+            _write_offset(self.directory, self._head_number, self._head_offset)
         os.close(self._lock_fd)
 
     def _path(self, number: int) -> Path:
@@ -228,7 +265,7 @@ class Spool:
 def open_slot(root: Path, budget: SpoolBudget) -> Spool:
     """A spool in the first folder under ``root`` (``0``, ``1``, ...) no live process holds,
     with the folders of processes that are gone adopted into it."""
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     slot = 0
     while True:
         try:
@@ -243,11 +280,16 @@ def open_slot(root: Path, budget: SpoolBudget) -> Spool:
 
 
 def _lock(directory: Path) -> int:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / _LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        # Adopting a folder deletes its lock file while holding the lock: a lock taken on a
+        # file that is gone by now is a lock on nothing.
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
         os.close(fd)
         raise SpoolBusy(str(directory)) from None
     return fd
@@ -268,18 +310,20 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_offset(directory: Path) -> int:
+def _read_offset(directory: Path) -> tuple[int | None, int]:
+    """(segment, offset) of the head segment's delivered part; (None, 0) when none."""
     try:
-        return int((directory / _OFFSET).read_text().strip() or 0)
+        segment, offset = (directory / _OFFSET).read_text().split()
+        return int(segment), int(offset)
     except (FileNotFoundError, ValueError):
-        return 0
+        return None, 0
 
 
-def _write_offset(directory: Path, offset: int) -> None:
+def _write_offset(directory: Path, segment: int | None, offset: int) -> None:
     path = directory / _OFFSET
-    if offset:
+    if segment is not None and offset:
         temporary = directory / f"{_OFFSET}.tmp"
-        temporary.write_text(str(offset))
+        temporary.write_text(f"{segment} {offset}")
         os.replace(temporary, path)
     else:
         path.unlink(missing_ok=True)

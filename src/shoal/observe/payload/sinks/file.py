@@ -41,11 +41,19 @@ class FileSink:
             while end < len(events) and events[end].model == model:
                 end += 1
             lines = [structured(event) for event in events[start:end]]
+            handle = None
+            position = 0
             try:
                 handle = self._file(model)
+                position = handle.tell()
                 handle.write(b"\n".join(lines) + b"\n")
                 handle.flush()
             except OSError as exc:
+                if handle is not None:  # a cut line would merge with the next one written
+                    try:
+                        handle.truncate(position)
+                    except OSError:
+                        pass
                 self._drop(model)
                 raise SinkDown(start, f"cannot write to {self.root}: "
                                f"{exc.strerror or exc}") from None

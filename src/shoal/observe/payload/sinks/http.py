@@ -8,21 +8,24 @@ the prediction it records. So the POSTs are pipelined on one keep-alive HTTP/1.1
 which also keeps them in order. A receiver that closes the connection midway gets the rest
 on a new one.
 
-Answers: 2xx delivered; 408, 429 and 5xx mean "later" (the sink is down: the events are
-retried from the spool); any other 4xx is the collector refusing that event for good
-(counted ``failed``, logged, not retried).
+Answers: 2xx delivered; 3xx, 401, 403, 404, 407, 408, 429 and 5xx mean "later" (the
+collector is down or misconfigured: the events wait in the spool and are retried); any other
+4xx is the collector refusing that one event for good (counted ``failed``, logged, not
+retried). ``http://user:password@host/`` sends HTTP basic auth.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from collections import deque
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
 from .... import __version__
+from ..config import sink_label
 from ..record import Event, binary_headers
 from . import SinkDown
 
@@ -40,6 +43,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.transport: asyncio.Transport | None = None
         self.changed = asyncio.Event()
+        self._status: int | None = None  # of the answer being read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -50,11 +54,20 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             self.close()
 
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self._status = None if 100 <= status < 200 else status  # 100 Continue is not the answer
+
     def on_message_complete(self) -> None:
-        self.statuses.append(self.parser.get_status_code())
-        self.changed.set()
+        if self._status is not None:
+            self.statuses.append(self._status)
+            self._status = None
+            self.changed.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._status is not None:  # an answer whose body the close ended (HTTP/1.0)
+            self.statuses.append(self._status)
+            self._status = None
         self.closed = True
         self.changed.set()
 
@@ -65,10 +78,15 @@ class _Connection(asyncio.Protocol):
         self.changed.set()
 
 
+#: Answers that say the collector is misconfigured or unavailable rather than that this one
+#: event is wrong: the events wait in the spool until it is fixed.
+_LATER = frozenset({401, 403, 404, 407, 408, 429})
+
+
 class HttpSink:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        self.url = url
+        self.url = sink_label(url)  # what reasons and logs show: no password
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.tls = ssl.create_default_context() if parts.scheme == "https" else None
@@ -77,8 +95,13 @@ class HttpSink:
             path += f"?{parts.query}"
         host = self.host if ":" not in self.host else f"[{self.host}]"
         authority = host if parts.port is None else f"{host}:{self.port}"
+        auth = ""
+        if parts.username is not None:  # http://user:password@host/ as HTTP basic auth
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            auth = f"Authorization: Basic {base64.b64encode(pair).decode()}\r\n"
         self._head = (
             f"POST {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: shoal/{__version__}\r\n"
+            f"{auth}"
         ).encode("latin-1")
         self._connection: _Connection | None = None
 
@@ -91,15 +114,18 @@ class HttpSink:
             connection.statuses.clear()
             assert connection.transport is not None
             connection.transport.write(b"".join(self._request(event) for event in window))
-            answered = await self._answers(connection, len(window), done)
+            answered, timed_out = await self._answers(connection, len(window))
             for offset, status in enumerate(answered):
                 if 200 <= status < 300:
                     continue
-                if status in (408, 429) or status >= 500:
+                if status in _LATER or status >= 500 or 300 <= status < 400:
                     self._close()
                     raise SinkDown(done + offset, f"{self.url} answered {status}")
                 rejected.append((done + offset, f"answered {status}"))
             done += len(answered)
+            if timed_out:
+                self._close()
+                raise SinkDown(done, f"{self.url} did not answer within {ANSWER_TIMEOUT:g} s")
             if len(answered) < len(window):
                 # The receiver closed the connection after some answers (keep-alive limit):
                 # the rest go again on a new one.
@@ -108,21 +134,25 @@ class HttpSink:
                     raise SinkDown(done, f"{self.url} closed the connection")
         return rejected
 
-    async def _answers(self, connection: _Connection, count: int, done: int) -> list[int]:
+    async def _answers(self, connection: _Connection, count: int) -> tuple[list[int], bool]:
+        """The statuses of up to ``count`` answers, and whether the collector went quiet for
+        :data:`ANSWER_TIMEOUT` seconds (the clock restarts with each answer)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ANSWER_TIMEOUT
+        seen = 0
         while len(connection.statuses) < count and not connection.closed:
+            if len(connection.statuses) > seen:
+                seen = len(connection.statuses)
+                deadline = loop.time() + ANSWER_TIMEOUT
             connection.changed.clear()
             remaining = deadline - loop.time()
             if remaining <= 0:
-                self._close()
-                raise SinkDown(done + len(connection.statuses),
-                               f"{self.url} did not answer within {ANSWER_TIMEOUT:g} s")
+                return list(connection.statuses)[:count], True
             try:
                 await asyncio.wait_for(connection.changed.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
-        return list(connection.statuses)[:count]
+        return list(connection.statuses)[:count], False
 
     def _request(self, event: Event) -> bytes:
         body = event.data or b""

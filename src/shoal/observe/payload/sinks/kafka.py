@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ..config import sink_label
 from ..record import Event, structured
 from . import SinkDown
 
@@ -25,8 +26,8 @@ REQUEST_TIMEOUT_MS = 10_000
 class KafkaSink:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        self.url = url
-        self.servers = parts.netloc
+        self.url = sink_label(url)  # what reasons and logs show: no password
+        self.servers = parts.netloc.rsplit("@", 1)[-1]
         self.topic = unquote(parts.path.strip("/"))
         self._producer: Any = None
 
