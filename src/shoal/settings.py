@@ -57,3 +57,6 @@ class ServerSettings:
     payload_log: str | None = None
     #: Bytes the payload log's disk spool (under the state directory) may hold.
     payload_log_spool_size: int = 1024 * MiB
+    #: OTLP/HTTP collector (base URL, e.g. ``http://collector:4318``) to send OpenTelemetry
+    #: traces to; None: tracing only if the standard ``OTEL_*`` variables ask for it.
+    otel_endpoint: str | None = None

@@ -117,6 +117,10 @@ class ByteSize(click.ParamType):
               show_default=True, type=ByteSize(), show_envvar=True,
               help="Disk the payload log may use (under --state-dir) for records a sink cannot "
                    "take yet; beyond it records are dropped, and counted.")
+@click.option("--otel-endpoint", envvar="SHOAL_OTEL_ENDPOINT", default=None, show_envvar=True,
+              help="Send OpenTelemetry traces to this OTLP/HTTP collector (base URL, e.g. "
+                   "http://collector:4318; /v1/traces is appended). Unset: traced only if "
+                   "the standard OTEL_* variables ask for it. Needs pip install 'shoal[otel]'.")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
           max_header_size: int, header_timeout: float, drain_timeout: float, log_level: str,
           model_threads: int | None,
@@ -124,7 +128,8 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
           request_timeout: float, workers: int, http_workers: int,
           state_dir: Path | None, admin_token: str | None, tls_cert: Path | None,
           tls_key: Path | None, tls_ca: Path | None, watch: bool, watch_interval: float,
-          payload_log: str | None, payload_log_spool_size: int) -> None:
+          payload_log: str | None, payload_log_spool_size: int,
+          otel_endpoint: str | None) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
     from ..server.app import exit_now, run
 
@@ -140,6 +145,13 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
             parse_sink_url(payload_log)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--payload-log") from None
+    if otel_endpoint:
+        from ..observe.tracing import check_endpoint
+
+        try:
+            check_endpoint(otel_endpoint)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--otel-endpoint") from None
 
     run(ServerSettings(
         repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
@@ -152,6 +164,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
         watch=watch, watch_interval=watch_interval,
         payload_log=payload_log or None, payload_log_spool_size=payload_log_spool_size,
+        otel_endpoint=otel_endpoint or None,
     ))
     exit_now()
 

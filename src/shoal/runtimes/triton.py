@@ -18,6 +18,8 @@ Inference forwards each request with its parameters and requested outputs: over 
 every tensor in the binary extension, over gRPC with raw contents, on one keep-alive
 connection pool (HTTP) or channel (gRPC) per model version, from the event loop (no thread is
 held while the remote works). A remote that is down is a 503 within milliseconds, never a hang.
+Traced, each attempt is a ``shoal.remote <model>`` CLIENT span that sends its ``traceparent``
+along, so a traced remote server continues the trace.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ..errors import (
     Unavailable,
 )
 from ..model import Model
+from ..observe import tracing
 from ..protocol import v2_grpc, v2_json
 from ..protocol.grpc_gen import grpc_service_pb2 as pb
 from ..protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
@@ -113,6 +116,11 @@ class TritonModel(Model):
         version_setting = self.settings.model_version
         self.remote_version = None if version_setting is None else str(version_setting)
         self.remote: Remote | None = None
+        #: The name and attributes of the CLIENT span of each call (tracing).
+        self.call_span = f"shoal.remote {self.remote_name}"
+        self.traced_call = {tracing.REMOTE_MODEL: self.remote_name,
+                            tracing.REMOTE_ADDRESS: self.address,
+                            tracing.REMOTE_PROTOCOL: f"v2-{self.protocol}"}
 
     @property
     def where(self) -> str:
@@ -257,11 +265,17 @@ class HttpRemote:
         body, header_length = v2_json.encode_request(
             self.model.outgoing(request, binary_outputs=True)
         )
-        _, headers, content = await self._send(
-            "POST", f"{self.url}/infer", data=body,
-            headers={"Inference-Header-Content-Length": str(header_length),
-                     "Content-Type": "application/octet-stream"},
-        )
+        sent = {"Inference-Header-Content-Length": str(header_length),
+                "Content-Type": "application/octet-stream"}
+        if tracing.TRACER is None:
+            _, headers, content = await self._send(
+                "POST", f"{self.url}/infer", data=body, headers=sent
+            )
+        else:
+            with tracing.client_span(self.model.call_span, self.model.traced_call) as context:
+                _, headers, content = await self._send(
+                    "POST", f"{self.url}/infer", data=body, headers={**sent, **context}
+                )
         length = headers.get(v2_json.HEADER_LENGTH)
         try:
             return v2_json.decode_response(content, None if length is None else int(length))
@@ -347,7 +361,11 @@ class GrpcRemote:
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         message = v2_grpc.request_to_proto(self.model.outgoing(request), raw=True)
-        answer = await self._call(self.stub.ModelInfer, message)
+        if tracing.TRACER is None:
+            answer = await self._call(self.stub.ModelInfer, message)
+        else:
+            with tracing.client_span(self.model.call_span, self.model.traced_call) as context:
+                answer = await self._call(self.stub.ModelInfer, message, tuple(context.items()))
         try:
             return v2_grpc.decode_response(answer)
         except InvalidInput as exc:
@@ -356,9 +374,11 @@ class GrpcRemote:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def _call(self, method: Any, message: Any) -> Any:
+    async def _call(
+        self, method: Any, message: Any, metadata: tuple[tuple[str, str], ...] | None = None
+    ) -> Any:
         try:
-            return await method(message, timeout=self.model.settings.timeout)
+            return await method(message, timeout=self.model.settings.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(

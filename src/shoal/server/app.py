@@ -9,6 +9,10 @@ With ``tls_cert`` and ``tls_key`` both ports speak TLS only (REST through uvicor
 settings, gRPC through ``grpc.ssl_server_credentials``); with ``tls_ca`` too, both require a
 client certificate signed by that CA. With ``watch``, a ``RepositoryWatcher`` polls the
 repository once the startup load is done, until shutdown.
+
+OpenTelemetry tracing (``otel_endpoint`` or the ``OTEL_*`` variables, see
+``shoal.observe.tracing``) is set up before either port listens, in every server process, and
+shut down (its last spans exported) after the drain.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import orjson
 import uvicorn
 
 from ..observe import logging as log
+from ..observe import tracing
 from ..observe.metrics import Metrics
 from ..observe.payload import PayloadLogger
 from ..repository.manager import ModelRepository
@@ -186,6 +191,9 @@ class ShoalServer:
             RepositoryWatcher(self.repository, settings.watch_interval) if settings.watch else None
         )
         self._watching: asyncio.Task[None] | None = None
+        #: Whether this server set tracing up (and so shuts it down); a program that
+        #: configured tracing itself keeps its own.
+        self._tracing = False
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._stop = asyncio.Event()
@@ -195,6 +203,7 @@ class ShoalServer:
 
     async def serve(self) -> None:
         settings = self.settings
+        self._tracing = tracing.configure_server(settings.otel_endpoint)
         if not self.admin.enabled and not _loopback(settings.host):
             log.event("control_routes_open", logging.WARNING, host=settings.host,
                       detail="repository and rollout changes need no token: set --admin-token")
@@ -210,7 +219,9 @@ class ShoalServer:
             loading = asyncio.create_task(self._load())
             if not await _first_of(loading, self._stop.wait()):
                 loading.cancel()
+                await self.payload.close()  # a spool it started delivering stays consistent
                 await self._release()
+                self._stop_tracing()
                 return
         http_server, http_task, grpc_server = await self._listen()
         if loading is None:
@@ -235,6 +246,7 @@ class ShoalServer:
         await self.payload.close()
         await self.rollouts.close()
         await self._release()
+        self._stop_tracing()
         log.event("stopped")
 
     async def _listen(self) -> tuple[uvicorn.Server, asyncio.Task[None], grpc.aio.Server]:
@@ -276,6 +288,12 @@ class ShoalServer:
             announce(settings.host, self.http_port, self.grpc_port,
                      **({"tls": True} if self.tls is not None else {}))
         return http_server, http_task, grpc_server
+
+    def _stop_tracing(self) -> None:
+        """Export the spans still queued (every request has been answered by now)."""
+        if self._tracing:
+            self._tracing = False
+            tracing.shutdown()
 
     async def _release(self) -> None:
         """Stop the worker processes and model threads: after the drain, whatever still runs
@@ -368,6 +386,7 @@ def run(settings: ServerSettings, on_listening: ListeningHook | None = None) -> 
     log.configure(settings.log_level)
     if settings.http_workers > 1 and not settings.reuse_port:
         load_tls(settings)  # a bad file stops the supervisor, before any server process starts
+        tracing.requested(settings.otel_endpoint)  # and so does a tracing setup Shoal cannot do
         from .supervisor import supervise
 
         supervise(settings)

@@ -21,12 +21,13 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Hashable
+from typing import Any, Awaitable, Callable, Hashable, Mapping
 
 import numpy as np
 import orjson
 
 from ..observe import logging as log
+from ..observe import tracing
 from ..types import InferenceRequest, InferenceResponse, Tensor
 
 #: Runs one (possibly merged) request. The list holds, for each client request it answers,
@@ -52,6 +53,10 @@ class _Waiting:
     rows: int
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    #: Tracing only: the context the request was submitted in (its span is the parent of the
+    #: batch's predict span, or one of its links), and its queue span.
+    context: Any = None
+    queued: tracing.Span | None = None
 
 
 def batch_rows(request: InferenceRequest) -> int | None:
@@ -132,11 +137,14 @@ def _abandoned(item: _Waiting) -> bool:
 
 class Batcher:
     def __init__(
-        self, run: Runner, settings: BatchSettings, observe: BatchObserver | None = None
+        self, run: Runner, settings: BatchSettings, observe: BatchObserver | None = None,
+        traced_as: Mapping[str, Any] | None = None,
     ) -> None:
         self._run = run
         self.settings = settings
         self._observe = observe
+        #: The attributes of this model's predict spans, when tracing is on.
+        self._traced_as: Mapping[str, Any] = traced_as or {}
         self._queue: deque[_Waiting] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -149,9 +157,11 @@ class Batcher:
     async def submit(self, request: InferenceRequest) -> InferenceResponse:
         rows = batch_rows(request)
         if rows is None or rows >= self.settings.max_batch_size:
-            return await self._run(request, [0.0])
+            return await self._predict(request, [0.0], None)
         future = asyncio.get_running_loop().create_future()
         waiting = _Waiting(request, batch_key(request), rows, future)
+        if tracing.TRACER is not None:  # before the dispatcher can see it
+            waiting.context, waiting.queued = tracing.capture(), tracing.start(tracing.QUEUE)
         if self._task is None or self._task.done():
             # A fresh event per dispatcher: an asyncio.Event binds to the loop it first waits
             # on, and nothing waits on the old one once its dispatcher has finished.
@@ -160,7 +170,12 @@ class Batcher:
         self._queue.append(waiting)
         self._note_arrival(waiting.enqueued)
         self._arrived.set()
-        return await waiting.future
+        if waiting.queued is None:
+            return await waiting.future
+        try:
+            return await waiting.future
+        finally:  # cancelled or timed out in the queue: its span still says how long it waited
+            tracing.end_open(waiting.queued)
 
     async def close(self) -> None:
         """Stop the dispatcher; requests still queued are cancelled."""
@@ -251,11 +266,15 @@ class Batcher:
                 self._observe(sum(i.rows for i in batch), waits)
             except Exception as exc:  # metrics never fail requests
                 log.event("batch_observer_failed", logging.WARNING, error=repr(exc))
+        if tracing.TRACER is not None:
+            for item in batch:  # their wait ends here
+                tracing.end_open(item.queued)
         try:
             if len(batch) == 1:
-                results = [await self._run(batch[0].request, waits)]
+                results = [await self._predict(batch[0].request, waits, batch)]
             else:
-                response = await self._run(merge([item.request for item in batch]), waits)
+                merged = merge([item.request for item in batch])
+                response = await self._predict(merged, waits, batch)
                 results = split(response, [item.rows for item in batch])
         except asyncio.CancelledError:
             # The runner's own work was cancelled (a thread pool cancelling its futures at
@@ -285,7 +304,9 @@ class Batcher:
             if item.future.done():
                 continue
             try:
-                result = await self._run(item.request, [time.perf_counter() - item.enqueued])
+                result = await self._predict(
+                    item.request, [time.perf_counter() - item.enqueued], [item]
+                )
             except asyncio.CancelledError:
                 if not item.future.done():
                     item.future.cancel()
@@ -295,6 +316,20 @@ class Batcher:
             else:
                 if not item.future.done():
                     item.future.set_result(result)
+
+    def _predict(
+        self, request: InferenceRequest, waits: list[float], members: list[_Waiting] | None
+    ) -> Awaitable[InferenceResponse]:
+        """Run ``request``, which answers ``members`` (None: the request of the task running
+        it, which never queued); inside its predict span when tracing is on."""
+        if tracing.TRACER is None:
+            return self._run(request, waits)
+        return tracing.predict(
+            self._run(request, waits),
+            self._traced_as,
+            None if members is None else [item.context for item in members],
+            sum(item.rows for item in members) if members is not None else 0,
+        )
 
     @staticmethod
     def _fail(item: _Waiting, exc: BaseException) -> None:

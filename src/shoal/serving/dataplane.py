@@ -13,11 +13,13 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Coroutine, Generic, TypeVar
 
 from .. import __version__
 from ..errors import ModelFailure, ModelNotFound, ShoalError, Unavailable
+from ..graph.context import HEADERS
 from ..observe import logging as log
+from ..observe import tracing
 from ..observe.metrics import UNKNOWN, Metrics
 from ..observe.payload import PayloadLogger, Record, Route, header_metadata
 from ..protocol import triton_config, triton_stats
@@ -134,7 +136,7 @@ class DataPlane:
         received (and says how to find the one it sends) only then."""
         return name in self._logged
 
-    async def infer(
+    def infer(
         self,
         name: str,
         version: str | None,
@@ -145,10 +147,52 @@ class DataPlane:
         deadline: float | None = None,
         body: bytes | None = None,
         sent: SentBody | None = None,
+    ) -> Coroutine[Any, Any, Encoded]:
+        """Decode, infer and encode one request (``await dataplane.infer(...)``). ``body`` (the
+        request as received, for JSON protocols) and ``sent`` (the response bytes out of what
+        ``encode`` returned) are only for the payload log; without them a record renders the
+        tensors as V2 JSON.
+
+        A plain method handing back the coroutine, so that tracing, when off, costs this one
+        check and no extra frame."""
+        if tracing.TRACER is None:
+            return self._infer(name, version, protocol, decode, encode, timeout, deadline, body,
+                               sent)
+        return self._traced(name, version, protocol, decode, encode, timeout, deadline, body,
+                            sent)
+
+    async def _traced(
+        self, name: str, version: str | None, protocol: str, decode: Decoder,
+        encode: Encoder[Encoded], timeout: float | None, deadline: float | None,
+        body: bytes | None, sent: SentBody | None,
     ) -> Encoded:
-        """Decode, infer and encode one request. ``body`` (the request as received, for JSON
-        protocols) and ``sent`` (the response bytes out of what ``encode`` returned) are only
-        for the payload log; without them a record renders the tensors as V2 JSON."""
+        """The request as a SERVER span continuing the client's trace, with decode and encode
+        as spans inside it (``shoal.observe.tracing``)."""
+        span, token = tracing.start_request(HEADERS.get(), {
+            tracing.MODEL: name, tracing.PROTOCOL: protocol,
+        })
+        steps = _TracedSteps(span, decode, encode)
+        try:
+            encoded = await self._infer(name, version, protocol, steps.decode, steps.encode,
+                                        timeout, deadline, body, sent)
+        except BaseException as exc:
+            tracing.end_request(span, token, steps.version(name, version), exc)
+            raise
+        tracing.end_request(span, token, steps.version(name, version), None)
+        return encoded
+
+    async def _infer(
+        self,
+        name: str,
+        version: str | None,
+        protocol: str,
+        decode: Decoder,
+        encode: Encoder[Encoded],
+        timeout: float | None,
+        deadline: float | None,
+        body: bytes | None,
+        sent: SentBody | None,
+    ) -> Encoded:
         started = time.perf_counter()
         route = self._logged.get(name)
         arrived = time.time() if route is not None else 0.0
@@ -301,6 +345,32 @@ class DataPlane:
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.repository.index(ready_only)
+
+
+class _TracedSteps(Generic[Encoded]):
+    """A traced request's decode and encode, each as a span; keeps the decoded request, whose
+    model and version say which version answered."""
+
+    __slots__ = ("_span", "_decode", "_encode", "request")
+
+    def __init__(self, span: tracing.Span, decode: Decoder, encode: Encoder[Encoded]) -> None:
+        self._span = span
+        self._decode = decode
+        self._encode = encode
+        self.request: InferenceRequest | None = None
+
+    def decode(self, endpoint: Endpoint) -> InferenceRequest:
+        self.request = tracing.call_in_span(self._span, tracing.DECODE, self._decode, endpoint)
+        return self.request
+
+    def encode(self, request: InferenceRequest, response: InferenceResponse) -> Encoded:
+        return tracing.call_in_span(self._span, tracing.ENCODE, self._encode, request, response)
+
+    def version(self, name: str, asked: str | None) -> str:
+        """The ``version`` the metrics count the request under."""
+        if self.request is None:  # not served, or not decoded
+            return asked or ""
+        return _served_by(self.request, name)
 
 
 def _served_by(request: InferenceRequest, name: str) -> str:

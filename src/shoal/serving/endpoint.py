@@ -25,6 +25,7 @@ from ..errors import (
     Unavailable,
 )
 from ..model import Model
+from ..observe import tracing
 from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
 from .batcher import BatchObserver, Batcher, BatchSettings, batch_rows
 from .executor import Executor
@@ -97,8 +98,11 @@ class ModelEndpoint:
         self._idle.set()
         self.stats = ModelStats()
         self.batching = batching if batching is not None and batching.enabled else None
+        #: What this model's predict spans say about it (tracing).
+        self._traced_as = {tracing.MODEL: self.name, tracing.VERSION: self.version}
         self.batcher = (
-            Batcher(self._execute, self.batching, observe_batch) if self.batching else None
+            Batcher(self._execute, self.batching, observe_batch, self._traced_as)
+            if self.batching else None
         )
 
     @property
@@ -152,7 +156,12 @@ class ModelEndpoint:
         self._in_flight += 1
         self._idle.clear()
         try:
-            work = self.batcher.submit(request) if self.batcher is not None else self._execute(request)
+            if self.batcher is not None:
+                work = self.batcher.submit(request)
+            elif tracing.TRACER is None:
+                work = self._execute(request)
+            else:
+                work = tracing.predict(self._execute(request), self._traced_as, None)
             if timeout:
                 try:
                     result = await asyncio.wait_for(work, timeout)

@@ -9,6 +9,8 @@ errors (its 400 is the client's 400, an unreachable or overloaded remote a 503, 
 pooled per node and opened on first use.
 
 The graph's ``routing`` parameter stays home (see :func:`~shoal.graph.context.without_routing`).
+Traced, each call is a ``shoal.remote <model>`` CLIENT span whose ``traceparent`` goes along
+(HTTP header, gRPC metadata), so a traced remote server continues the same trace.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import aiohttp
 import grpc
 
 from ...errors import DeadlineExceeded, InvalidInput, ModelFailure, Unavailable
+from ...observe import tracing
 from ...protocol import v1, v2_grpc, v2_json
 from ...protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from ...runtimes.triton import (
@@ -55,6 +58,9 @@ class RemoteCall(GraphNode):
         self.headers = headers
         self.requested = outputs
         self.where = f"remote model {model!r} at {self.address}"
+        self._call_span = f"shoal.remote {model}"
+        self._traced_call = {tracing.REMOTE_MODEL: model, tracing.REMOTE_ADDRESS: self.address,
+                             tracing.REMOTE_PROTOCOL: protocol}
         self._session: aiohttp.ClientSession | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
@@ -124,6 +130,14 @@ class RemoteCall(GraphNode):
     async def _post(
         self, url: str, body: bytes, timeout: float, headers: dict[str, str]
     ) -> tuple[Any, bytes]:
+        if tracing.TRACER is None:
+            return await self._send(url, body, timeout, headers)
+        with tracing.client_span(self._call_span, self._traced_call) as context:
+            return await self._send(url, body, timeout, {**headers, **context})
+
+    async def _send(
+        self, url: str, body: bytes, timeout: float, headers: dict[str, str]
+    ) -> tuple[Any, bytes]:
         if self._session is None:  # opened on the loop, on first use
             self._session = aiohttp.ClientSession(headers=self.headers)
         limits = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, CONNECT_TIMEOUT_S))
@@ -153,16 +167,24 @@ class RemoteCall(GraphNode):
             outputs=[RequestedOutput(o) for o in self.requested] if self.requested else None,
             model_name=self.model, model_version=self.version,
         )
-        metadata = tuple((k.lower(), v) for k, v in self.headers.items()) or None
+        message = v2_grpc.request_to_proto(outgoing, raw=True)
+        metadata = tuple((k.lower(), v) for k, v in self.headers.items())
+        if tracing.TRACER is None:
+            reply = await self._model_infer(message, timeout, metadata or None)
+        else:
+            with tracing.client_span(self._call_span, self._traced_call) as context:
+                reply = await self._model_infer(message, timeout, (*metadata, *context.items()))
+        return self._decode(lambda: v2_grpc.decode_response(reply))
+
+    async def _model_infer(
+        self, message: Any, timeout: float, metadata: tuple[tuple[str, str], ...] | None
+    ) -> Any:
         try:
-            reply = await self._stub.ModelInfer(
-                v2_grpc.request_to_proto(outgoing, raw=True), timeout=timeout, metadata=metadata
-            )
+            return await self._stub.ModelInfer(message, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(f"{self.where} did not answer within {timeout:g} s") from None
             raise grpc_error(exc.code(), exc.details() or "", self.where) from None
-        return self._decode(lambda: v2_grpc.decode_response(reply))
 
     # -------------------------------------------------------------------------------------
 
