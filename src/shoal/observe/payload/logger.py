@@ -17,10 +17,12 @@ import importlib.util
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from ...errors import LoadError
@@ -28,7 +30,7 @@ from .. import logging as log
 from .channel import Channel
 from .config import LoggerConfig, sink_label
 from .metrics import PayloadMetrics
-from .record import default_source_prefix, namespace
+from .record import Record, default_source_prefix, namespace, render, structured
 from .sinks import open_sink
 from .spool import SpoolBudget, open_slot
 
@@ -37,6 +39,10 @@ DEFAULT_SPOOL_BYTES = 1 * GiB
 #: Seconds a shutdown gives the sinks to take what is in memory before it is spooled.
 FLUSH_TIMEOUT = 5.0
 _URL_FILE = "sink.url"
+
+
+#: Records a route keeps for the dashboard's "recent payload records" panel.
+RECENT = 20
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,6 +54,23 @@ class Route:
     sample_rate: float
     headers: tuple[str, ...]
     component: str
+    #: The last few records put on the channel (references only; rendered when asked for).
+    recent: deque[Record] = field(default_factory=lambda: deque(maxlen=RECENT))
+
+    @property
+    def sink(self) -> str:
+        return self.channel.label
+
+    def recent_events(self) -> list[dict[str, Any]]:
+        """The recent records as structured CloudEvents (JSON objects), newest first."""
+        events: list[dict[str, Any]] = []
+        for record in reversed(list(self.recent)):
+            try:
+                rendered = render(record, self.channel.source_prefix, self.channel.namespace)
+            except Exception:  # noqa: BLE001 (a record that cannot render is not shown)
+                continue
+            events.extend(orjson.loads(structured(event)) for event in rendered)
+        return events
 
 
 class PayloadLogger:
