@@ -60,3 +60,6 @@ class ServerSettings:
     #: OTLP/HTTP collector (base URL, e.g. ``http://collector:4318``) to send OpenTelemetry
     #: traces to; None: tracing only if the standard ``OTEL_*`` variables ask for it.
     otel_endpoint: str | None = None
+    #: The web dashboard at ``/ui`` on the HTTP port (and the sampling behind its charts);
+    #: False (``--no-ui``): neither.
+    ui: bool = True

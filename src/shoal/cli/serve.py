@@ -121,6 +121,9 @@ class ByteSize(click.ParamType):
               help="Send OpenTelemetry traces to this OTLP/HTTP collector (base URL, e.g. "
                    "http://collector:4318; /v1/traces is appended). Unset: traced only if "
                    "the standard OTEL_* variables ask for it. Needs pip install 'shoal[otel]'.")
+@click.option("--no-ui", envvar="SHOAL_NO_UI", is_flag=True, default=False, show_envvar=True,
+              help="Turn the web dashboard (/ui on the HTTP port) off, and the in-memory "
+                   "time series sampled for its charts.")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
           max_header_size: int, header_timeout: float, drain_timeout: float, log_level: str,
           model_threads: int | None,
@@ -129,7 +132,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
           state_dir: Path | None, admin_token: str | None, tls_cert: Path | None,
           tls_key: Path | None, tls_ca: Path | None, watch: bool, watch_interval: float,
           payload_log: str | None, payload_log_spool_size: int,
-          otel_endpoint: str | None) -> None:
+          otel_endpoint: str | None, no_ui: bool) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
     from ..server.app import exit_now, run
 
@@ -164,7 +167,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
         watch=watch, watch_interval=watch_interval,
         payload_log=payload_log or None, payload_log_spool_size=payload_log_spool_size,
-        otel_endpoint=otel_endpoint or None,
+        otel_endpoint=otel_endpoint or None, ui=not no_ui,
     ))
     exit_now()
 

@@ -10,6 +10,10 @@ settings, gRPC through ``grpc.ssl_server_credentials``); with ``tls_ca`` too, bo
 client certificate signed by that CA. With ``watch``, a ``RepositoryWatcher`` polls the
 repository once the startup load is done, until shutdown.
 
+With ``ui`` (the default) the REST app serves the dashboard under ``/ui`` and a recorder
+(``shoal.ui.series``) samples the request metrics for its charts from the moment the ports
+listen until the drain is over; with ``--no-ui`` there are neither routes nor sampling.
+
 OpenTelemetry tracing (``otel_endpoint`` or the ``OTEL_*`` variables, see
 ``shoal.observe.tracing``) is set up before either port listens, in every server process, and
 shut down (its last spans exported) after the drain.
@@ -51,6 +55,7 @@ from ..serving.limits import Limits
 from ..serving.registry import Registry
 from ..serving.workers.pool import WorkerPool
 from ..settings import ServerSettings
+from ..ui import SeriesRecorder, ServerInfo
 from . import grpc as grpc_transport
 from .auth import AdminToken
 from .http_protocol import http_protocol
@@ -185,7 +190,13 @@ class ShoalServer:
             self.repository.state_dir,
         )
         self.admin = AdminToken(settings.admin_token)
-        self.app = build_app(self.dataplane, settings.max_request_size, self.rollouts, self.admin)
+        #: The dashboard's time series: sampled only with the UI on, once listening.
+        self.series = SeriesRecorder(self.metrics) if settings.ui else None
+        self.app = build_app(
+            self.dataplane, settings.max_request_size, self.rollouts, self.admin,
+            ui=settings.ui, series=self.series,
+            server_info=ServerInfo(http_workers=settings.http_workers),
+        )
         self.tls = load_tls(settings)
         self.watcher = (
             RepositoryWatcher(self.repository, settings.watch_interval) if settings.watch else None
@@ -224,6 +235,8 @@ class ShoalServer:
                 self._stop_tracing()
                 return
         http_server, http_task, grpc_server = await self._listen()
+        if self.series is not None:
+            self.series.start()
         if loading is None:
             loading = asyncio.create_task(self._load())
         await self._stop.wait()
@@ -242,6 +255,8 @@ class ShoalServer:
             log.event("drain_timeout", logging.WARNING, drain_timeout=settings.drain_timeout,
                       requests_cut=cut)
         await asyncio.gather(grpc_stopped, http_task, return_exceptions=True)
+        if self.series is not None:
+            await self.series.stop()
         # Every answered request's record is queued by now: flush it, or spool it.
         await self.payload.close()
         await self.rollouts.close()

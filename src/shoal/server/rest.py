@@ -1,5 +1,6 @@
 """The REST transport: V2 (Open Inference Protocol, binary extension, repository extension),
-V1 / TensorFlow Serving, health, and ``/metrics``.
+V1 / TensorFlow Serving, health, ``/metrics``, and (unless ``--no-ui``) the dashboard under
+``/ui`` (:mod:`shoal.ui`).
 
 Handlers only decode, call the data plane and encode. Every error, including unknown routes
 and oversized bodies, leaves as ``{"error": "..."}`` with the status from :mod:`shoal.errors`.
@@ -25,6 +26,7 @@ from ..serving.dataplane import DataPlane
 from . import infer_asgi
 from ..rollout.manager import RolloutManager
 from ..explain.metrics import ExplainMetrics
+from ..ui import Dashboard, SeriesRecorder, ServerInfo, ui_routes
 from .auth import AdminToken
 from .explain_routes import explain_routes
 from .graph_routes import graph_routes
@@ -50,8 +52,12 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def build_app(
     dataplane: DataPlane, max_request_size: int, rollouts: RolloutManager | None = None,
-    admin: AdminToken = AdminToken(None),
+    admin: AdminToken = AdminToken(None), ui: bool = True,
+    series: SeriesRecorder | None = None, server_info: ServerInfo | None = None,
 ) -> infer_asgi.InferenceASGI:
+    """The REST app. With ``ui``, the dashboard's pages and JSON endpoints too
+    (:mod:`shoal.ui`); its charts come from ``series`` (the caller starts and stops it; an
+    idle recorder, with no points, when None)."""
     explaining, v1_explain = explain_routes(
         dataplane, max_request_size, ExplainMetrics(dataplane.metrics.registry)
     )
@@ -192,6 +198,13 @@ def build_app(
         *explaining,
         *(rollout_routes(rollouts, admin) if rollouts is not None else []),
     ]
+    if ui:
+        dashboard = Dashboard(
+            dataplane, rollouts, admin,
+            series if series is not None else SeriesRecorder(dataplane.metrics),
+            server_info if server_info is not None else ServerInfo(),
+        )
+        routes.extend(ui_routes(dashboard))
 
     async def shoal_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ShoalError)
