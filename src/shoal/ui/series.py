@@ -304,12 +304,7 @@ class _FileReader:
         ``prometheus_client.mmap_dict`` writes: per entry the key's length, the key padded to
         8 bytes, then the value and a timestamp as doubles)."""
         position = parsed.upto
-        while position + 4 <= used:
-            length = _INT.unpack_from(data, position)[0]
-            start = position + 4
-            offset = start + length + (8 - (length + 4) % 8)
-            if length <= 0 or offset + 16 > used:
-                break
+        for start, length, offset in _walk(data, parsed.upto, used):
             found = self._entry(data[start:start + length])
             if found is not None:
                 parsed.values.append((offset, *found))
@@ -356,17 +351,23 @@ def _read_used(path: str) -> tuple[tuple[int, int], bytes, int]:
 def file_entries(path: str) -> list[tuple[bytes, float]]:
     """(key, value) of each entry of a prometheus-client multiprocess file."""
     _, data, used = _read_used(path)
-    entries = []
-    position = 8
+    return [(data[start:start + length], _DOUBLE.unpack_from(data, offset)[0])
+            for start, length, offset in _walk(data, 8, used)]
+
+
+def _walk(data: bytes, position: int, used: int) -> Any:
+    """(key start, key length, value offset) of each whole entry from ``position`` on, in the
+    layout ``prometheus_client.mmap_dict`` writes: the key's length, the key padded to 8
+    bytes, then the value and a timestamp as doubles. (Its own reader has no way to start
+    from an offset, which is what lets a sample read only what was written since the last.)"""
     while position + 4 <= used:
         length = _INT.unpack_from(data, position)[0]
         start = position + 4
         offset = start + length + (8 - (length + 4) % 8)
         if length <= 0 or offset + 16 > used:
-            break
-        entries.append((data[start:start + length], _DOUBLE.unpack_from(data, offset)[0]))
+            return
+        yield start, length, offset
         position = offset + 16
-    return entries
 
 
 def counter_samples(metric: str) -> list[tuple[dict[str, str], float]]:
