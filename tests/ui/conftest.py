@@ -109,10 +109,23 @@ def _start(repository: Path, *args: str, env: dict[str, str] | None = None,
     if ready:
         try:
             process.wait_ready()
+            look(process)
         except BaseException:
             process.stop()
             raise
     return process
+
+
+def look(process: ShoalProcess) -> None:
+    """Open the dashboard once and wait for the series' baseline: sampling starts with the
+    first look (and stops once nobody has looked for ten minutes)."""
+    import time
+
+    import httpx
+
+    if httpx.get(f"{process.url}/ui/api/overview", timeout=10).status_code == 404:
+        return  # --no-ui
+    time.sleep(2.5 * SAMPLE_INTERVAL)
 
 
 @pytest.fixture(scope="session")

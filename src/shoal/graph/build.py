@@ -120,6 +120,7 @@ class _Builder:
             timeout=self.spec.timeout,
         )
         endpoint.logger = self.spec.logger  # the repository hands it to the payload logger
+        endpoint.spec = self.spec
         return endpoint
 
     def node(self, name: str) -> GraphNode:

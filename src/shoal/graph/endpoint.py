@@ -75,6 +75,8 @@ class GraphEndpoint:
         self.timeout = timeout or 0.0
         #: graph.yaml's ``logger:`` block (payload logging), read by the repository.
         self.logger: Any = None
+        #: The GraphSpec it was built from (the dashboard draws it).
+        self.spec: Any = None
         self.state = ModelState.READY
         #: Requests answered and failed (Triton's statistics extension); the models a graph
         #: calls count their own executions.

@@ -11,8 +11,9 @@ client certificate signed by that CA. With ``watch``, a ``RepositoryWatcher`` po
 repository once the startup load is done, until shutdown.
 
 With ``ui`` (the default) the REST app serves the dashboard under ``/ui`` and a recorder
-(``shoal.ui.series``) samples the request metrics for its charts from the moment the ports
-listen until the drain is over; with ``--no-ui`` there are neither routes nor sampling.
+(``shoal.ui.series``) samples the request metrics for its charts while someone looks at it
+(from the first ``/ui`` request until ten minutes after the last), never after the drain; with
+``--no-ui`` there are neither routes nor sampling.
 
 OpenTelemetry tracing (``otel_endpoint`` or the ``OTEL_*`` variables, see
 ``shoal.observe.tracing``) is set up before either port listens, in every server process, and
@@ -177,6 +178,7 @@ class ShoalServer:
         self.payload = PayloadLogger(
             self.metrics.registry, state_dir, settings.payload_log,
             settings.payload_log_spool_size, several_processes=settings.reuse_port,
+            keep_recent=settings.ui,
         )
         self.repository = ModelRepository(
             settings.repository, self.registry, self.executor, self.metrics,
@@ -236,7 +238,7 @@ class ShoalServer:
                 return
         http_server, http_task, grpc_server = await self._listen()
         if self.series is not None:
-            self.series.start()
+            self.series.start()  # under --http-workers: watches for looks at the dashboard
         if loading is None:
             loading = asyncio.create_task(self._load())
         await self._stop.wait()

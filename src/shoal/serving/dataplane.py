@@ -286,7 +286,8 @@ class DataPlane:
             header_metadata(route.headers) if route.headers else None, route.mode, size,
         )
         route.channel.put(record)
-        route.recent.append(record)  # the dashboard's recent records (a bounded deque)
+        if route.recent is not None:  # the dashboard's recent records (bounded)
+            route.remember(record)
 
     def _sample(self, name: str, request: InferenceRequest, explainer: Any) -> None:
         """Keep the request's rows for explanations; never the request's failure."""

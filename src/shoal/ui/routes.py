@@ -88,7 +88,11 @@ class _Files:
             cached = self._cache[path] = (signature, content, etag)
         _, content, etag = cached
         headers = {"cache-control": cache_control, "etag": etag,
-                   "x-content-type-options": "nosniff"}
+                   "x-content-type-options": "nosniff",
+                   # The pages hold buttons that change the server: never inside another
+                   # site's frame (clickjacking).
+                   "x-frame-options": "DENY",
+                   "content-security-policy": "frame-ancestors 'none'"}
         if etag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
         media_type = TYPES.get(path.suffix.lower()) or (
@@ -118,9 +122,11 @@ def _since(request: Request) -> float | None:
 
 def ui_routes(dashboard: Dashboard, static: Path = STATIC) -> list[Route]:
     files = _Files(static)
+    looked = dashboard.series.touch  # every dashboard request: someone is looking
 
     def page(filename: str) -> object:
         async def handle(request: Request) -> Response:
+            looked()
             path = files.find(filename)
             if path is None:
                 raise HTTPException(404, f"Not Found (the dashboard page {filename} is not installed)")
@@ -136,12 +142,16 @@ def ui_routes(dashboard: Dashboard, static: Path = STATIC) -> list[Route]:
         return files.response(request, path, LONG if relative.startswith("vendor/") else REVALIDATE)
 
     async def overview(request: Request) -> Response:
+        looked()
         return _json(dashboard.overview(_since(request)))
 
     async def model(request: Request) -> Response:
-        return _json(await dashboard.model(request.path_params["name"], _since(request)))
+        looked()
+        return _json(await dashboard.model(request.path_params["name"], _since(request),
+                                           request.headers.get("authorization")))
 
     async def graph(request: Request) -> Response:
+        looked()
         return _json(await dashboard.graph(request.path_params["name"], _since(request)))
 
     return [

@@ -29,6 +29,14 @@ The first sample is a baseline (no point); a model's points before its first req
 ``rps`` 0 and the rest None. :meth:`SeriesRecorder.series` can leave out the points a page
 already has (``since``).
 
+Nothing is sampled while nobody looks: sampling starts with the first ``/ui`` request (page
+or JSON) and stops once there has been none for :data:`IDLE_STOP` seconds, dropping what it
+kept (older than the window by then). Under ``--http-workers`` a look reaches one process and
+is passed on through a file's time in the metrics folder, which each process checks once an
+interval (one ``stat``), so they all sample from the same instant. A total that goes down (a
+version unloaded, a model reloaded) makes that interval's point unknown (all null) rather
+than a spike.
+
 The interval is :data:`DEFAULT_INTERVAL` seconds, or ``SHOAL_UI_SAMPLE_INTERVAL`` (seconds,
 > 0) where set: tests use a short one.
 """
@@ -56,6 +64,9 @@ DEFAULT_INTERVAL = 2.0
 #: Seconds of history kept.
 WINDOW_SECONDS = 300.0
 INTERVAL_ENV = "SHOAL_UI_SAMPLE_INTERVAL"
+#: Seconds without a look at the dashboard after which sampling stops (longer than the
+#: window: when someone looks again, nothing kept would still be shown).
+IDLE_STOP = 600.0
 #: The fields of one point, in the order a model's series keeps them.
 FIELDS = ("rps", "p50_ms", "p99_ms", "error_rate", "batch_size", "queue_ms")
 #: Outcomes that are not failures.
@@ -100,10 +111,14 @@ _ZERO = [0.0] * SLOTS
 
 def point(previous: list[float] | None, current: list[float], seconds: float) -> tuple[Any, ...]:
     """The interval's point (in :data:`FIELDS` order) from the totals at its start and end
-    (lists indexed by the slots above). A total that went down (the model was unloaded and loaded
-    again) restarts from zero, as Prometheus' ``rate`` takes a counter reset."""
-    if previous is None or any(c < p for c, p in zip(current, previous)):
+    (lists indexed by the slots above); all None when a total went down."""
+    if previous is None:
         previous = _ZERO
+    elif any(c < p for c, p in zip(current, previous)):
+        # Some series went away (a version unloaded, a model reloaded): what happened in this
+        # interval cannot be told from totals that lost part of their history. Unknown, not
+        # a spike of everything the remaining series ever counted.
+        return (None,) * len(FIELDS)
     delta = [c - p for c, p in zip(current, previous)]
     requests, errors = delta[REQUESTS], delta[ERRORS]
     buckets = delta[FIRST_BUCKET:BATCHES]
@@ -421,6 +436,10 @@ class SeriesRecorder:
         self._models: dict[str, _ModelSeries] = {}
         self._last_time: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._seen = -IDLE_STOP  # nobody has looked yet
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        #: Under --http-workers: the file whose time says when anyone last looked.
+        self._shared = os.path.join(directory, "shoal_ui_seen") if directory else None
         self._threaded = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         #: Seconds the last sample took (read and derive).
         self.last_cost = 0.0
@@ -429,9 +448,46 @@ class SeriesRecorder:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def start(self) -> None:
-        if self._task is None:
+    def touch(self) -> None:
+        """Someone looked at the dashboard: sample from now on, until nobody has for
+        :data:`IDLE_STOP` seconds. Called on the server's loop by every ``/ui`` request.
+
+        Under ``--http-workers`` the look is shared through a file's time in the metrics
+        folder (touched at most once an interval), so every process samples from the same
+        instant on, whichever one the look reached."""
+        now = time.monotonic()
+        if self._shared is not None and now - self._seen >= self.interval:
+            try:
+                with open(self._shared, "a"):
+                    os.utime(self._shared)
+            except OSError:
+                pass
+        self._seen = now
+        if not self.running:
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def start(self) -> None:
+        """Under ``--http-workers``: watch for looks from the other processes (one ``stat``
+        per interval while nobody looks). A single process starts sampling on its own first
+        look instead (:meth:`touch`)."""
+        if self._shared is not None and not self.running:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _looked_at(self) -> bool:
+        if time.monotonic() - self._seen < IDLE_STOP:
+            return True
+        if self._shared is None:
+            return False
+        try:
+            return time.time() - os.stat(self._shared).st_mtime < IDLE_STOP
+        except OSError:
+            return False
+
+    def _forget(self) -> None:
+        """Nobody looks: whatever was kept is older than the window when someone does."""
+        self.times.clear()
+        self._models.clear()
+        self._last_time = None
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -448,9 +504,18 @@ class SeriesRecorder:
         failed = False
         tick = 0
         while True:
+            if not self._looked_at():
+                self._forget()
+                if self._shared is None:
+                    return  # a look starts it again
+                await asyncio.sleep(self.interval)
+                continue
             now = time.time()
-            # The next multiple; never the same one again (a timer may fire a little early).
+            # The next multiple; never the same one again (a timer may fire a little early),
+            # unless the clock was set back: then the next multiple from now.
             tick = max(math.floor(now / self.interval) + 1, tick + 1)
+            if tick * self.interval - now > 2 * self.interval:
+                tick = math.floor(now / self.interval) + 1
             at = tick * self.interval
             await asyncio.sleep(max(0.0, at - now))
             try:
@@ -474,9 +539,13 @@ class SeriesRecorder:
     def record(self, at: float, totals: Totals) -> None:
         """Add the sample taken at ``at`` (wall-clock seconds); the first is the baseline."""
         previous_time = self._last_time
-        if previous_time is not None and at <= previous_time:
-            return  # not after the last sample: no interval to speak of
         self._last_time = at
+        if previous_time is not None and at <= previous_time:
+            # The clock was set back: no interval to speak of. A new baseline, no point.
+            for name, found in totals.items():
+                if name in self._models:
+                    self._models[name].last = found
+            return
         if previous_time is None:
             for name, found in totals.items():
                 series = self._models[name] = _ModelSeries(self.points, 0)

@@ -110,7 +110,8 @@ class Dashboard:
 
     # -- one model ---------------------------------------------------------------------------
 
-    async def model(self, name: str, since: float | None = None) -> dict[str, Any]:
+    async def model(self, name: str, since: float | None = None,
+                    authorization: str | None = None) -> dict[str, Any]:
         check_model_name(name)
         entries = self.registry.entries(name)
         in_repository = name in self._repository_names()
@@ -136,7 +137,11 @@ class Dashboard:
         route = (self.dataplane.payload.routes.get(name)
                  if self.dataplane.payload is not None else None)
         if route is not None:
-            payload = {"sink": route.sink, "recent": [shown(e) for e in route.recent_events()]}
+            payload = {"sink": route.sink, "recent": None, "needs_token": False}
+            if self._may_read_payloads(authorization):
+                payload["recent"] = [shown(e) for e in route.recent_events()]
+            else:  # requests and responses are the users' data: as guarded as control routes
+                payload["needs_token"] = True
         config = self.repository.loaded_config(name)
         return {
             "name": name,
@@ -157,6 +162,13 @@ class Dashboard:
 
     # -- one graph ---------------------------------------------------------------------------
 
+    def _may_read_payloads(self, authorization: str | None) -> bool:
+        try:
+            self.admin.check(authorization)
+        except ShoalError:
+            return False
+        return True
+
     async def graph(self, name: str, since: float | None = None) -> dict[str, Any]:
         check_model_name(name)
         entries = self.registry.entries(name)
@@ -165,13 +177,15 @@ class Dashboard:
             raise ModelNotFound(f"{name!r} is not a graph served here")
         state, reason = model_state(entries, in_repository)
         spec: GraphSpec | None = None
-        if in_repository:
+        endpoint = loaded_graph(entries)
+        if endpoint is not None and endpoint.spec is not None:
+            spec = endpoint.spec  # what is served, not what the folder says now
+        elif in_repository:
             try:
                 spec = await asyncio.to_thread(read_graph, self.repository.root / name)
             except Exception as exc:  # noqa: BLE001 (a broken graph.yaml: its reason is shown)
                 if not reason:
                     reason = str(exc)
-        endpoint = loaded_graph(entries)
         routers: dict[str, Any] = {}
         if endpoint is not None:
             routers = await endpoint.router_state()

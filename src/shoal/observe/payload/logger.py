@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ _URL_FILE = "sink.url"
 
 #: Records a route keeps for the dashboard's "recent payload records" panel.
 RECENT = 20
+#: A record larger than this (request + response, about) is kept there without its data.
+RECENT_BYTES = 64 * 1024
 
 
 @dataclass(slots=True, frozen=True)
@@ -54,22 +56,37 @@ class Route:
     sample_rate: float
     headers: tuple[str, ...]
     component: str
-    #: The last few records put on the channel (references only; rendered when asked for).
-    recent: deque[Record] = field(default_factory=lambda: deque(maxlen=RECENT))
+    #: The last few records put on the channel, for the dashboard (None: no dashboard). A
+    #: record over :data:`RECENT_BYTES` is kept without its data, so this holds little.
+    recent: deque[Record] | None = None
 
     @property
     def sink(self) -> str:
         return self.channel.label
 
+    def remember(self, record: Record) -> None:
+        assert self.recent is not None
+        if record.size > RECENT_BYTES:
+            record = replace(record, request=None, body=None, response=None, sent=None,
+                             error=record.error and record.error[:RECENT_BYTES])
+        self.recent.append(record)
+
     def recent_events(self) -> list[dict[str, Any]]:
-        """The recent records as structured CloudEvents (JSON objects), newest first."""
+        """The recent records as structured CloudEvents (JSON objects), newest first; a record
+        kept without its data has ``data`` null and ``omitted_bytes`` (about how large it
+        was)."""
         events: list[dict[str, Any]] = []
-        for record in reversed(list(self.recent)):
+        for record in reversed(list(self.recent or ())):
             try:
                 rendered = render(record, self.channel.source_prefix, self.channel.namespace)
             except Exception:  # noqa: BLE001 (a record that cannot render is not shown)
                 continue
-            events.extend(orjson.loads(structured(event)) for event in rendered)
+            for event in rendered:
+                shown = orjson.loads(structured(event))
+                if record.size > RECENT_BYTES:
+                    shown["data"] = None
+                    shown["omitted_bytes"] = record.size
+                events.append(shown)
         return events
 
 
@@ -77,8 +94,11 @@ class PayloadLogger:
     def __init__(
         self, registry: CollectorRegistry, state_dir: Path, default_url: str | None = None,
         spool_bytes: int = DEFAULT_SPOOL_BYTES, several_processes: bool = False,
+        keep_recent: bool = False,
     ) -> None:
         self.default_url = default_url
+        #: Whether routes keep their recent records (for the dashboard, when it is on).
+        self.keep_recent = keep_recent
         self.spool_root = state_dir / "payload-log"
         self.budget = SpoolBudget(spool_bytes)
         self.metrics = PayloadMetrics(registry)
@@ -120,6 +140,7 @@ class PayloadLogger:
         self.routes[name] = Route(
             channel, config.mode, config.sample_rate, tuple(config.headers),
             "graph" if graph else "predictor",
+            deque(maxlen=RECENT) if self.keep_recent else None,
         )
 
     def forget(self, name: str) -> None:
