@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from e2e.models import IDENTITY, custom, write
+from e2e.models import IDENTITY, custom, sklearn_iris, write
 from e2e.process import ShoalProcess
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
@@ -117,9 +117,17 @@ def docs_images() -> Path | None:
 
 
 def open_page(tab: Page, url: str) -> None:
-    """Navigate and wait until the page has drawn its first data."""
+    """Navigate and wait until the page has drawn its first data (an error answer, like a
+    404, does not count: see ``open_failing_page``)."""
     tab.goto(url)
     tab.wait_for_selector("body[data-ready='1']")
+
+
+def open_failing_page(tab: Page, url: str) -> None:
+    """Navigate to a page whose data is an error (a 404): wait until it shows it."""
+    tab.goto(url)
+    tab.wait_for_selector("body[data-failed='1']")
+    assert tab.evaluate("document.body.dataset.ready") is None, "an error answer marked the page ready"
 
 
 # -- the server side --------------------------------------------------------------------------
@@ -316,7 +324,7 @@ def test_model_page_without_explainer_hides_the_button_and_links_the_rollout(
     open_page(page, f"{ui_server.url}/ui/models/broken")
     expect(page.locator("#facts")).to_contain_text(
         api(ui_server, "/ui/api/models/broken")["reason"])
-    open_page(page, f"{ui_server.url}/ui/models/no-such-model")
+    open_failing_page(page, f"{ui_server.url}/ui/models/no-such-model")
     expect(page.locator("#problem")).to_be_visible()
     expect(page.locator("#problem")).to_contain_text("no-such-model")
 
@@ -342,6 +350,84 @@ def test_payload_records_newest_first(ui_server: ShoalProcess, page: Page, shoot
     assert str(round(float(iris_rows(1)[0][0]), 1)) in body.inner_text() or "outputs" in body.inner_text()
     expect(page.locator("#payload-sink")).to_contain_text("file://")
     shoot(page, "model-payload")
+
+
+def test_a_payload_record_too_large_to_show_says_how_large(ui_server: ShoalProcess,
+                                                           page: Page) -> None:
+    rows = 5000  # about 90 KiB of JSON: over the 64 KiB the model page shows
+    big = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [rows, 4],
+                       "data": [5.1, 3.5, 1.4, 0.2] * rows}]}
+    assert infer(ui_server, "logged", big).status_code == 200
+    # The newest records are this request's and its answer's (compared by place: a record
+    # kept without its data may get a new id each time it is listed).
+    newest = api(ui_server, "/ui/api/models/logged")["payload"]["recent"][:2]
+    assert [e["type"].rsplit(".", 1)[1] for e in newest] == ["request", "response"]
+    assert newest[0]["data"] is None and newest[0]["omitted_bytes"] > 64 * 1024
+    open_page(page, f"{ui_server.url}/ui/models/logged")
+    records = page.locator("#payload details.record")
+    for i, event in enumerate(newest):
+        record = records.nth(i)
+        expect(record.locator("summary .badge")).to_have_text(event["type"].rsplit(".", 1)[1])
+        body = record.locator("pre")  # its text, opened or not
+        if event.get("omitted_bytes") is not None:
+            expect(body).to_have_text(f"{event['omitted_bytes']:,} bytes, not shown")
+        else:  # shown as the API has it (the answer, when it is small)
+            expect(body).to_contain_text("outputs")
+    expect(records.first.locator("pre")).not_to_contain_text("null")
+    records.first.locator("summary").click()
+    expect(page.locator("#payload details.record[open] pre").first).to_contain_text("bytes, not shown")
+
+
+def test_payload_records_on_a_server_with_an_admin_token_need_it(
+        ui_repository: Path, start_shoal: StartShoal, page: Page, shoot: Shoot) -> None:
+    server = start_shoal(ui_repository, "--admin-token", TOKEN)
+    request_id = f"guarded-{uuid.uuid4().hex[:12]}"
+    assert infer(server, "logged", {**iris_body(), "id": request_id}).status_code == 200
+    # The API: no records without the token, the records with it.
+    payload = api(server, "/ui/api/models/logged")["payload"]
+    assert payload["recent"] is None and payload["needs_token"] is True
+    guarded = httpx.get(f"{server.url}/ui/api/models/logged",
+                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()["payload"]
+    assert any(e["id"] == request_id for e in guarded["recent"])
+
+    sent: list[str | None] = []
+    page.on("request", lambda r: sent.append(r.headers.get("authorization"))
+            if "/ui/api/models/logged" in r.url else None)
+    open_page(page, f"{server.url}/ui/models/logged")
+    note = page.locator("#payload-needs-token")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("admin token")
+    expect(page.locator("#payload details.record")).to_have_count(0)
+    assert sent and all(h is None for h in sent)  # no token known: none sent
+    shoot(page, "model-payload-needs-token")
+    page.get_by_role("button", name="Show records (admin token)").click()
+    dialog = page.locator("#token-dialog")
+    expect(dialog).to_be_visible()
+    # Cancelled: nothing changes.
+    dialog.locator("#token-cancel").click()
+    expect(dialog).to_have_count(0)
+    expect(note).to_be_visible()
+    # A wrong token: still no records, and the note says the token was refused.
+    page.click("#show-records")
+    dialog.locator("input").fill("not-the-token")
+    page.click("#token-ok")
+    expect(note).to_contain_text("refused", timeout=REFRESH)
+    expect(page.locator("#payload details.record")).to_have_count(0)
+    # The token: the page fetches the model again with it and shows the records.
+    page.click("#show-records")
+    expect(dialog).to_contain_text("refused")
+    dialog.locator("input").fill(TOKEN)
+    page.click("#token-ok")
+    records = page.locator("#payload details.record")
+    expect(records.first).to_contain_text(request_id, timeout=REFRESH)
+    expect(note).to_have_count(0)
+    assert page.evaluate("sessionStorage.getItem('shoal-admin-token')") == TOKEN
+    assert sent[-1] == f"Bearer {TOKEN}"
+    # Kept for the tab: the next refreshes send it too, and the records stay.
+    count = len(sent)
+    page.wait_for_timeout(4500)  # two refreshes
+    assert len(sent) > count and all(h == f"Bearer {TOKEN}" for h in sent[count:])
+    expect(records.first).to_contain_text(request_id)
 
 
 # -- the graph page -----------------------------------------------------------------------------
@@ -447,6 +533,136 @@ def test_admin_token_is_asked_for_on_401_and_kept_for_the_tab(
     assert "READY" in index(server)["iris"]
 
 
+def test_a_token_that_cannot_be_sent_is_refused_in_the_dialog_and_forgotten(
+        tmp_path: Path, start_shoal: StartShoal, page: Page) -> None:
+    repository = tmp_path / "repository"
+    custom(repository / "ok", IDENTITY)
+    server = start_shoal(repository, "--admin-token", TOKEN)
+    open_page(page, f"{server.url}/ui/models/ok")
+    dialog = page.locator("#token-dialog")
+    problem = dialog.locator("#token-problem")
+    # Typed in the dialog: a token an HTTP header cannot carry, or none, is refused there.
+    page.click("#unload")
+    expect(dialog).to_be_visible()
+    for wrong, says in (("пароль", "printable ASCII"), ("tökén", "printable ASCII"),
+                        ("   ", "Enter the admin token")):
+        dialog.locator("input").fill(wrong)
+        page.click("#token-ok")
+        expect(dialog).to_be_visible()
+        expect(problem).to_be_visible()
+        expect(problem).to_contain_text(says)
+        assert page.evaluate("sessionStorage.getItem('shoal-admin-token')") is None
+    dialog.locator("input").fill(TOKEN)
+    page.click("#token-ok")
+    expect(page.locator("#action-result")).to_have_text("Unload: done")
+    assert "READY" not in index(server).get("ok", [])
+
+    # One kept for the tab that cannot go in a header (set before the dialog checked, say):
+    # the refreshes go on without it, an action forgets it and asks again.
+    page.evaluate("sessionStorage.setItem('shoal-admin-token', 'токен')")
+    page.wait_for_timeout(2500)  # a refresh or so
+    expect(page.locator("#banner")).to_be_hidden()
+    page.click("#load")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("cannot be sent")
+    assert page.evaluate("sessionStorage.getItem('shoal-admin-token')") is None
+    dialog.locator("input").fill(TOKEN)
+    page.click("#token-ok")
+    expect(page.locator("#action-result")).to_have_text("Load: done")
+    assert page.evaluate("sessionStorage.getItem('shoal-admin-token')") == TOKEN
+    assert "READY" in index(server)["ok"]
+    expect(page.locator("#banner")).to_be_hidden()
+
+
+# -- refreshing: one request at a time, never an older answer over a newer one ------------------
+
+#: Wraps the page's fetch: the answers to /ui/api/ reach the page window.shoalApiDelay ms late
+#: (the server answered at once: an old answer), and the requests are counted (started, in
+#: flight at once at most).
+SLOW_API = """
+(() => {
+  const real = window.fetch.bind(window);
+  const log = window.shoalApi = {started: 0, inflight: 0, most: 0};
+  window.shoalApiDelay = 0;
+  window.fetch = async (input, init) => {
+    const url = typeof input === "string" ? input : input.url;
+    if (!url.includes("/ui/api/")) return real(input, init);
+    const delay = window.shoalApiDelay;
+    log.started++; log.inflight++; log.most = Math.max(log.most, log.inflight);
+    try {
+      const response = await real(input, init);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      return response;
+    } finally {
+      log.inflight--;
+    }
+  };
+})();
+"""
+
+CLICK_UNTIL_DONE = """async ([selector, times]) => {
+  const button = document.querySelector(selector);
+  for (let i = 0; i < times; i++) {
+    button.click();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    while (button.disabled) await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}"""
+
+
+def test_refreshes_are_one_chain_and_a_stale_answer_is_not_drawn(
+        tmp_path: Path, start_shoal: StartShoal, page: Page) -> None:
+    repository = tmp_path / "repository"
+    custom(repository / "ok", IDENTITY)
+    custom(repository / "other", IDENTITY)
+    server = start_shoal(repository)
+    page.add_init_script(SLOW_API)
+    open_page(page, f"{server.url}/ui/models/ok")
+    log = "window.shoalApi"
+
+    # Slow answers (1 s) and an action after another: each asks for a refresh, but only one
+    # request is ever in flight, and the refreshes asked meanwhile are one more, not one each.
+    page.evaluate("window.shoalApiDelay = 1000")
+    started = time.monotonic()
+    before = page.evaluate(f"{log}.started")
+    page.evaluate(CLICK_UNTIL_DONE, ["#load", 12])
+    expect(page.locator("#action-result")).to_have_text("Load: done")
+    page.wait_for_timeout(3000)
+    elapsed = time.monotonic() - started
+    made = page.evaluate(f"{log}.started") - before
+    assert page.evaluate(f"{log}.most") == 1, "two refreshes were in flight at once"
+    # One at a time, each at least 1 s: no more than the time allows (12 actions would be 12).
+    assert 1 <= made <= elapsed / 1.0 + 1, f"{made} requests in {elapsed:.1f} s"
+    # Left alone: one every 2 s plus the request's own second, not several chains.
+    before = page.evaluate(f"{log}.started")
+    page.wait_for_timeout(6000)
+    assert page.evaluate(f"{log}.started") - before <= 3
+
+    # A refresh in flight when an action ends (sent before it): its answer (READY) is not
+    # drawn over the one after the action, even when it comes last.
+    page.evaluate("window.shoalApiDelay = 0")
+    page.wait_for_timeout(2500)
+    expect(page.locator("#title .badge").last).to_have_text("READY")
+    page.evaluate("""() => {
+      window.shoalTitles = [];
+      new MutationObserver(() => {
+        const badges = document.querySelectorAll('#title .badge');
+        if (badges.length) window.shoalTitles.push(badges[badges.length - 1].textContent);
+      }).observe(document.querySelector('#title'), {childList: true, subtree: true});
+    }""")
+    page.evaluate("window.shoalApiDelay = 2500")
+    waiting = page.evaluate(f"{log}.started")
+    page.wait_for_function(f"(n) => {log}.started > n && {log}.inflight === 1", arg=waiting)
+    page.evaluate("window.shoalApiDelay = 50")
+    page.click("#unload")
+    expect(page.locator("#action-result")).to_have_text("Unload: done")
+    expect(page.locator("#title .badge").last).to_have_text("UNAVAILABLE", timeout=REFRESH)
+    page.wait_for_timeout(3000)  # the slow answer has come by now
+    titles = page.evaluate("window.shoalTitles")
+    assert titles and "READY" not in titles, titles
+    assert page.evaluate(f"{log}.most") == 1
+
+
 # -- the rollout page ---------------------------------------------------------------------------
 
 
@@ -511,6 +727,76 @@ def test_rollout_page_sets_the_split_and_promotes(ui_repository: Path, start_sho
     assert httpx.get(rollout).json()["variants"]["stable"]["variant"] == "1"
 
 
+PROGRESSIVE = {"stable": "1", "canary": {
+    "variant": "2", "sticky": 'headers."x-user-id"',
+    "analysis": {"steps": [10, 50, 100], "interval": "1h", "max_error_rate": 0.05,
+                 "max_latency_ratio": 2, "min_requests": 7}}}
+
+
+def test_setting_the_percent_of_a_progressive_paused_rollout_asks_first(
+        tmp_path: Path, start_shoal: StartShoal, page: Page) -> None:
+    repository = tmp_path / "repository"
+    for version in ("1", "2"):
+        sklearn_iris(repository / "canary" / version)
+    write(repository / "canary" / "model.yaml", yaml.safe_dump({"version_policy": "all"}))
+    server = start_shoal(repository)
+    rollout = f"{server.url}/v2/models/canary/rollout"
+    plain = {"stable": "1", "canary": {"variant": "2", "percent": 50}}
+    assert httpx.put(rollout, json=plain, timeout=30).status_code == 200
+    open_page(page, f"{server.url}/ui/rollouts/canary")
+    expect(page.locator("#split-bar .canary")).to_contain_text("50%")
+
+    # Changed behind the page's back (the CLI): progressive steps with guards, then paused.
+    assert httpx.put(rollout, json=PROGRESSIVE, timeout=30).status_code == 200
+    assert httpx.post(f"{rollout}/pause", timeout=30).status_code == 200
+    before = httpx.get(rollout, timeout=30).json()
+    assert before["state"] == "paused" and before["spec"]["canary"]["analysis"]
+    puts: list[str] = []
+    page.on("request", lambda r: puts.append(r.url) if r.method == "PUT" else None)
+    messages: list[str] = []
+
+    def answer(accept: bool) -> Callable[[Any], None]:
+        def handle(dialog: Any) -> None:
+            messages.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+        return handle
+
+    # Cancelled: no request, nothing changes.
+    page.once("dialog", answer(False))
+    page.fill("#percent", "30")
+    page.click("#set-percent")
+    expect(page.locator("#action-result")).to_contain_text("cancelled")
+    assert len(messages) == 1
+    for words in ("30%", "ends the progressive steps", "10%, 50%, 100%", "max_error_rate 0.05",
+                  "max_latency_ratio 2", "min_requests 7", "a paused rollout resumes"):
+        assert words in messages[0], (words, messages[0])
+    page.wait_for_timeout(500)
+    assert puts == []
+    after = httpx.get(rollout, timeout=30).json()
+    assert after["spec"] == before["spec"] and after["state"] == "paused"
+    assert after["revision"] == before["revision"]
+
+    # Accepted: the spec as the server had it (sticky kept), at 30 %, without the steps.
+    page.once("dialog", answer(True))
+    page.fill("#percent", "30")
+    page.click("#set-percent")
+    expect(page.locator("#action-result")).to_have_text("Set canary %: done")
+    assert len(messages) == 2 and len(puts) == 1
+    status = httpx.get(rollout, timeout=30).json()
+    assert status["state"] == "progressing" and status["canary_percent"] == 30.0
+    assert status["spec"]["canary"] == {"variant": "2", "percent": 30.0,
+                                        "sticky": PROGRESSIVE["canary"]["sticky"]}
+    assert status["spec"]["stable"] == "1"
+    expect(page.locator("#split-bar .canary")).to_contain_text("30%", timeout=REFRESH)
+
+    # Nothing to warn about (no steps, not paused): no question asked.
+    page.fill("#percent", "40")
+    page.click("#set-percent")
+    expect(page.locator("#action-result")).to_have_text("Set canary %: done")
+    assert len(messages) == 2
+    assert httpx.get(rollout, timeout=30).json()["canary_percent"] == 40.0
+
+
 def test_rollout_page_for_a_model_without_one(ui_server: ShoalProcess, page: Page) -> None:
     open_page(page, f"{ui_server.url}/ui/rollouts/iris")
     expect(page.locator("#title")).to_contain_text("no rollout")
@@ -572,9 +858,19 @@ def many_models(root: Path) -> Path:
     return root
 
 
+#: What each page shows once its data is drawn (checked the moment it says it is ready).
+DRAWN = {
+    "overview": ("#models tbody tr[data-name]", 51),
+    "model": ("#metadata table.inputs tbody tr", 1),
+    "graph": ("#graph-svg g.graph-node", 3),
+    "rollout": ("#variants-table tbody tr[data-role]", 2),
+}
+
+
 def test_every_page_renders_quickly_with_50_models(tmp_path: Path, start_shoal: StartShoal,
                                                    browser: Browser, artifacts: Path,
-                                                   shoot: Shoot) -> None:
+                                                   shoot: Shoot,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     server = start_shoal(many_models(tmp_path / "many"))
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for i in range(50):
@@ -588,10 +884,19 @@ def test_every_page_renders_quickly_with_50_models(tmp_path: Path, start_shoal: 
     try:
         tab = context.new_page()
         for name, path in pages.items():
+            selector, least = DRAWN[name]
             for _ in range(RUNS):
-                # Navigation start to the page's data drawn (the page marks it when it is).
+                # Navigation start to the page's data drawn (the page marks it when it is, and
+                # only then: not on an error answer).
                 open_page(tab, f"{server.url}{path}")
-                times.setdefault(name, []).append(round(tab.evaluate("window.shoalReadyMs"), 1))
+                ready_ms, drawn, failed = tab.evaluate(
+                    "(selector) => [window.shoalReadyMs,"
+                    " document.querySelectorAll(selector).length,"
+                    " !!document.querySelector('#problem:not(.hidden)')]",
+                    selector)
+                assert drawn >= least, f"{name}: ready with {drawn} of {selector} (at least {least})"
+                assert not failed, f"{name}: ready, but showing a problem"
+                times.setdefault(name, []).append(round(ready_ms, 1))
             if name == "overview":
                 expect(tab.locator("#models tbody tr")).to_have_count(51)
                 shoot(tab, "overview-50-models")
@@ -606,8 +911,12 @@ def test_every_page_renders_quickly_with_50_models(tmp_path: Path, start_shoal: 
     (artifacts / "timings.json").write_text(json.dumps(report, indent=2))
     if os.environ.get("SHOAL_UI_TIMINGS"):
         Path(os.environ["SHOAL_UI_TIMINGS"]).write_text(json.dumps(report, indent=2))
-    print("\npage render times with 50 models (ms, navigation start to data drawn):",
-          json.dumps(report["median_ms"]), "max", json.dumps(report["max_ms"]))
+    with capsys.disabled():  # on the console, even without -s
+        print(f"\npage render times with 51 models, {RUNS} runs each (ms, navigation start to "
+              f"data drawn, {CHROMIUM}):")
+        for name, values in times.items():
+            print(f"  {name:9} median {statistics.median(values):7.1f}  max {max(values):7.1f}"
+                  f"  all {values}")
     # The target is 500 ms (reported in the benchmark README); a loaded CI machine gets room.
     for name, values in times.items():
         assert max(values) < 2000, f"{name} took {max(values)} ms to render"

@@ -30,7 +30,7 @@ from .. import logging as log
 from .channel import Channel
 from .config import LoggerConfig, sink_label
 from .metrics import PayloadMetrics
-from .record import Record, default_source_prefix, namespace, render, structured
+from .record import Record, default_source_prefix, namespace, new_event_id, render, structured
 from .sinks import open_sink
 from .spool import SpoolBudget, open_slot
 
@@ -66,6 +66,10 @@ class Route:
 
     def remember(self, record: Record) -> None:
         assert self.recent is not None
+        if record.event_id is None:  # one id wherever the record is shown or sent
+            request = record.request
+            record.event_id = (request.id if request is not None and request.id else None
+                               ) or new_event_id()
         if record.size > RECENT_BYTES:
             record = replace(record, request=None, body=None, response=None, sent=None,
                              error=record.error and record.error[:RECENT_BYTES])

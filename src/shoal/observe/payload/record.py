@@ -86,6 +86,8 @@ class Record:
     mode: str
     size: int
     """Bytes this record holds on to (its share of the in-memory queue's bound)."""
+    event_id: str | None = None
+    """The events' ``id``, fixed at the first rendering (the sink's and the dashboard's agree)."""
 
 
 @dataclass(slots=True)
@@ -109,7 +111,10 @@ def render(record: Record, source_prefix: str, space: str | None) -> list[Event]
     """The record's events (request, response, or both, per its ``mode``)."""
     request = record.request
     response = record.response
-    event_id = (request.id if request is not None and request.id else None) or _new_id()
+    event_id = record.event_id
+    if event_id is None:
+        event_id = record.event_id = (
+            request.id if request is not None and request.id else None) or new_event_id()
     common = {
         "specversion": SPECVERSION,
         "id": event_id,
@@ -148,7 +153,7 @@ def render(record: Record, source_prefix: str, space: str | None) -> list[Event]
     return events
 
 
-def _new_id() -> str:
+def new_event_id() -> str:
     """128 random bits in UUID text form (``uuid.uuid4()`` costs three times as much)."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -234,16 +234,53 @@
       el("p", {class: "small muted"}, "Counts, with cumulative time below (hover for the mean).")];
   }
 
+  /** A record's data as text; one too large to show (the server leaves it out) says how
+   *  large it was. */
   function recordData(record) {
-    if ("data" in record) return typeof record.data === "string" ? record.data : UI.pretty(record.data);
-    if ("data_base64" in record) return `base64: ${record.data_base64}`;
+    if (UI.isNum(record.omitted_bytes) && (record.data == null && record.data_base64 == null)) {
+      return `${num(record.omitted_bytes, 0)} bytes, not shown`;
+    }
+    if ("data" in record && record.data !== null) return typeof record.data === "string" ? record.data : UI.pretty(record.data);
+    if ("data_base64" in record && record.data_base64 !== null) return `base64: ${record.data_base64}`;
     return "(no data)";
+  }
+
+  /** The server keeps payload records for its admin token: a note and a button that asks
+   *  for it (kept for the tab, like the control buttons'); the next refresh sends it. */
+  function needsToken() {
+    const known = UI.token.get();
+    const button = el("button", {type: "button", id: "show-records", class: "primary"},
+                      "Show records (admin token)");
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const entered = await UI.askToken(UI.token.get() ? "refused" : "records");
+        if (!entered) return;
+        UI.token.set(entered);
+        payloadKey = null;
+        if (poller) await poller.now();
+      } finally {
+        button.disabled = false;
+      }
+    });
+    return el("div", {class: "needs-token", id: "payload-needs-token"},
+      el("p", {class: "small"}, known
+        ? "The server refused the admin token kept for this tab: the records are shown with the right one."
+        : "This server shows payload records (requests and answers) only with its admin token."),
+      el("div", {class: "row"}, button));
   }
 
   function renderPayload(payload) {
     $("#payload-card").classList.toggle("hidden", !payload);
     if (!payload) return;
     fill($("#payload-sink"), payload.sink ? `→ ${payload.sink}` : "");
+    if (payload.needs_token || payload.recent === null) {
+      const key = `needs-token|${UI.token.get() ? "refused" : "none"}`;
+      if (key === payloadKey) return;
+      payloadKey = key;
+      fill($("#payload"), payload.needs_token ? needsToken() : el("p", {class: "empty"}, "No records."));
+      return;
+    }
     const recent = payload.recent || [];
     const key = JSON.stringify(recent.map((r) => [r.type, r.id, r.time]));
     if (key === payloadKey) return;

@@ -8,7 +8,6 @@
   const base = `/v2/models/${enc}/rollout`;
   document.title = `${name} · rollout · Shoal`;
   fill($("#title"), name);
-  let current = null;      // the last status answer
   let percentShown = null; // the percentage last put in the input (a user's edit is kept)
 
   /** "3" is version 3 of this model; anything else is another model or a URL. */
@@ -77,7 +76,6 @@
   }
 
   function render(status) {
-    current = status;
     $("#problem").classList.add("hidden");
     const none = !status.state || status.state === "none";
     fill($("#title"), name, " ", badge(none ? "no rollout" : status.state, none ? "" : status.state));
@@ -106,7 +104,8 @@
     const canary = (status.spec || {}).canary;
     $("#set-percent").disabled = !canary;
     fill($("#percent-note"), !canary ? "no canary in this rollout"
-      : canary.analysis ? "setting it by hand ends the progressive steps" : "");
+      : canary.analysis ? "setting it by hand ends the progressive steps and their guards"
+      : status.state === "paused" ? "setting it by hand resumes the rollout" : "");
     const input = $("#percent");
     if (document.activeElement !== input && (percentShown === null || String(percentShown) === input.value)) {
       input.value = UI.isNum(status.canary_percent) ? String(status.canary_percent) : "";
@@ -124,11 +123,40 @@
     });
   }
 
-  bind("#set-percent", "Set canary %", () => {
+  /** What setting the percentage by hand changes besides the percentage, in words (empty
+   *  when nothing): a PUT of the spec ends the progressive steps with their guards, and
+   *  starts the rollout again (a paused one resumes). */
+  function sideEffects(status) {
+    const changes = [];
+    const analysis = ((status.spec || {}).canary || {}).analysis;
+    if (analysis) {
+      const steps = (analysis.steps || []).map((s) => `${num(s, 2)}%`).join(", ");
+      const guards = ["max_error_rate", "max_latency_ratio", "min_requests"]
+        .filter((k) => analysis[k] !== undefined && analysis[k] !== null)
+        .map((k) => `${k} ${analysis[k]}`);
+      changes.push(`ends the progressive steps (${steps || "–"}${UI.isNum(analysis.interval) ? ` every ${num(analysis.interval, 2)} s` : ""})` +
+                   (guards.length ? ` and its guards: ${guards.join(", ")}` : "") +
+                   " (no automatic rollback any more)");
+    }
+    if (status.state === "paused") changes.push("a paused rollout resumes");
+    return changes;
+  }
+
+  bind("#set-percent", "Set canary %", async () => {
     const percent = Number($("#percent").value);
     if ($("#percent").value.trim() === "" || !Number.isFinite(percent)) throw new Error("enter a percentage (0-100)");
-    const spec = JSON.parse(JSON.stringify((current && current.spec) || {}));
+    // The spec as it is now (changed through the CLI since the last refresh, perhaps), not
+    // as the last refresh drew it.
+    const fresh = await UI.getJSON(base);
+    const spec = JSON.parse(JSON.stringify(fresh.spec || {}));
+    if (!fresh.state || fresh.state === "none") throw new Error("there is no rollout any more");
     if (!spec.canary) throw new Error("this rollout has no canary");
+    const changes = sideEffects(fresh);
+    if (changes.length && !window.confirm(
+        `Set the canary of ${name} to ${num(percent, 2)}% by hand?\n\nThis also:\n` +
+        changes.map((c) => `- ${c}`).join("\n"))) {
+      throw new UI.Cancelled("cancelled");
+    }
     spec.canary.percent = percent;
     delete spec.canary.analysis;  // a percentage set by hand replaces the steps
     return UI.send("PUT", base, spec);

@@ -2,8 +2,10 @@
  *
  * - el(): builds DOM nodes; text always goes in as text nodes (never innerHTML), so names,
  *   reasons and payloads from the API are escaped by construction.
- * - getJSON() / send(): fetch helpers; send() adds the admin token and asks for it on a 401.
- * - poll(): runs a page's refresh every 2 s and shows the "server unreachable" banner.
+ * - getJSON() / send(): fetch helpers; both send the admin token when one is known (same
+ *   origin only), send() asks for it on a 401.
+ * - poll(): runs a page's refresh every 2 s (one request at a time) and shows the "server
+ *   unreachable" banner.
  * - chart() / sparkline(): uPlot (vendored) with the dashboard's defaults.
  */
 "use strict";
@@ -85,12 +87,19 @@ const UI = (() => {
     return el("span", {class: `badge ${kind || state.toLowerCase()}`}, state);
   }
 
-  /** Tell the tests (and anyone timing the page) that the data is drawn. */
+  /** Tell the tests (and anyone timing the page) that the data is drawn: the pages call it
+   *  at the end of a successful draw, never on an error path. */
   function ready() {
     if (document.body.dataset.ready !== "1") {
       window.shoalReadyMs = performance.now();
       document.body.dataset.ready = "1";
     }
+  }
+
+  /** The first answer was an error the page shows (a 404 for an unknown model): settled,
+   *  but not drawn (ready() is not called). */
+  function settled() {
+    if (!document.body.dataset.failed) document.body.dataset.failed = "1";
   }
 
   // ---- formatting ----------------------------------------------------------------------
@@ -174,8 +183,13 @@ const UI = (() => {
     return response;
   }
 
+  /** GET `url` as JSON, with the admin token when one is known (it lets the model page show
+   *  payload records on a server that has a token). */
   async function getJSON(url) {
-    const response = await request(url, {headers: {Accept: "application/json"}});
+    const headers = {Accept: "application/json"};
+    const known = token.get();
+    if (known && tokenProblem(known) === null && sameOrigin(url)) headers.Authorization = `Bearer ${known}`;
+    const response = await request(url, {headers});
     if (!response.ok) throw new ApiError(await errorMessage(response), response.status, response.status >= 502);
     return response.json();
   }
@@ -188,23 +202,57 @@ const UI = (() => {
     clear: () => sessionStorage.removeItem(TOKEN_KEY),
   };
 
-  /** Ask for the token in a small dialog; resolves to the token, or null when cancelled. */
-  function askToken(hadOne) {
+  /** Why `value` cannot be an admin token (an HTTP header carries printable ASCII only), or
+   *  null when it can. */
+  function tokenProblem(value) {
+    if (!value) return "Enter the admin token.";
+    if (!/^[\x20-\x7e]+$/.test(value)) return "The admin token can hold printable ASCII characters only (no accents, other scripts or control characters).";
+    return null;
+  }
+
+  /** The token goes to this server only: never with a request to another origin. */
+  function sameOrigin(url) {
+    try { return new URL(url, location.href).origin === location.origin; } catch (_) { return false; }
+  }
+
+  const ASK = {
+    first: "This server needs its admin token for changes (kept for this tab only):",
+    refused: "The server refused the admin token. Enter it again:",
+    unsendable: "The admin token kept for this tab cannot be sent (printable ASCII characters only). Enter it again:",
+    records: "Payload records are shown with the server's admin token (kept for this tab only):",
+  };
+
+  /** Ask for the token in a small dialog; resolves to the token, or null when cancelled.
+   *  `why` is a key of ASK (true: "refused", false: "first"). A token that cannot go in an
+   *  HTTP header is refused in the dialog, saying why. */
+  function askToken(why) {
+    const reason = why === true ? "refused" : (why === false || !why ? "first" : why);
     return new Promise((resolve) => {
       const input = el("input", {type: "password", name: "token", autocomplete: "off",
                                  placeholder: "admin token", "aria-label": "admin token"});
-      const dialog = el("dialog", {class: "token", id: "token-dialog"},
-        el("form", {method: "dialog"},
-          el("p", {}, hadOne ? "The server refused the admin token. Enter it again:"
-                             : "This server needs its admin token for changes (kept for this tab only):"),
-          input,
-          el("div", {class: "row"},
-            el("button", {class: "primary", value: "ok", type: "submit", id: "token-ok"}, "Use token"),
-            el("button", {value: "cancel", type: "submit", formnovalidate: true}, "Cancel"))));
+      const problem = el("p", {class: "message error hidden", id: "token-problem", role: "alert"});
+      const form = el("form", {method: "dialog"},
+        el("p", {}, ASK[reason] || ASK.first),
+        input,
+        problem,
+        el("div", {class: "row"},
+          el("button", {class: "primary", value: "ok", type: "submit", id: "token-ok"}, "Use token"),
+          el("button", {value: "cancel", type: "submit", formnovalidate: true, id: "token-cancel"}, "Cancel")));
+      const dialog = el("dialog", {class: "token", id: "token-dialog"}, form);
+      form.addEventListener("submit", (event) => {
+        if (!event.submitter || event.submitter.value !== "ok") return;
+        const wrong = tokenProblem(input.value.trim());
+        if (wrong === null) return;
+        event.preventDefault();  // stays open, saying why
+        problem.textContent = wrong;
+        problem.classList.remove("hidden");
+        input.focus();
+      });
+      input.addEventListener("input", () => problem.classList.add("hidden"));
       dialog.addEventListener("close", () => {
         const value = dialog.returnValue === "ok" ? input.value.trim() : "";
         dialog.remove();
-        resolve(value || null);
+        resolve(value && tokenProblem(value) === null ? value : null);
       });
       document.body.appendChild(dialog);
       dialog.showModal();
@@ -220,10 +268,24 @@ const UI = (() => {
   async function send(method, url, body) {
     let asked = false;
     for (;;) {
-      const headers = {Accept: "application/json"};
+      let headers = {Accept: "application/json"};
       if (body !== undefined) headers["Content-Type"] = "application/json";
       const known = token.get();
-      if (known) headers.Authorization = `Bearer ${known}`;
+      if (known) {
+        // A token that cannot go in a header (not Latin-1: fetch would throw a TypeError that
+        // reads as "server unreachable" on every action): forgotten, and asked for again.
+        try {
+          headers = new Headers({...headers, Authorization: `Bearer ${known}`});
+        } catch (err) {
+          if (!(err instanceof TypeError)) throw err;
+          token.clear();
+          const entered = await askToken("unsendable");
+          asked = true;
+          if (!entered) throw new ApiError("the admin token kept for this tab could not be sent (no admin token given)", 401);
+          token.set(entered);
+          continue;
+        }
+      }
       const response = await request(url, {
         method, headers, body: body === undefined ? undefined : JSON.stringify(body),
       });
@@ -242,6 +304,9 @@ const UI = (() => {
     }
   }
 
+  /** Thrown by an action the user called off (a confirmation answered "cancel"). */
+  class Cancelled extends Error {}
+
   /** Runs `action` for a button: disabled while it runs, its result or error in `out`. */
   async function act(button, out, label, action) {
     button.disabled = true;
@@ -253,6 +318,11 @@ const UI = (() => {
       out.textContent = `${label}: done`;
       return result;
     } catch (err) {
+      if (err instanceof Cancelled) {
+        out.className = "message";
+        out.textContent = `${label}: cancelled, nothing changed`;
+        return undefined;
+      }
       out.className = "message error";
       out.textContent = `${label} failed: ${err.message}`;
       return undefined;
@@ -283,27 +353,58 @@ const UI = (() => {
   /**
    * Fetch `url` now and every 2 s; `render(data)` draws it. `failed(err)` handles an answer
    * that is an HTTP error (a 404 for an unknown model); no answer at all shows the banner.
+   *
+   * One chain, one request at a time: `now()` (after a button's action) while a request is in
+   * flight does not start another, it asks for one more right after it (however many times it
+   * is called meanwhile). An answer is drawn only when nothing newer was drawn, and not when a
+   * refresh was asked for after its request left (it may predate the action: the next one,
+   * at once, is drawn instead). Returns {now()}: a promise settled when the page is drawn.
    */
   function poll(url, render, failed) {
     let timer = null;
+    let running = null;   // the chain's promise while a request is in flight
+    let again = false;    // now() was called during it: fetch once more when it ends
+    let sent = 0;         // sequence number of the last request sent
+    let drawn = 0;        // ... and of the answer drawn last
+    let asked = 0;        // `sent` when now() was last called
     async function tick() {
+      const mine = ++sent;
       try {
         const data = await getJSON(typeof url === "function" ? url() : url);
+        if (mine <= drawn || mine <= asked) return;  // stale: a newer answer is (or will be) drawn
+        drawn = mine;
         unreachable(false);
         render(data);
       } catch (err) {
+        if (mine <= drawn || mine <= asked) return;
+        drawn = mine;
         if (err.unreachable) unreachable(true, err.status ? `HTTP ${err.status}` : "");
         else {
           unreachable(false);
           if (failed) failed(err); else console.error(err);
+          settled();
         }
-        ready();
-      } finally {
-        timer = setTimeout(tick, INTERVAL_MS);
       }
     }
-    tick();
-    return {now: () => { clearTimeout(timer); return tick(); }};
+    function run() {
+      if (running) { again = true; return running; }
+      clearTimeout(timer);
+      timer = null;
+      running = (async () => {
+        try {
+          do { again = false; await tick(); } while (again);
+        } finally {
+          running = null;
+          timer = setTimeout(run, INTERVAL_MS);
+        }
+      })();
+      return running;
+    }
+    run();
+    return {now: () => {
+      if (running) asked = sent;  // the answer in flight may predate what changed
+      return run();
+    }};
   }
 
   /** The header's server line, from /ui/api/overview's "server" (or nothing). */
@@ -428,7 +529,7 @@ const UI = (() => {
   return {
     el, svg, fill, update, $, pageName, pretty, links, badge, ready,
     isNum, last, num, ms, pct, duration, clock, when,
-    ApiError, getJSON, send, act, token, poll, unreachable, header,
+    ApiError, Cancelled, getJSON, send, act, token, tokenProblem, askToken, poll, unreachable, header,
     chart, sparkline, liveCharts,
   };
 })();
