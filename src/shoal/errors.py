@@ -63,6 +63,13 @@ class Unauthorized(ShoalError):
         return {"WWW-Authenticate": 'Bearer realm="shoal"', **self.context}
 
 
+class Forbidden(ShoalError):
+    """A control route called by a page of another site (a cross-site browser request)."""
+
+    http_status = 403
+    grpc_code: Any = _GrpcCode("PERMISSION_DENIED")
+
+
 class ModelNotFound(ShoalError):
     http_status = 404
     grpc_code: Any = _GrpcCode("NOT_FOUND")

@@ -5,6 +5,11 @@ With ``--admin-token`` (``SHOAL_ADMIN_TOKEN``) set, those routes need
 (UNAUTHENTICATED) without it; inference, health, metadata and status stay open. Without a
 token they are open, which is fine on 127.0.0.1 (the default bind) and logged as a warning
 on any other address.
+
+Over REST they also refuse (403) a request a browser sent from another site's page: without
+that, any page a user opens could POST to a server on their machine (the dashboard makes the
+routes worth aiming at). Browsers say where a request comes from (``Sec-Fetch-Site``,
+``Origin``); clients that are not browsers send neither and are not affected.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import hmac
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import Unauthorized
+from urllib.parse import urlsplit
+
+from ..errors import Forbidden, Unauthorized
 
 SCHEME = "bearer "
 
@@ -25,6 +32,11 @@ class AdminToken:
     @property
     def enabled(self) -> bool:
         return self._token is not None
+
+    def check_request(self, headers: Any) -> None:
+        """A REST control request: not from another site's page, and with the token."""
+        refuse_cross_site(headers)
+        self.check(headers.get("authorization"))
 
     def check(self, authorization: str | None) -> None:
         """Raise 401 unless ``authorization`` is ``Bearer <token>`` (when a token is set)."""
@@ -46,3 +58,25 @@ class AdminToken:
             if key.lower() == "authorization":
                 value = item.decode("latin-1") if isinstance(item, bytes) else item
         self.check(value)
+
+
+def refuse_cross_site(headers: Any) -> None:
+    """403 for a browser request from a page of another origin (scheme, host and port).
+
+    ``Sec-Fetch-Site`` (sent by current browsers) must be ``same-origin`` or ``none`` (typed
+    in, a bookmark); otherwise an ``Origin`` must match the ``Host`` the request was sent to.
+    Requests with neither header (curl, the ``shoal`` command, SDKs) pass."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        if site.lower() in ("same-origin", "none"):
+            return
+        raise Forbidden(f"a control route refuses requests from another site's page "
+                        f"(Sec-Fetch-Site: {site})")
+    origin = headers.get("origin")
+    if origin is None:
+        return
+    host = headers.get("host", "")
+    if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
+        raise Forbidden(f"a control route refuses requests from another site's page "
+                        f"(Origin: {origin})")
+

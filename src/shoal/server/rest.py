@@ -150,14 +150,14 @@ def build_app(
         return json_response(dataplane.index(ready_only))
 
     async def repository_load(request: Request) -> Response:
-        admin.check(request.headers.get("authorization"))
+        admin.check_request(request.headers)
         name = check_model_name(request.path_params["name"])
         await read_body(request, max_request_size)
         await dataplane.load(name)
         return json_response({"name": name, "load": True})
 
     async def repository_unload(request: Request) -> Response:
-        admin.check(request.headers.get("authorization"))
+        admin.check_request(request.headers)
         name = check_model_name(request.path_params["name"])
         await read_body(request, max_request_size)
         await dataplane.unload(name)

@@ -38,14 +38,14 @@ def rollout_routes(rollouts: RolloutManager, admin: AdminToken) -> list[Route]:
         return _json(await rollouts.status(check_model_name(request.path_params["name"])))
 
     async def set_spec(request: Request) -> Response:
-        admin.check(request.headers.get("authorization"))
+        admin.check_request(request.headers)
         name = check_model_name(request.path_params["name"])
         body = v2_json.parse_json_object(await read_body(request.scope, request.receive, MAX_SPEC_SIZE))
         return _json(await rollouts.set(name, body))
 
     def action(method: Callable[[str], Awaitable[dict[str, Any]]]) -> Any:
         async def handle(request: Request) -> Response:
-            admin.check(request.headers.get("authorization"))
+            admin.check_request(request.headers)
             name = check_model_name(request.path_params["name"])
             await read_body(request.scope, request.receive, MAX_SPEC_SIZE)
             return _json(await method(name))
