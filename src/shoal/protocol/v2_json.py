@@ -344,6 +344,16 @@ def encode_response(
         if parameters:
             entry["parameters"] = parameters
         outputs.append(entry)
+    body = response_fields(response)
+    body["outputs"] = outputs
+    header = dumps(body)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def response_fields(response: InferenceResponse) -> dict[str, Any]:
+    """A V2 response body's fields other than ``outputs``."""
     body: dict[str, Any] = {"model_name": response.model_name}
     if response.model_version is not None:
         body["model_version"] = response.model_version
@@ -351,11 +361,13 @@ def encode_response(
         body["id"] = response.id
     if response.parameters:
         body["parameters"] = response.parameters
-    body["outputs"] = outputs
-    header = dumps(body)
-    if not chunks:
-        return header, None
-    return b"".join([header, *chunks]), len(header)
+    return body
+
+
+def requested_outputs(outputs: list[RequestedOutput]) -> list[dict[str, Any]]:
+    """A V2 request's ``outputs`` as JSON."""
+    return [{"name": o.name, "parameters": o.parameters} if o.parameters else {"name": o.name}
+            for o in outputs]
 
 
 def json_data(tensor: Tensor) -> Any:
@@ -433,10 +445,7 @@ def encode_request(request: InferenceRequest) -> tuple[bytes, int]:
     if request.parameters:
         body["parameters"] = request.parameters
     if request.outputs is not None:
-        body["outputs"] = [
-            {"name": o.name, "parameters": o.parameters} if o.parameters else {"name": o.name}
-            for o in request.outputs
-        ]
+        body["outputs"] = requested_outputs(request.outputs)
     header = orjson.dumps(body, option=_DUMP_OPTIONS)
     return b"".join([header, *chunks]), len(header)
 

@@ -6,9 +6,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..metrics import LabelCache
 
-OUTCOMES = ("sent", "spooled", "dropped", "failed")
-
-
 class PayloadMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.records = Counter(

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from ...datatypes import canonical
-from ...protocol.v2_json import json_array
+from ...protocol.v2_json import json_array, requested_outputs, response_fields
 from ...types import InferenceRequest, InferenceResponse, Tensor
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
@@ -205,21 +205,12 @@ def request_json(request: InferenceRequest) -> bytes:
         body["parameters"] = request.parameters
     body["inputs"] = [_tensor(t) for t in request.inputs]
     if request.outputs is not None:
-        body["outputs"] = [
-            {"name": o.name, "parameters": o.parameters} if o.parameters else {"name": o.name}
-            for o in request.outputs
-        ]
+        body["outputs"] = requested_outputs(request.outputs)
     return _dumps(body)
 
 
 def response_json(response: InferenceResponse) -> bytes:
-    body: dict[str, Any] = {"model_name": response.model_name}
-    if response.model_version is not None:
-        body["model_version"] = response.model_version
-    if response.id is not None:
-        body["id"] = response.id
-    if response.parameters:
-        body["parameters"] = response.parameters
+    body = response_fields(response)
     body["outputs"] = [_tensor(t) for t in response.outputs]
     return _dumps(body)
 
