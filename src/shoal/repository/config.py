@@ -16,10 +16,14 @@ Example::
     rollout: {stable: "2", canary: {variant: "3", percent: 10}}   # docs/rollouts.md
     explainer: {method: auto, background: background.npy}        # docs/explanations.md
     logger: {url: http://collector:8000/events, mode: all}        # docs/observability.md
+    autoscaling: {min_replicas: 0, max_replicas: 4, target_concurrency: 2}  # docs/autoscaling.md
+    resources: {gpus: 1}             # what each replica takes (docs/autoscaling.md)
+    command: ["java", "-jar", "model-server.jar"]   # runtime: process (docs/languages.md)
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +42,7 @@ from ..errors import LoadError
 from ..explain.config import ExplainerConfig
 from ..observe.payload.config import LoggerConfig
 from ..rollout.spec import RolloutSpec
+from ..serving.autoscale.config import AutoscalingConfig, ResourcesConfig
 from ..types import TensorSpec
 
 CONFIG_FILE = "model.yaml"
@@ -115,6 +120,23 @@ class ModelConfig(BaseModel):
     """Payload logging of this model's requests and responses (CloudEvents; see
     ``docs/observability.md``); None: the server's ``--payload-log``, if any; false: none."""
 
+    autoscaling: AutoscalingConfig | bool | None = None
+    """Replicas (worker processes) that follow the load, down to zero (see
+    ``docs/autoscaling.md``); None: the server's ``--autoscale``; false: a fixed count."""
+    resources: ResourcesConfig | None = None
+    """What each replica takes: ``gpus`` (and ``gpu_share``) on one machine; ``cpu`` and
+    ``memory`` requests when rendered for Kubernetes."""
+
+    command: list[str] | None = Field(default=None, min_length=1)
+    """``runtime: process``: the program (and its arguments) that serves this model over V2,
+    started in the version folder with ``$PORT`` set (see ``docs/languages.md``)."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """``runtime: process``: extra environment variables for ``command``."""
+    ready_timeout: float | None = Field(default=None, gt=0)
+    """``runtime: process``: seconds ``command`` may take to become ready (default 60)."""
+    protocol: Literal["v2-rest", "v2-grpc"] | None = None
+    """``runtime: process``: what ``command`` serves on ``$PORT`` (default ``v2-rest``)."""
+
     @field_validator("version_policy", mode="wrap")
     @classmethod
     def _policy_forms(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -151,8 +173,8 @@ def read_config(model_dir: Path) -> ModelConfig:
         return ModelConfig.model_validate(raw, context={"folder": model_dir})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'model.yaml'}: {_message(e)}"
-            for e in exc.errors()
+            f"{'.'.join(_field_path(e['loc'])) or 'model.yaml'}: {_message(e)}"
+            for e in _meant(exc.errors())
         )
         raise LoadError(f"{path.name} is invalid: {problems}") from None
 
@@ -168,6 +190,28 @@ def check_misnamed(model_dir: Path) -> None:
                 f"merge {wrong} into it and delete {wrong}"
             )
         raise LoadError(f"{model_dir.name}/ has {wrong}, but Shoal reads {right}: rename it to {right}")
+
+
+#: Parts pydantic adds to an error's location for the member of a union or a validator:
+#: ``function-after[_consistent(), AutoscalingConfig]``, ``LoggerConfig``, ``bool``.
+_NOT_A_FIELD = re.compile(r"^(function-\w+\[.*\]|[A-Z]\w*|bool|str|int|float)$")
+
+
+def _field_path(loc: tuple[Any, ...]) -> list[str]:
+    return [str(p) for p in loc if not (isinstance(p, str) and _NOT_A_FIELD.match(p))]
+
+
+def _meant(errors: list[Any]) -> list[Any]:
+    """For a ``block | bool`` setting given a mapping, the mapping's errors only: "should be
+    a valid boolean" beside "unknown key" only hides what is wrong."""
+    fields_with_other_errors = {
+        tuple(_field_path(e["loc"])[:1]) for e in errors if e["type"] != "bool_type"
+    }
+    return [
+        e for e in errors
+        if not (e["type"] == "bool_type" and isinstance(e.get("input"), dict)
+                and tuple(_field_path(e["loc"])[:1]) in fields_with_other_errors)
+    ] or errors
 
 
 def _message(error: Any) -> str:
