@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MiB = 1024 * 1024
 
@@ -63,3 +64,19 @@ class ServerSettings:
     #: The web dashboard at ``/ui`` on the HTTP port (and the sampling behind its charts);
     #: False (``--no-ui``): neither.
     ui: bool = True
+    #: Autoscale every model whose model.yaml does not say ``autoscaling: false`` (otherwise
+    #: only those with an ``autoscaling:`` block); see docs/autoscaling.md.
+    autoscale: bool = False
+    #: Server-wide defaults for the ``autoscaling:`` fields a model.yaml leaves out
+    #: (``min_replicas``, ``max_replicas``, ``target_concurrency``, ``stable_window``,
+    #: ``panic_window``, ``panic_threshold``, ``scale_to_zero_after``).
+    autoscaling_defaults: dict[str, Any] = field(default_factory=dict)
+    #: Bytes the replicas of autoscaled models may take together (least recently used idle
+    #: models are scaled to zero to make room); None: no budget.
+    memory_budget: int | None = None
+    #: GPUs replicas may use (``CUDA_VISIBLE_DEVICES`` names); None: found with NVML or
+    #: nvidia-smi.
+    gpus: list[str] | None = None
+    #: Which of the ``--http-workers`` processes this is (0 for a single server): each takes
+    #: its share of the GPUs and of the memory budget.
+    process_index: int = 0

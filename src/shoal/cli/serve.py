@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -30,6 +31,46 @@ class ByteSize(click.ParamType):
         if size <= 0:
             self.fail("the size must be positive", param, ctx)  # type: ignore[arg-type]
         return size
+
+
+class Duration(click.ParamType):
+    """Seconds, or a duration like ``60s``, ``5m``, ``500ms``."""
+
+    name = "duration"
+
+    def convert(self, value: object, param: object, ctx: object) -> float:
+        from ..serving.autoscale.config import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)  # type: ignore[arg-type]
+
+
+def _autoscaling_options(fn: Any) -> Any:
+    """The server-wide defaults of model.yaml's ``autoscaling:`` fields."""
+    options = [
+        ("--min-replicas", "min_replicas", click.IntRange(0),
+         "Replicas an autoscaled model keeps at least; 0 lets it scale to zero [default: 1]."),
+        ("--max-replicas", "max_replicas", click.IntRange(1),
+         "Replicas an autoscaled model may have at most [default: 1]."),
+        ("--target-concurrency", "target_concurrency", click.FloatRange(0, min_open=True),
+         "In-flight requests per replica the autoscaler aims at [default: 1]."),
+        ("--stable-window", "stable_window", Duration(),
+         "Window the autoscaler averages concurrency over (Knative's window) [default: 60s]."),
+        ("--panic-window", "panic_window", Duration(),
+         "Short window that reacts to bursts [default: 6s]."),
+        ("--panic-threshold", "panic_threshold", click.FloatRange(1.0),
+         "Panic when the panic window asks for this many times the ready replicas "
+         "[default: 2.0]."),
+        ("--scale-to-zero-after", "scale_to_zero_after", Duration(),
+         "Idle time after which a model with min_replicas 0 has no replica [default: 300s]."),
+    ]
+    for flag, dest, kind, text in reversed(options):
+        env = "SHOAL_" + dest.upper()
+        fn = click.option(flag, dest, envvar=env, default=None, type=kind, show_envvar=True,
+                          help=text)(fn)
+    return fn
 
 
 @main.command()
@@ -124,6 +165,20 @@ class ByteSize(click.ParamType):
 @click.option("--no-ui", envvar="SHOAL_NO_UI", is_flag=True, default=False, show_envvar=True,
               help="Turn the web dashboard (/ui on the HTTP port) off, and the in-memory "
                    "time series sampled for its charts.")
+@click.option("--autoscale", envvar="SHOAL_AUTOSCALE", is_flag=True, default=False,
+              show_envvar=True,
+              help="Autoscale every model (replicas in worker processes that follow the load, "
+                   "down to zero) unless its model.yaml says autoscaling: false; otherwise only "
+                   "models with an autoscaling: block are. See docs/autoscaling.md.")
+@_autoscaling_options
+@click.option("--memory-budget", envvar="SHOAL_MEMORY_BUDGET", default=None, type=ByteSize(),
+              show_envvar=True,
+              help="Memory the replicas of autoscaled models may take together (e.g. 4G): "
+                   "least recently used idle models are scaled to zero to make room. "
+                   "Unset: no budget.")
+@click.option("--gpus", envvar="SHOAL_GPUS", default=None, show_envvar=True,
+              help="GPUs replicas may use, as CUDA_VISIBLE_DEVICES names them (0,1), or "
+                   "'none'. Unset: found with NVML or nvidia-smi.")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
           max_header_size: int, header_timeout: float, drain_timeout: float, log_level: str,
           model_threads: int | None,
@@ -132,7 +187,8 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
           state_dir: Path | None, admin_token: str | None, tls_cert: Path | None,
           tls_key: Path | None, tls_ca: Path | None, watch: bool, watch_interval: float,
           payload_log: str | None, payload_log_spool_size: int,
-          otel_endpoint: str | None, no_ui: bool) -> None:
+          otel_endpoint: str | None, no_ui: bool, autoscale: bool,
+          memory_budget: int | None, gpus: str | None, **autoscaling: Any) -> None:
     """Serve every model in REPOSITORY (one folder per model)."""
     from ..server.app import exit_now, run
 
@@ -156,6 +212,23 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--otel-endpoint") from None
 
+    devices = None
+    if gpus is not None:
+        from ..serving.autoscale.gpus import parse_devices
+
+        try:
+            devices = parse_devices(gpus)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--gpus") from None
+    defaults = {key: value for key, value in autoscaling.items() if value is not None}
+    if defaults:
+        from ..serving.autoscale.config import AutoscalingConfig
+
+        try:
+            AutoscalingConfig(**defaults)
+        except ValueError as exc:
+            raise click.UsageError(f"autoscaling defaults: {exc}") from None
+
     run(ServerSettings(
         repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
         max_request_size=max_request_size, max_header_size=max_header_size,
@@ -168,6 +241,8 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
         watch=watch, watch_interval=watch_interval,
         payload_log=payload_log or None, payload_log_spool_size=payload_log_spool_size,
         otel_endpoint=otel_endpoint or None, ui=not no_ui,
+        autoscale=autoscale, autoscaling_defaults=defaults, memory_budget=memory_budget,
+        gpus=devices,
     ))
     exit_now()
 

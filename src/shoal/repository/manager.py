@@ -31,7 +31,14 @@ from ..serving.executor import Executor
 from ..serving.limits import Limits
 from ..serving.registry import Registry, VersionEntry
 from ..serving.workers.pool import WorkerPool
-from ..serving.workers.proxy import load_in_workers
+from ..serving.autoscale.config import AutoscalingConfig, ResolvedAutoscaling
+from ..serving.autoscale.scaler import Autoscaler
+from ..serving.workers.proxy import (
+    ProcessModel,
+    ReplicatedModel,
+    load_in_workers,
+    load_replicated,
+)
 from .config import ModelConfig, read_config
 from .layout import check_model_name, model_names, version_dirs
 
@@ -49,8 +56,11 @@ class ModelRepository:
         pool: WorkerPool | None = None,
         state_dir: Path | None = None,
         payload: PayloadLogger | None = None,
+        autoscaler: Autoscaler | None = None,
     ) -> None:
         self.root = root.resolve()
+        #: Starts and stops the replicas of autoscaled models (and of GPU models).
+        self.autoscaler = autoscaler
         #: Payload logging: told what each model's or graph's ``logger:`` says at its load.
         self.payload = payload
         self.default_workers = workers
@@ -189,10 +199,17 @@ class ModelRepository:
         started = time.perf_counter()
         workers = self.default_workers if config.workers is None else config.workers
         try:
-            if workers:
+            scaling = self._autoscaling(name, config)
+            if scaling is not None:
+                assert self.autoscaler is not None
+                workers = 1  # its first replica; the autoscaler starts the others
+                model: Model = await load_replicated(
+                    self.autoscaler, name, version, version_dir, model_dir, config, scaling
+                )
+            elif workers:
                 if self.pool is None:
                     raise LoadError("this server runs models in-process only (no worker pool)")
-                model: Model = await load_in_workers(
+                model = await load_in_workers(
                     self.pool, name, version, version_dir, model_dir, config, workers
                 )
             else:
@@ -213,12 +230,67 @@ class ModelRepository:
         batching = self._batching(config)
         observer = self.metrics.batch_observer(name, version) if batching.enabled else None
         endpoint = ModelEndpoint(model, self.executor, batching, observer, self._limits(config))
+        if isinstance(model, ReplicatedModel):
+            endpoint.meter = model.replicas.meter  # what the autoscaler observes
         self._record(name, VersionEntry(version, ModelState.READY, "", endpoint))
         self.metrics.model_loaded(name, version, seconds)
         log.event("model_loaded", model=name, version=version, runtime=model.platform,
                   workers=workers, seconds=round(seconds, 4))
         if previous is not None and previous.endpoint is not None:
             await self._release(previous)
+
+    def _autoscaling(self, name: str, config: ModelConfig) -> ResolvedAutoscaling | None:
+        """How the model's replicas scale; None: it is not autoscaled (in the server process
+        or the shared worker pool). A model with GPUs always runs in replicas of its own (a
+        fixed count, ``workers`` or 1, unless it is autoscaled), so each gets its devices."""
+        setting = config.autoscaling
+        gpus = config.resources.gpus if config.resources is not None else 0
+        scaler = self.autoscaler
+        on = isinstance(setting, AutoscalingConfig) or setting is True or (
+            setting is None and scaler is not None and scaler.enabled_by_default)
+        if not on and not gpus:
+            return None
+        if scaler is None:
+            raise LoadError(f"model {name!r} is autoscaled or uses GPUs, which needs a "
+                            "server's autoscaler (shoal serve)")
+        if on and config.workers is not None:
+            raise LoadError(
+                f"model {name!r}: model.yaml sets both workers ({config.workers}) and "
+                "autoscaling; autoscaling's min_replicas and max_replicas decide its worker "
+                "processes: drop workers"
+            )
+        try:
+            if on:
+                block = setting if isinstance(setting, AutoscalingConfig) else AutoscalingConfig()
+                return block.resolved(scaler.defaults)
+            count = config.workers or 1
+            return AutoscalingConfig(min_replicas=count, max_replicas=count).resolved()
+        except ValueError as exc:
+            raise LoadError(f"model {name!r}: autoscaling: {exc}") from None
+
+    def replicas(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """``GET /v2/models/{m}/replicas``: per loaded version, its replicas now, how many the
+        autoscaler wants and why (a model that is not autoscaled says where it runs)."""
+        entries = [self.registry.entry(name, version)] if version else self.registry.entries(name)
+        if not entries:
+            raise ModelNotFound(f"model {name!r} is not served here")
+        rows = []
+        for entry in entries:
+            endpoint = entry.endpoint
+            model = endpoint.model if isinstance(endpoint, ModelEndpoint) else None
+            if isinstance(model, ReplicatedModel):
+                rows.append({"state": entry.state.value, **model.replicas.status()})
+                continue
+            if isinstance(model, ProcessModel):
+                where = f"{len(self.pool.placements.get(model.key, [])) if self.pool else 0} " \
+                        "shared worker process(es)"
+            elif isinstance(endpoint, GraphEndpoint):
+                where = "the server process (a graph)"
+            else:
+                where = "the server process"
+            rows.append({"version": entry.version, "state": entry.state.value,
+                         "autoscaling": None, "reason": f"not autoscaled: runs in {where}"})
+        return {"name": name, "versions": rows}
 
     def loaded_config(self, name: str) -> ModelConfig:
         """The ``model.yaml`` a model was last loaded with (the defaults if it has none)."""
@@ -337,6 +409,8 @@ class ModelRepository:
                     why = entry.endpoint.unready_reason()
                     if why is not None:
                         state, reason = "UNAVAILABLE", why
+                    elif isinstance(entry.endpoint, ModelEndpoint):
+                        reason = entry.endpoint.note() or reason  # e.g. "scaled to zero"
                 if ready_only and state != "READY":
                     continue
                 row = {"name": name, "version": entry.version, "state": state}

@@ -49,6 +49,8 @@ from ..observe.payload import PayloadLogger
 from ..repository.manager import ModelRepository
 from ..repository.watch import RepositoryWatcher
 from ..rollout.manager import RolloutManager
+from ..serving.autoscale.gpus import GpuAllocator
+from ..serving.autoscale.scaler import Autoscaler
 from ..serving.batcher import BatchSettings
 from ..serving.dataplane import DataPlane
 from ..serving.executor import Executor
@@ -160,6 +162,21 @@ def _read_pem(path: Path, what: str, marker: bytes, shown: str | None = None) ->
     return pem
 
 
+def build_autoscaler(settings: ServerSettings, metrics: Metrics, pool: WorkerPool) -> Autoscaler:
+    """The server's autoscaler. Under ``--http-workers N`` each server process scales its own
+    replicas: it takes every Nth GPU (from its index) and 1/N of the memory budget, so the
+    processes never hand one device to two replicas nor overrun the budget together."""
+    share = max(settings.http_workers, 1)
+    budget = settings.memory_budget
+    return Autoscaler(
+        metrics.registry, pool, settings.autoscaling_defaults,
+        enabled_by_default=settings.autoscale,
+        memory_budget=None if budget is None else budget // share,
+        gpus=GpuAllocator(settings.gpus, (settings.process_index, share)),
+        drain_timeout=settings.drain_timeout,
+    )
+
+
 #: Called with (http_port, grpc_port) once both ports listen; prints the startup line unless
 #: a supervisor collects it instead.
 ListeningHook = Callable[[int, int], None]
@@ -180,11 +197,13 @@ class ShoalServer:
             settings.payload_log_spool_size, several_processes=settings.reuse_port,
             keep_recent=settings.ui,
         )
+        self.autoscaler = build_autoscaler(settings, self.metrics, self.pool)
         self.repository = ModelRepository(
             settings.repository, self.registry, self.executor, self.metrics,
             BatchSettings(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
             Limits(settings.max_inflight, settings.request_timeout),
             settings.workers, self.pool, state_dir=settings.state_dir, payload=self.payload,
+            autoscaler=self.autoscaler,
         )
         self.dataplane = DataPlane(self.registry, self.repository, self.metrics, self.payload)
         self.rollouts = RolloutManager(
@@ -315,7 +334,9 @@ class ShoalServer:
     async def _release(self) -> None:
         """Stop the worker processes and model threads: after the drain, whatever still runs
         there has had its time and must not keep the process alive."""
-        await self.pool.close(timeout=RELEASE_TIMEOUT)
+        self.pool.closing = True  # a replica that dies now is not restarted
+        await asyncio.gather(self.autoscaler.close(RELEASE_TIMEOUT),
+                             self.pool.close(timeout=RELEASE_TIMEOUT))
         self.executor.shutdown(timeout=RELEASE_TIMEOUT)
 
     async def _load(self) -> None:

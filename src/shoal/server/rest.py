@@ -121,6 +121,10 @@ def build_app(
             dataplane.model_statistics(params.get("name", ""), params.get("version"))
         )
 
+    async def model_replicas(request: Request) -> Response:
+        params = request.path_params
+        return json_response(dataplane.repository.replicas(params["name"], params.get("version")))
+
     async def model_list(request: Request) -> Response:
         return json_response({"models": dataplane.registry.names()})
 
@@ -187,6 +191,8 @@ def build_app(
         Route(f"{mv}/config", model_config, methods=["GET"]),
         Route(f"{m}/stats", model_stats, methods=["GET"]),
         Route(f"{mv}/stats", model_stats, methods=["GET"]),
+        Route(f"{m}/replicas", model_replicas, methods=["GET"]),
+        Route(f"{mv}/replicas", model_replicas, methods=["GET"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),

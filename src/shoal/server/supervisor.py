@@ -59,7 +59,8 @@ def supervise(settings: ServerSettings) -> None:
 
     def start(index: int) -> Any:
         receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_serve_one, args=(child_settings, send),
+        process = context.Process(target=_serve_one,
+                                  args=(dataclasses.replace(child_settings, process_index=index), send),
                                   name=f"shoal-http-{index}")
         process.start()
         send.close()

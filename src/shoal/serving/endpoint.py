@@ -27,7 +27,8 @@ from ..errors import (
 from ..model import Model
 from ..observe import tracing
 from ..types import InferenceRequest, InferenceResponse, Tensor, TensorSpec
-from .batcher import BatchObserver, Batcher, BatchSettings, batch_rows
+from .autoscale.meter import ConcurrencyMeter
+from .batcher import Batcher, BatchObserver, BatchSettings, batch_rows
 from .executor import Executor
 from .limits import Limits
 from .stats import ModelStats
@@ -94,6 +95,9 @@ class ModelEndpoint:
         ]
         self._all_sync = not any(is_async for _, _, is_async in self._plan)
         self._in_flight = 0
+        #: Autoscaled models: what the scaler observes (see ``autoscale.meter``); None: not
+        #: measured, and not paid for.
+        self.meter: ConcurrencyMeter | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.stats = ModelStats()
@@ -111,6 +115,12 @@ class ModelEndpoint:
 
     def unready_reason(self) -> str | None:
         return None if self.state is ModelState.READY else self.state.value.lower()
+
+    def note(self) -> str | None:
+        """Something the repository index should say about a ready model (its ``reason``),
+        e.g. ``scaled to zero``: the model's own ``note``, if it has one."""
+        note = getattr(self.model, "note", None)
+        return note() if callable(note) else None
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -155,6 +165,9 @@ class ModelEndpoint:
             timeout = min(timeout, deadline) if timeout else deadline
         self._in_flight += 1
         self._idle.clear()
+        meter = self.meter
+        if meter is not None:
+            meter.change(1)
         try:
             if self.batcher is not None:
                 work = self.batcher.submit(request)
@@ -173,6 +186,8 @@ class ModelEndpoint:
                 result = await work
         finally:
             self._in_flight -= 1
+            if meter is not None:
+                meter.change(-1)
             if not self._in_flight:
                 self._idle.set()
         return self._finish(request, result)

@@ -87,7 +87,10 @@ class Worker:
         return fn()
 
 
-def main(sock: socket.socket, log_level: str) -> None:
+def main(sock: socket.socket, log_level: str, env: dict[str, str] | None = None) -> None:
+    # Before any model code: e.g. CUDA_VISIBLE_DEVICES, read when a framework first
+    # initialises CUDA.
+    os.environ.update(env or {})
     # Ctrl-C and a group-wide SIGTERM reach workers too, but the server decides when they
     # stop: it drains its requests first, then closes their sockets.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

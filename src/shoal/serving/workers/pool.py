@@ -41,9 +41,16 @@ def _error(kind: str, message: str) -> ShoalError:
 class WorkerProcess:
     """One worker process, its socket, and the calls waiting for its answers."""
 
-    def __init__(self, pool: WorkerPool, index: int) -> None:
+    def __init__(
+        self, pool: WorkerPool, index: int | str, env: dict[str, str] | None = None
+    ) -> None:
         self.pool = pool
         self.index = index
+        #: Environment variables set in the process before any model code runs (e.g. the
+        #: ``CUDA_VISIBLE_DEVICES`` of an autoscaled replica).
+        self.env = dict(env or {})
+        #: Set when the process is being stopped on purpose: its exit is not a crash.
+        self.stopping = False
         self.models: dict[str, LoadSpec] = {}
         self.pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self.ready = False
@@ -59,7 +66,7 @@ class WorkerProcess:
         ours, theirs = socket.socketpair()
         context = multiprocessing.get_context("spawn")
         self._process = context.Process(
-            target=child.main, args=(theirs, self.pool.log_level),
+            target=child.main, args=(theirs, self.pool.log_level, self.env),
             name=f"shoal-worker-{self.index}", daemon=True,
         )
         self._process.start()
@@ -117,7 +124,7 @@ class WorkerProcess:
             if not future.done():
                 future.set_exception(error)
         self.pending.clear()
-        if self.pool.closing:
+        if self.pool.closing or self.stopping:
             return
         log.event("worker_crashed", logging.ERROR, worker=self.index, pid=process.pid,
                   exitcode=code, models=sorted(spec[1] for spec in self.models.values()))
@@ -130,12 +137,13 @@ class WorkerProcess:
         self._quick_crashes = self._quick_crashes + 1 if quick else 0
         if self._quick_crashes > 1:
             await asyncio.sleep(min(2.0 ** (self._quick_crashes - 2), 30.0))
-        if not self.pool.closing:
+        if not (self.pool.closing or self.stopping):
             await self.start()
         log.event("worker_restarted", worker=self.index, pid=self.pid)
 
     async def stop(self, timeout: float) -> None:
         self.ready = False
+        self.stopping = True
         if self._writer is not None:
             self._writer.close()  # the worker exits when its socket closes
         process = self._process

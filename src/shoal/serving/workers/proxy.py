@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...model import Model
 from ...repository.config import ModelConfig
 from ...types import InferenceRequest, InferenceResponse
+from ..autoscale.config import ResolvedAutoscaling, ResourcesConfig
 from .pool import WorkerPool
+
+if TYPE_CHECKING:
+    from ..autoscale.scaler import Autoscaler
+    from .replicas import ReplicaSet
 
 _generation = itertools.count()
 
@@ -43,4 +49,38 @@ async def load_in_workers(
     platform, inputs, outputs = await pool.load(spec, workers)
     model = ProcessModel(pool, key, name, version)
     model.platform, model.inputs, model.outputs = platform, inputs, outputs
+    return model
+
+
+class ReplicatedModel(Model):
+    """Stands in for an autoscaled model: its requests go to its own replicas (worker
+    processes the autoscaler starts and stops, down to none), see ``replicas.ReplicaSet``."""
+
+    def __init__(self, scaler: Autoscaler, replicas: ReplicaSet, name: str, version: str) -> None:
+        super().__init__(name, version)
+        self.scaler = scaler
+        self.replicas = replicas
+
+    async def predict(self, request: InferenceRequest) -> InferenceResponse:
+        return await self.replicas.infer(request)
+
+    async def unload(self) -> None:
+        await self.scaler.remove(self.replicas)
+
+    def note(self) -> str | None:
+        """What the repository index says of the model while it is ready but has no replica."""
+        return "scaled to zero" if self.replicas.scaled_to_zero else None
+
+
+async def load_replicated(
+    scaler: Autoscaler, name: str, version: str, version_dir: Path, model_dir: Path,
+    config: ModelConfig, settings: ResolvedAutoscaling,
+) -> ReplicatedModel:
+    key = f"{name}/{version}/{next(_generation)}"
+    spec = (key, name, version, str(version_dir), str(model_dir),
+            config.model_dump(by_alias=True, exclude_none=True))
+    replicas = await scaler.start_set(spec, settings, config.resources or ResourcesConfig())
+    model = ReplicatedModel(scaler, replicas, name, version)
+    assert replicas.metadata is not None
+    model.platform, model.inputs, model.outputs = replicas.metadata
     return model
