@@ -45,7 +45,7 @@ async def load_in_workers(
     # Each load gets its own key: during a reload the old and new instances coexist.
     key = f"{name}/{version}/{next(_generation)}"
     spec = (key, name, version, str(version_dir), str(model_dir),
-            config.model_dump(by_alias=True, exclude_none=True))
+            config.model_dump(by_alias=True, exclude_unset=True))
     platform, inputs, outputs = await pool.load(spec, workers)
     model = ProcessModel(pool, key, name, version)
     model.platform, model.inputs, model.outputs = platform, inputs, outputs
@@ -78,7 +78,7 @@ async def load_replicated(
 ) -> ReplicatedModel:
     key = f"{name}/{version}/{next(_generation)}"
     spec = (key, name, version, str(version_dir), str(model_dir),
-            config.model_dump(by_alias=True, exclude_none=True))
+            config.model_dump(by_alias=True, exclude_unset=True))
     replicas = await scaler.start_set(spec, settings, config.resources or ResourcesConfig())
     model = ReplicatedModel(scaler, replicas, name, version)
     assert replicas.metadata is not None
