@@ -15,7 +15,7 @@ import pytest
 
 from .models import custom, write
 from .process import ShoalProcess
-from .test_workers import PID, infer, pid_of
+from .test_workers import BROKEN_LOAD, PID, infer, pid_of
 
 # Answers with the pid that ran it and the CUDA_VISIBLE_DEVICES that process sees.
 DEVICES = """
@@ -282,6 +282,8 @@ def test_gpu_share_lets_replicas_share_a_device(tmp_path: Path) -> None:
 def test_explicit_unload_and_load_take_precedence(tmp_path: Path) -> None:
     pid_model(tmp_path, "m", "{min_replicas: 2, max_replicas: 2}")
     pid_model(tmp_path, "both", "{max_replicas: 2}", "workers: 2\n")
+    custom(tmp_path / "broken" / "1", BROKEN_LOAD, "")
+    write(tmp_path / "broken" / "model.yaml", "runtime: custom\nautoscaling: {min_replicas: 0}\n")
     server = ShoalProcess(tmp_path)
     try:
         server.wait_ready()
@@ -295,6 +297,9 @@ def test_explicit_unload_and_load_take_precedence(tmp_path: Path) -> None:
         assert infer(server.url, "m", [1.0]).status_code == 200
         index = {r["name"]: r for r in httpx.post(f"{server.url}/v2/repository/index").json()}
         assert "sets both workers (2) and autoscaling" in index["both"]["reason"]
+        # A model whose load fails is reported (and leaves no process behind), not fatal.
+        assert index["broken"]["state"] == "UNAVAILABLE"
+        assert "no weights here" in index["broken"]["reason"]
         assert replicas(server, "m")["autoscaling"]["min_replicas"] == 2
     finally:
         server.stop()

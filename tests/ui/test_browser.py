@@ -920,3 +920,28 @@ def test_every_page_renders_quickly_with_50_models(tmp_path: Path, start_shoal: 
     # The target is 500 ms (reported in the benchmark README); a loaded CI machine gets room.
     for name, values in times.items():
         assert max(values) < 2000, f"{name} took {max(values)} ms to render"
+
+
+def test_model_page_shows_an_autoscaled_models_replicas(tmp_path: Path, start_shoal: StartShoal,
+                                                        page: Page, shoot: Shoot) -> None:
+    custom(tmp_path / "scaled" / "1", IDENTITY, "")
+    write(tmp_path / "scaled" / "model.yaml",
+          "runtime: custom\nautoscaling: {min_replicas: 1, max_replicas: 3, target_concurrency: 2}\n")
+    server = start_shoal(tmp_path)
+    api = httpx.get(f"{server.url}/v2/models/scaled/replicas").json()["versions"][0]
+    pid = api["replicas"][0]["pid"]
+    open_page(page, f"{server.url}/ui/models/scaled")
+    card = page.locator("#autoscaling-card")
+    expect(card).to_be_visible()
+    expect(page.locator("#autoscaling-facts")).to_contain_text("1–3 replicas, target 2 in flight each")
+    expect(page.locator("#replicas table.replica-list tbody tr")).to_have_count(1)
+    expect(page.locator("#replicas tbody td").first).to_have_text(str(pid))
+    expect(page.locator("#replica-chart .chart")).to_have_count(1)
+    expect(page.locator("#facts")).to_contain_text("1 worker process")
+    shoot(page, "model-autoscaled")
+    # A model that is not autoscaled has no such card.
+    custom(tmp_path / "plain" / "1", IDENTITY, "")
+    write(tmp_path / "plain" / "model.yaml", "runtime: custom\n")
+    assert httpx.post(f"{server.url}/v2/repository/models/plain/load").status_code == 200
+    open_page(page, f"{server.url}/ui/models/plain")
+    expect(page.locator("#autoscaling-card")).to_be_hidden()

@@ -151,6 +151,7 @@ class Dashboard:
             "versions": [version_row(e) for e in entries],
             "runtime": self._runtime(name, kind, entries),
             "replicas": self._replicas(name, kind),
+            "autoscaling": self._autoscaling(name, kind),
             "metadata": metadata,
             "config": self._config(name, kind, entries),
             "statistics": statistics,
@@ -249,10 +250,27 @@ class Dashboard:
         return configured or ""
 
     def _replicas(self, name: str, kind: str) -> int:
+        """Worker processes the model runs in: an autoscaled model's ready replicas now."""
         if kind == "graph":
             return 0
+        scaler = self.repository.autoscaler
+        sets = scaler.by_model(name) if scaler is not None else []
+        if sets:
+            return sum(s.ready for s in sets)
         workers = self.repository.loaded_config(name).workers
         return self.repository.default_workers if workers is None else workers
+
+    def _autoscaling(self, name: str, kind: str) -> list[dict[str, Any]] | None:
+        """The autoscaled versions' replica status (``GET /v2/models/{m}/replicas``), None for
+        a model that is not autoscaled."""
+        if kind == "graph":
+            return None
+        try:
+            rows = self.repository.replicas(name)["versions"]
+        except ShoalError:
+            return None
+        scaled = [row for row in rows if row.get("autoscaling") is not None]
+        return scaled or None
 
     def _config(self, name: str, kind: str, entries: list[VersionEntry]) -> dict[str, Any]:
         """The effective settings: model.yaml's, else the server's defaults."""

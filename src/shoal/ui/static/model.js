@@ -64,6 +64,59 @@
     return parts.join(" · ");
   }
 
+  // ---- autoscaling: replicas now and since the page opened ---------------------------------
+
+  const REPLICA_POINTS = 300;   // about ten minutes at the page's poll interval
+  const replicaSeries = {t: [], ready: [], desired: []};
+  let replicaChart = null;
+
+  function renderAutoscaling(rows) {
+    const card = $("#autoscaling-card");
+    card.classList.toggle("hidden", !rows);
+    if (!rows) return;
+    if (!replicaChart) {
+      replicaChart = UI.chart($("#replica-chart"), "Replicas over time", ["ready", "desired"],
+                              ["ready", "desired"], "");
+    }
+    const sum = (key) => rows.reduce((total, row) => total + (row[key] || 0), 0);
+    replicaSeries.t.push(Date.now() / 1000);
+    replicaSeries.ready.push(sum("ready"));
+    replicaSeries.desired.push(sum("desired"));
+    for (const key of Object.keys(replicaSeries)) {
+      if (replicaSeries[key].length > REPLICA_POINTS) replicaSeries[key].shift();
+    }
+    replicaChart.update(replicaSeries);
+    const first = rows[0];
+    const settings = first.autoscaling || {};
+    const facts = [`${settings.min_replicas}–${settings.max_replicas} replicas, target ` +
+                   `${num(settings.target_concurrency)} in flight each`];
+    if (rows.some((row) => row.panicking)) facts.push("panicking");
+    if (rows.some((row) => row.scaled_to_zero)) facts.push("scaled to zero");
+    fill($("#autoscaling-facts"), facts.join(" · "));
+    UI.update($("#replicas"), rows, () => replicaTable(rows));
+  }
+
+  function replicaTable(rows) {
+    const body = [];
+    for (const row of rows) {
+      const why = row.last_scale
+        ? `last: ${row.last_scale.from} → ${row.last_scale.to} (${row.last_scale.reason}, ${row.last_scale.at})`
+        : "";
+      body.push(el("p", {class: "small", dataset: {version: row.version}},
+        `version ${row.version}: ${row.ready} ready of ${row.desired} wanted · reason ${row.reason} · ` +
+        `concurrency ${num(row.concurrency.stable, 3)} (stable), ${num(row.concurrency.panic, 3)} (panic) ${why}`));
+      if (!row.replicas.length) continue;
+      body.push(el("table", {class: "replica-list"},
+        el("thead", {}, el("tr", {}, ["PID", "State", "In flight", "Memory", "GPUs"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, row.replicas.map((r) => el("tr", {},
+          el("td", {class: "mono"}, String(r.pid)), el("td", {}, badge(r.state.toUpperCase())),
+          el("td", {class: "num"}, String(r.in_flight)),
+          el("td", {class: "num"}, r.rss_bytes ? `${num(r.rss_bytes / 1048576, 0)} MiB` : "–"),
+          el("td", {}, (r.gpus || []).join(", ") || "–"))))));
+    }
+    return body;
+  }
+
   // ---- metadata and "try it" ------------------------------------------------------------
 
   function tensorTable(title, tensors) {
@@ -327,6 +380,7 @@
     renderForm(data.metadata);
     $("#explain").classList.toggle("hidden", !data.explainer);
     updateCharts(data.series || {});
+    renderAutoscaling(data.autoscaling);
     renderStatistics(data.statistics);
     renderPayload(data.payload);
     UI.ready();
