@@ -213,6 +213,80 @@ def test_a_memory_budget_serves_three_models_in_turn(tmp_path: Path) -> None:
     assert evicted and all(e["reason"] == "memory budget" for e in evicted)
 
 
+def test_an_evicted_model_stays_at_zero_until_asked_for(tmp_path: Path) -> None:
+    size = measure_replica(tmp_path)
+    root = tmp_path / "repo"
+    for name in ("a", "b"):
+        pid_model(root, name, "{min_replicas: 0, max_replicas: 1, scale_to_zero_after: 300s}")
+    server = ShoalProcess(root, "--memory-budget", str(int(size * 1.5)))  # room for one
+    try:
+        server.wait_ready()
+        for name in ("a", "b"):  # b's wake evicts a right after a's request
+            assert infer(server.url, name, [1.0]).status_code == 200
+        time.sleep(2)  # several decisions: a must not come back (and evict b) by itself
+        assert replicas(server, "a")["scaled_to_zero"]
+        assert not replicas(server, "b")["scaled_to_zero"]
+    finally:
+        server.stop()
+    events = server.log_events()
+    evictions = [i for i, e in enumerate(events) if e["event"] == "model_evicted"]
+    last = events[evictions[-1]]
+    assert (last["model"], last["for_model"]) == ("a", "b")
+    # No replica of a started after it was evicted for b.
+    assert not [e for e in events[evictions[-1]:]
+                if e["event"] == "replica_started" and e["model"] == "a"]
+
+
+# Loads slowly (2 s), then answers at once.
+SLOW_LOAD = """
+    import time
+    from shoal import Model
+
+    class Slow(Model):
+        def load(self):
+            time.sleep(2)
+
+        def predict(self, request):
+            return request.as_numpy() * 2
+"""
+
+
+def test_a_held_request_gets_its_time_limit_and_an_unload_does_not_wait(tmp_path: Path) -> None:
+    custom(tmp_path / "slow" / "1", SLOW_LOAD, "")
+    write(tmp_path / "slow" / "model.yaml", "runtime: custom\ntimeout: 0.5\nautoscaling: "
+          "{min_replicas: 0, stable_window: 1s, panic_window: 1s, scale_to_zero_after: 4s}\n")
+    server = ShoalProcess(tmp_path)
+    try:
+        server.wait_ready()
+        wait_for(lambda: replicas(server, "slow")["scaled_to_zero"], 15, "scaled to zero")
+        began = time.monotonic()
+        response = infer(server.url, "slow", [1.0])
+        assert response.status_code == 504, response.text  # its limit, not a 503
+        assert time.monotonic() - began < 1.5
+        wait_for(lambda: replicas(server, "slow")["ready"] == 1, 10, "the woken replica")
+        assert infer(server.url, "slow", [1.0]).status_code == 200
+        # At zero again, a request without a time limit is held; an unload fails it at once.
+        wait_for(lambda: replicas(server, "slow")["scaled_to_zero"], 15, "scaled to zero")
+        def send() -> tuple[httpx.Response, float]:
+            answer = httpx.post(
+                f"{server.url}/v2/models/slow/infer", timeout=30,
+                headers={"Shoal-Timeout": "20"},
+                json={"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}]})
+            return answer, time.monotonic()
+
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(send)
+            time.sleep(0.5)
+            unloading = time.monotonic()
+            assert httpx.post(f"{server.url}/v2/repository/models/slow/unload",
+                              timeout=30).status_code == 200
+            answer, answered = held.result()
+        assert answer.status_code == 503 and "unloaded" in answer.text, answer.text
+        assert answered - unloading < 1.0  # not after the 2 s cold start
+    finally:
+        server.stop()
+
+
 def test_a_model_that_cannot_fit_gets_a_503_saying_why(tmp_path: Path) -> None:
     size = measure_replica(tmp_path)
     root = tmp_path / "repo"
@@ -225,7 +299,7 @@ def test_a_model_that_cannot_fit_gets_a_503_saying_why(tmp_path: Path) -> None:
         response = infer(server.url, "huge", [1.0])
         assert response.status_code == 503
         assert "memory budget" in response.json()["error"]
-        assert "no idle model" in response.json()["error"]
+        assert "would not make room" in response.json()["error"]
     finally:
         server.stop()
 

@@ -626,9 +626,9 @@ class _Explanation:
 
 
 def _in_workers(model: Any) -> bool:
-    from ..serving.workers.proxy import ProcessModel
+    from ..serving.workers.proxy import ProcessModel, ReplicatedModel
 
-    return isinstance(model, ProcessModel)
+    return isinstance(model, (ProcessModel, ReplicatedModel))
 
 
 def _per_row_numbers(tensor: Tensor, rows: int) -> bool:

@@ -116,12 +116,6 @@ class ModelEndpoint:
     def unready_reason(self) -> str | None:
         return None if self.state is ModelState.READY else self.state.value.lower()
 
-    def note(self) -> str | None:
-        """Something the repository index should say about a ready model (its ``reason``),
-        e.g. ``scaled to zero``: the model's own ``note``, if it has one."""
-        note = getattr(self.model, "note", None)
-        return note() if callable(note) else None
-
     def metadata(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -84,3 +84,14 @@ def test_scale_to_zero_only_after_the_idle_time() -> None:
 def test_a_model_that_may_not_scale_to_zero_keeps_one_replica() -> None:
     k = kpa(min_replicas=1, scale_to_zero_after="1s", stable_window="10s", panic_window="1s")
     assert run(k, 0, 100, concurrency=0.0, ready=1)[0] == 1
+
+
+def test_scale_down_takes_one_halving_step_per_two_seconds() -> None:
+    k = kpa(stable_window="10s", panic_window="1s")
+    for t in range(1, 21):  # a long quiet spell (but not idle): one in flight on average
+        k.observe(t * 0.5, 1.0, True)
+    assert k.decide(10.0, ready=8).desired == 4
+    k.observe(10.5, 1.0, True)
+    assert k.decide(10.5, ready=4).desired == 4  # 0.5 s later: no second step yet
+    k.observe(12.0, 1.0, True)
+    assert k.decide(12.0, ready=4).desired == 2

@@ -40,6 +40,26 @@ class MemoryBudget:
         self._reserved: dict[int, int] = {}
         self._ids = 0
         self._lock = asyncio.Lock()
+        self._freed: asyncio.Future[None] | None = None
+
+    # -- replicas stopping: what a start short of memory or GPUs waits for --------------------
+
+    def draining(self) -> bool:
+        """Whether some replica (of any model) is on its way out, so memory and GPUs are
+        about to come back."""
+        return any(s.draining for s in self.sets)
+
+    async def released(self) -> None:
+        """Wait until the next replica has stopped."""
+        if self._freed is None or self._freed.done():
+            self._freed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._freed)
+
+    def freed(self) -> None:
+        """A replica stopped: its memory and GPUs are back."""
+        if self._freed is not None and not self._freed.done():
+            self._freed.set_result(None)
+        self._freed = None
 
     def used(self) -> int:
         """Measured memory of every replica, plus what starting replicas are expected to take."""
@@ -78,24 +98,35 @@ class MemoryBudget:
                 log.event("memory_budget_exceeded", model=who.name, reason=str(exc))
 
     async def _make_room(self, needed: int, who: ReplicaSet) -> None:
+        """Evict idle models, least recently used first, until ``needed`` fits; wait for
+        replicas already draining rather than fail; fail at once (evicting nothing) when even
+        every idle model gone would not make room."""
         assert self.limit is not None
         while (used := self.used()) + needed > self.limit:
-            victim = self._least_recently_used(who)
-            if victim is None:
+            idle = self._idle(who)
+            evictable = sum(r.rss for s in idle for r in s.replicas)
+            if used - evictable + needed > self.limit:
+                if self.draining():
+                    await self.released()
+                    continue
                 raise Unavailable(
-                    f"model {who.name!r} needs about {_mib(needed)} for a replica, the memory "
-                    f"budget is {_mib(self.limit)}, {_mib(used)} of it is taken, and no idle "
-                    "model that may scale to zero is left to unload (see --memory-budget)"
+                    f"a replica of {who.name!r} needs about {_mib(needed)}; the memory "
+                    f"budget is {_mib(self.limit)}, {_mib(used)} of it is taken, and unloading "
+                    f"every idle model that may scale to zero ({len(idle)}) would not make "
+                    "room (see --memory-budget)"
                 )
+            victim = min(idle, key=lambda s: s.meter.last_request)
             log.event("model_evicted", model=victim.name, version=victim.version,
                       reason="memory budget", for_model=who.name, needed_bytes=needed,
                       used_bytes=used, budget_bytes=self.limit)
-            await victim.drain_all("memory budget")
+            # Shielded: a start called off meanwhile must not leave the victim half drained.
+            await asyncio.shield(victim.drain_all("memory budget"))
 
-    def _least_recently_used(self, who: ReplicaSet) -> ReplicaSet | None:
-        idle = [
+    def _idle(self, who: ReplicaSet) -> list[ReplicaSet]:
+        """Models that may be evicted: allowed to scale to zero, nothing in flight, and
+        holding memory."""
+        return [
             s for s in self.sets
             if s is not who and s.settings.min_replicas == 0 and s.meter.in_flight == 0
             and any(r.state == "ready" for r in s.replicas)
         ]
-        return min(idle, key=lambda s: s.meter.last_request, default=None)

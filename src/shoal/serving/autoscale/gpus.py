@@ -11,6 +11,7 @@ code runs.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections import Counter
@@ -20,7 +21,11 @@ from ...observe import logging as log
 
 
 def discover() -> list[str]:
-    """The GPUs this machine has (their indices, as ``CUDA_VISIBLE_DEVICES`` names them)."""
+    """The GPUs this server may use: those ``CUDA_VISIBLE_DEVICES`` names when it is set (a
+    batch scheduler's allotment), else every device NVML or nvidia-smi lists (PCI order)."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [d.strip() for d in given.split(",") if d.strip() and d.strip() != "-1"]
     try:
         import pynvml  # type: ignore[import-not-found]
 
@@ -81,9 +86,13 @@ class GpuAllocator:
         """Whether a model asking for ``gpus`` per replica can run here at all."""
         if gpus and gpus > len(self.devices):
             have = ", ".join(self.devices) if self.devices else "none"
+            index, count = self._part
+            shared = (f"; with --http-workers {count}, server process {index} takes every "
+                      f"{count}th device: give each process enough GPUs, or serve GPU models "
+                      "with one server process") if count > 1 else ""
             raise LoadError(
                 f"model {model!r} asks for {gpus} GPU(s) per replica, but this server has "
-                f"{len(self.devices)} (devices: {have}; see --gpus)"
+                f"{len(self.devices)} (devices: {have}; see --gpus){shared}"
             )
 
     def take(self, gpus: int, share: int) -> list[str] | None:

@@ -13,8 +13,9 @@ A model allowed to scale to zero (``min_replicas: 0``) drops to zero only after 
 request at all for ``scale_to_zero_after``; until then it keeps one replica (Knative keeps the
 last pod for its scale-to-zero grace and retention periods).
 
-Scaling down is limited to halving the ready replicas per tick (Knative's max-scale-down-rate
-of 2), so a short lull does not throw away capacity a returning load needs.
+Scaling down is limited to halving the ready replicas once per 2 s (Knative's
+max-scale-down-rate of 2 per 2 s tick), so a short lull does not throw away capacity a
+returning load needs.
 
 No clocks are read here: times are passed in, so tests drive it with made-up time.
 """
@@ -27,8 +28,10 @@ from dataclasses import dataclass
 
 from .config import ResolvedAutoscaling
 
-#: Knative's max-scale-down-rate: at most halve the replicas in one step.
+#: Knative's max-scale-down-rate: at most halve the replicas in one step...
 MAX_SCALE_DOWN_RATE = 2.0
+#: ... and one step per Knative tick (2 s), however often decisions are made.
+SCALE_DOWN_INTERVAL = 2.0
 
 
 @dataclass(slots=True)
@@ -49,6 +52,7 @@ class Kpa:
         self._last_over: float = -math.inf
         self._max_panic = 0
         self.last_active = now
+        self._scaled_down = -math.inf
         self.desired = max(settings.min_replicas, 1)  # a model loads with one replica
 
     def rest(self) -> None:
@@ -91,13 +95,17 @@ class Kpa:
             self._max_panic = 0
         reason = "load"
         if self._panic_since is not None:
-            desired = max(want_panic, self._max_panic, ready)
+            desired = max(want_stable, want_panic, self._max_panic, ready)
             self._max_panic = desired
             reason = "panic"
         else:
             desired = want_stable
-            floor = math.floor(ready / MAX_SCALE_DOWN_RATE)
-            desired = max(desired, floor)
+            if desired < ready:
+                if now - self._scaled_down < SCALE_DOWN_INTERVAL:
+                    desired = max(desired, min(self.desired, ready))  # no second step yet
+                else:
+                    desired = max(desired, math.floor(ready / MAX_SCALE_DOWN_RATE))
+                    self._scaled_down = now
         idle_for = now - self.last_active
         if desired == 0:
             if s.min_replicas == 0 and idle_for >= s.scale_to_zero_after:

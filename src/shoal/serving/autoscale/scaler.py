@@ -101,13 +101,13 @@ class Autoscaler:
         """A model version's replicas, its first one loaded (LoadError if it cannot be)."""
         self.gpus.check(spec[1], resources.gpus)
         replicas = ReplicaSet(self, self.pool, spec, settings, resources)
-        self.sets[replicas.key] = replicas
-        self.budget.sets.append(replicas)
+        self.budget.sets.append(replicas)  # its memory counts from the first replica on
         try:
             await replicas.start()
         except BaseException:
             await self.remove(replicas)
             raise
+        self.sets[replicas.key] = replicas  # scaled from now on, not before it has loaded
         if self._loop is None or self._loop.done():
             self._loop = asyncio.create_task(self._run())
         return replicas

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ...errors import LoadError, ShoalError
+from ...errors import LoadError, ShoalError, Unavailable
 from ...observe import logging as log
 from ...repository.config import ModelConfig
 from ...runtimes import create_model, declare_metadata
@@ -56,8 +56,8 @@ class Worker:
         if op == "infer":
             key, packed = payload
             endpoint = self.endpoints.get(key)
-            if endpoint is None:
-                raise LoadError(f"model {key!r} is not loaded in this worker")
+            if endpoint is None:  # the server's wiring, never the client's fault
+                raise Unavailable(f"model {key!r} is not loaded in this worker process")
             request = wire.unpack_request(packed)
             response = self.loop.run_until_complete(endpoint._execute(request))
             return wire.pack_response(response)

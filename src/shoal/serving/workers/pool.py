@@ -51,6 +51,9 @@ class WorkerProcess:
         self.env = dict(env or {})
         #: Set when the process is being stopped on purpose: its exit is not a crash.
         self.stopping = False
+        #: Called after a (re)start with the models that could not be loaded again (an
+        #: autoscaled replica then replaces itself instead of answering without its model).
+        self.on_started: Any = None
         self.models: dict[str, LoadSpec] = {}
         self.pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self.ready = False
@@ -65,24 +68,34 @@ class WorkerProcess:
     async def start(self) -> None:
         ours, theirs = socket.socketpair()
         context = multiprocessing.get_context("spawn")
-        self._process = context.Process(
+        process = context.Process(
             target=child.main, args=(theirs, self.pool.log_level, self.env),
             name=f"shoal-worker-{self.index}", daemon=True,
         )
-        self._process.start()
-        theirs.close()
-        self.pid = self._process.pid
+        try:
+            process.start()
+        except BaseException:  # e.g. fork failing with ENOMEM: nothing to stop later
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._process = process
+        self.pid = process.pid
         self._started = time.monotonic()
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         self._reading = asyncio.create_task(self._read(reader))
+        lost = []
         for spec in list(self.models.values()):  # after a restart: the models it hosted
             try:
                 await self.call("load", spec, starting=True)
             except ShoalError as exc:
                 self.models.pop(spec[0], None)
+                lost.append(spec[0])
                 log.event("worker_model_reload_failed", logging.ERROR, worker=self.index,
                           model=spec[1], version=spec[2], reason=str(exc))
         self.ready = True
+        if self.on_started is not None:
+            self.on_started(self, lost)
 
     async def call(self, op: str, payload: Any, starting: bool = False) -> Any:
         if not (self.ready or starting) or self._writer is None:

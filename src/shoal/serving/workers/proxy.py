@@ -67,7 +67,7 @@ class ReplicatedModel(Model):
     async def unload(self) -> None:
         await self.scaler.remove(self.replicas)
 
-    def note(self) -> str | None:
+    def state_reason(self) -> str | None:
         """What the repository index says of the model while it is ready but has no replica."""
         return "scaled to zero" if self.replicas.scaled_to_zero else None
 

@@ -84,6 +84,12 @@ class ReplicaSet:
         #: Memory of one replica the last time one loaded (the memory budget's estimate).
         self.replica_memory = 0
         self.closed = False
+        self._waking = False
+        #: Counts failed wakes; the last one's error. A held request that saw a wake fail
+        #: since it began waiting gets that error rather than waking the model again.
+        self._wake_failures = 0
+        self._wake_error: Exception | None = None
+        self._target = -1
         self._waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._serial = 0
@@ -104,6 +110,10 @@ class ReplicaSet:
     def scaled_to_zero(self) -> bool:
         return not self.replicas
 
+    @property
+    def draining(self) -> bool:
+        return any(r.state == "draining" for r in self.replicas)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> tuple[str, list[Any], list[Any]]:
@@ -115,13 +125,18 @@ class ReplicaSet:
         assert self.metadata is not None
         return self.metadata
 
-    async def close(self, wait: bool = True) -> None:
-        """Unload: stop every replica (after its requests, with ``wait``) and wake nobody
-        again."""
+    def stop_holding(self) -> None:
+        """Explicit unload: requests held for a replica fail now (503), and no cold start is
+        waited for; the unload takes precedence."""
         self.closed = True
         for task in list(self._tasks):
             task.cancel()
         self._fail_waiters(Unavailable(f"model {self.name!r} version {self.version} was unloaded"))
+
+    async def close(self, wait: bool = True) -> None:
+        """Unload: stop every replica (after its requests, with ``wait``) and wake nobody
+        again."""
+        self.stop_holding()
         await asyncio.gather(*(self._stop(r, "unload", wait) for r in list(self.replicas)),
                              return_exceptions=True)
 
@@ -146,56 +161,72 @@ class ReplicaSet:
         return min(serving, key=lambda r: len(r.worker.pending))
 
     async def _hold(self) -> Replica:
-        """No replica is serving: wait for one (waking the model if it has none starting).
-        The caller's time limit bounds the wait (the endpoint's timeout cancels it)."""
-        if self.closed:
-            raise Unavailable(f"model {self.name!r} version {self.version} was unloaded")
-        if not any(r.state == "starting" for r in self.replicas):
-            if any(r.state == "ready" for r in self.replicas):  # their processes crashed
-                raise Unavailable(
-                    f"model {self.name!r}: its replicas are restarting after a crash"
-                )
-            self._wake()
+        """No replica is serving: wait for one, as Knative's activator does, waking the model
+        if nothing is on its way (a replica starting, or one restarting after a crash). The
+        caller's time limit bounds the wait (the endpoint's timeout cancels it)."""
         held = time.monotonic()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
+        failures = self._wake_failures
         try:
             while True:
-                await asyncio.shield(future)
                 replica = self._pick()
                 if replica is not None:
                     return replica
-                future = asyncio.get_running_loop().create_future()
+                if self.closed:
+                    raise Unavailable(f"model {self.name!r} version {self.version} was unloaded")
+                if self._wake_failures != failures and self._wake_error is not None:
+                    raise self._wake_error
+                coming = any(r.state == "starting" or (r.state == "ready" and not r.worker.stopping)
+                             for r in self.replicas)
+                if not coming and not self._waking:
+                    self._waking = True
+                    self.spawn(self._wake())
+                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._waiters.append(future)
+                await future
         finally:
-            if not future.done():
-                future.cancel()
             self.scaler.metrics.held(self.name, time.monotonic() - held)
 
-    def _wake(self) -> None:
-        """A request found the model at zero replicas: start one now (not at the next tick).
-        The replica is registered before this returns, so requests arriving meanwhile find it
-        starting and wait for it instead of starting more."""
-        self.kpa.last_active = time.monotonic()
-        devices = self._devices()
-        if devices is None:
-            raise Unavailable(f"model {self.name!r} could not be woken: {self.shortfall}")
-        before = self.live
-        replica = self._begin(devices)
-        self._scaled(before, self.live, "request")
-        self.spawn(self._cold_start(replica))
+    async def _wake(self) -> None:
+        """A request found no replica on its way: start one now (not at the next tick). When
+        a GPU or memory is short only because replicas are still draining (this model's own
+        last one, going to zero, say), wait for them instead of failing the request."""
+        try:
+            self.kpa.last_active = time.monotonic()
+            began = time.perf_counter()
+            while True:
+                devices = self._devices()
+                if devices is None:
+                    if self.scaler.budget.draining():
+                        await self.scaler.budget.released()
+                        continue
+                    self._wake_failed(Unavailable(
+                        f"model {self.name!r} could not be woken: {self.shortfall}"))
+                    return
+                before = self.live
+                replica = self._begin(devices)
+                self._scaled(before, self.live, "request")
+                if await self._bring_up(replica, "request"):
+                    break
+                if self.closed:
+                    return
+                if not self.scaler.budget.draining():
+                    self._wake_failed(Unavailable(
+                        f"model {self.name!r} could not be woken from zero replicas: "
+                        f"{self.shortfall}"))
+                    return
+                await self.scaler.budget.released()
+            seconds = time.perf_counter() - began
+            self.scaler.metrics.cold_start(self.name, seconds)
+            log.event("model_cold_start", model=self.name, version=self.version,
+                      seconds=round(seconds, 4))
+        finally:
+            self._waking = False
+            self._release_waiters()  # they look again: served, or waking anew
 
-    async def _cold_start(self, replica: Replica) -> None:
-        began = time.perf_counter()
-        if not await self._bring_up(replica, "request"):
-            self._fail_waiters(Unavailable(
-                f"model {self.name!r} could not be woken from zero replicas: {self.shortfall}"
-            ))
-            return
-        seconds = time.perf_counter() - began
-        self.scaler.metrics.cold_start(self.name, seconds)
-        log.event("model_cold_start", model=self.name, version=self.version,
-                  seconds=round(seconds, 4))
+    def _wake_failed(self, error: Exception) -> None:
+        self._wake_error = error
+        self._wake_failures += 1
+        self._fail_waiters(error)
 
     def _release_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -212,12 +243,14 @@ class ReplicaSet:
     # -- scaling ------------------------------------------------------------------------------
 
     def apply(self, decision: Decision) -> None:
-        """Bring the replicas to ``decision.desired``: start the missing ones, drain extras."""
+        """Bring the replicas to ``decision.desired``: start the missing ones, drain extras.
+        A model at zero replicas is only ever woken by a request (:meth:`_hold`), never from
+        here: its stable window may still remember traffic from before it was evicted."""
         self.decision = decision
         if self.closed:
             return
         live = self.live
-        if decision.desired > live:
+        if decision.desired > live and live > 0:
             started = 0
             for _ in range(decision.desired - live):
                 devices = self._devices()
@@ -225,31 +258,52 @@ class ReplicaSet:
                     break
                 self.spawn(self._bring_up(self._begin(devices), decision.reason))
                 started += 1
-            self._scaled(live, live + started, decision.reason)
+            if decision.desired != self._target:  # a refused start is not logged every tick
+                self._scaled(live, live + started, decision.reason)
         elif decision.desired < live:
             self.scale_down(live - decision.desired, decision.reason)
+        self._target = decision.desired
 
     def scale_down(self, count: int, reason: str) -> None:
         before = self.live
-        # Starting replicas are left to finish; the least busy serving ones drain first.
-        candidates = sorted((r for r in self.replicas if r.state == "ready"),
-                            key=lambda r: (len(r.worker.pending), -r.started))[:count]
-        for replica in candidates:
-            replica.state = "draining"
-            self.spawn(self._stop(replica, reason))
-        if candidates:
+        # Replicas still starting are called off first (newest first); then the least busy
+        # serving ones drain.
+        starting = sorted((r for r in self.replicas if r.state == "starting"),
+                          key=lambda r: -r.started)
+        serving = sorted((r for r in self.replicas if r.state == "ready"),
+                         key=lambda r: (len(r.worker.pending), -r.started))
+        chosen = (starting + serving)[:count]
+        for replica in chosen:
+            self._drain(replica, reason)
+        if chosen:
             self._scaled(before, self.live, reason)
 
     async def drain_all(self, reason: str) -> None:
         """Scale to zero now (the memory budget's eviction); returns once memory is back."""
         before = self.live
-        # Evicted, it stays at zero until a request wakes it (not back at the next tick).
+        # Evicted, it stays at zero until a request wakes it: what it saw until now is
+        # forgotten (the last tick's requests included), or it would come back by itself.
         self.kpa.rest()
+        self.meter.take()
         replicas = [r for r in self.replicas if r.state != "draining"]
-        for replica in replicas:
-            replica.state = "draining"
+        stops = [task for r in replicas if (task := self._drain(r, reason)) is not None]
         self._scaled(before, 0, reason)
-        await asyncio.gather(*(self._stop(r, reason) for r in replicas), return_exceptions=True)
+        await asyncio.gather(*stops, return_exceptions=True)
+
+    def _drain(self, replica: Replica, reason: str) -> asyncio.Task[Any] | None:
+        """Stop taking requests on ``replica`` and stop it once its requests are done. A
+        replica still starting is called off: :meth:`_bring_up` stops it when its start
+        returns (None: nothing to wait for here)."""
+        was_starting = replica.state == "starting"
+        replica.state = "draining"
+        replica.worker.stopping = True  # a crash now is not restarted
+        if was_starting:
+            return None
+        task = asyncio.ensure_future(self._stop(replica, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+        return task
 
     def _scaled(self, before: int, after: int, reason: str) -> None:
         if before == after:
@@ -283,11 +337,25 @@ class ReplicaSet:
     def _begin(self, devices: list[str]) -> Replica:
         """A new replica, registered as starting (its process starts in :meth:`_bring_up`)."""
         self._serial += 1
-        env = {"CUDA_VISIBLE_DEVICES": ",".join(devices)} if self.resources.gpus else {}
+        env = {}
+        if self.resources.gpus:
+            # nvidia-smi and NVML number devices in PCI order; CUDA's default order differs.
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(devices), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         worker = WorkerProcess(self.pool, f"{self.name}/{self.version}#{self._serial}", env)
+        worker.on_started = self._restarted
         replica = Replica(worker, devices)
         self.replicas.append(replica)
         return replica
+
+    def _restarted(self, worker: WorkerProcess, lost: list[str]) -> None:
+        """A replica's process came back after a crash: serve again, or, if the model could
+        not be loaded again, replace the replica rather than keep one without its model."""
+        replica = next((r for r in self.replicas if r.worker is worker), None)
+        if replica is None or replica.state != "ready":
+            return
+        if self.key in lost:
+            self._drain(replica, "reload failed after a crash")
+        self._release_waiters()
 
     async def _bring_up(self, replica: Replica, reason: str) -> bool:
         """Start a registered replica: memory is admitted first; False (and ``shortfall``
@@ -296,22 +364,25 @@ class ReplicaSet:
         try:
             reservation = await self.scaler.budget.admit(self)
             try:
+                if self.closed or replica.state != "starting":  # called off meanwhile
+                    await self._stop(replica, "called off")
+                    return False
                 await worker.start()
                 result = await worker.call("load", self.spec)
                 worker.models[self.key] = self.spec  # a restart after a crash reloads it
             finally:
                 self.scaler.budget.release(reservation)
-        except (ShoalError, OSError) as exc:
-            self._short(str(exc))
-            await self._stop(replica, "failed start")
-            if not any(r.state == "starting" or r.serving for r in self.replicas):
-                self._fail_waiters(Unavailable(f"model {self.name!r}: {exc}"))
-            return False
-        except BaseException:
-            await self._stop(replica, "cancelled")
+        except asyncio.CancelledError:
+            await asyncio.shield(self._stop(replica, "cancelled"))
             raise
+        except Exception as exc:  # ShoalError from the load, OSError from the process start
+            if replica.state == "starting":  # not called off: a real failure
+                self._short(str(exc) if isinstance(exc, ShoalError)
+                            else f"{type(exc).__name__}: {exc}")
+            await self._stop(replica, "failed start")
+            return False
         if self.closed or replica.state != "starting":
-            await self._stop(replica, "unload")
+            await self._stop(replica, "called off")
             return False
         if self.metadata is None:
             self.metadata = result
@@ -319,25 +390,31 @@ class ReplicaSet:
         self.replica_memory = replica.measure()
         self.shortfall = ""
         self._release_waiters()
-        await self.scaler.budget.settle(self)
         log.event("replica_started", model=self.name, version=self.version, pid=worker.pid,
                   gpus=",".join(replica.devices) or None, rss_bytes=replica.rss, reason=reason)
+        self.spawn(self.scaler.budget.settle(self))  # off the cold start's clock
         return True
 
     async def _stop(self, replica: Replica, reason: str, wait: bool = True) -> None:
-        """Stop a replica once its requests are done; its memory and GPUs come back."""
+        """Stop a replica once its requests are done; its memory and GPUs come back, on every
+        path (a cancelled stop included)."""
         replica.state = "draining"
         worker = replica.worker
-        while wait and worker.pending:
-            futures = [f for f, _ in worker.pending.values()]
-            await asyncio.wait(futures)
-        await worker.stop(self.scaler.drain_timeout)
-        if replica in self.replicas:
-            self.replicas.remove(replica)
-            self.scaler.gpus.give_back(replica.devices, self.resources.gpu_share)
-            if worker.pid:
-                log.event("replica_stopped", model=self.name, version=self.version,
-                          pid=worker.pid, reason=reason)
+        worker.stopping = True
+        try:
+            while wait and worker.pending:
+                futures = [f for f, _ in worker.pending.values()]
+                await asyncio.wait(futures)
+            await worker.stop(self.scaler.drain_timeout)
+        finally:
+            if replica in self.replicas:
+                self.replicas.remove(replica)
+                self.scaler.gpus.give_back(replica.devices, self.resources.gpu_share)
+                if worker.pid:
+                    log.event("replica_stopped", model=self.name, version=self.version,
+                              pid=worker.pid, reason=reason)
+                self._release_waiters()  # held requests look again (and wake if need be)
+                self.scaler.budget.freed()
 
     def spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
@@ -373,8 +450,7 @@ class ReplicaSet:
             },
             "replicas": replicas,
         }
-        why = self.shortfall or (decision.reason if decision else "load")
-        row["reason"] = why
+        row["reason"] = self.shortfall or (decision.reason if decision else "load")
         if self.last_scale is not None:
             before, after, reason, at = self.last_scale
             row["last_scale"] = {"from": before, "to": after, "reason": reason,
