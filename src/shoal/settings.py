@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ MiB = 1024 * 1024
 
 @dataclass(slots=True)
 class ServerSettings:
+    #: The local folder served. A URI string (``s3://bucket/prefix``, ``gs://...``,
+    #: ``https://.../repository.tar.gz`` or ``.zip``) is accepted too: it becomes
+    #: ``repository_uri``, and ``repository`` the folder it is fetched into under ``cache_dir``.
     repository: Path
     host: str = "127.0.0.1"
     http_port: int = 8080
@@ -80,3 +84,25 @@ class ServerSettings:
     #: Which of the ``--http-workers`` processes this is (0 for a single server): each takes
     #: its share of the GPUs and of the memory budget.
     process_index: int = 0
+    #: Where the repository comes from when it is not a local folder (see
+    #: ``shoal.repository.sources``): fetched into ``repository`` before the server starts,
+    #: and each model's folder again when it is loaded through the repository API. None: the
+    #: repository is a local folder.
+    repository_uri: str | None = None
+    #: Where remote repositories are cached, one folder per URI; None: ``$SHOAL_CACHE_DIR``
+    #: or ``~/.cache/shoal/repositories``.
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache_dir is not None and not isinstance(self.cache_dir, Path):
+            self.cache_dir = Path(self.cache_dir)
+        if isinstance(self.repository, Path):
+            return
+        from .repository.uris import is_remote, local_folder, local_path
+
+        given = os.fspath(self.repository)
+        if is_remote(given):
+            self.repository_uri = given
+            self.repository = local_folder(given, self.cache_dir)
+        else:
+            self.repository = local_path(given)

@@ -6,6 +6,7 @@ client), so every command is also usable from Python.
 """
 
 from . import client, rollout, serve  # noqa: F401  (registers the commands)
+from . import fetch  # noqa: F401  (shoal fetch URI DIR)
 from .main import main
 
 __all__ = ["main"]

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..settings import MiB, ServerSettings
+from .fetch import CACHE_DIR_HELP, REPOSITORY
 from .main import main
 
 SIZE_SUFFIXES = {"k": 1024, "m": MiB, "g": 1024 * MiB}
@@ -74,10 +75,9 @@ def _autoscaling_options(fn: Any) -> Any:
 
 
 @main.command()
-@click.argument(
-    "repository", envvar="SHOAL_REPOSITORY",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-)
+@click.argument("repository", envvar="SHOAL_REPOSITORY", type=REPOSITORY)
+@click.option("--cache-dir", envvar="SHOAL_CACHE_DIR", default=None, show_envvar=True,
+              type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
 @click.option("--host", envvar="SHOAL_HOST", default="127.0.0.1", show_default=True, show_envvar=True,
               help="Interface to bind; 0.0.0.0 (or ::) listens on all interfaces.")
 @click.option("--http-port", envvar="SHOAL_HTTP_PORT", default=8080, show_default=True, type=click.IntRange(0, 65535),
@@ -179,7 +179,8 @@ def _autoscaling_options(fn: Any) -> Any:
 @click.option("--gpus", envvar="SHOAL_GPUS", default=None, show_envvar=True,
               help="GPUs replicas may use, as CUDA_VISIBLE_DEVICES names them (0,1), or "
                    "'none'. Unset: found with NVML or nvidia-smi.")
-def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_request_size: int,
+def serve(repository: Path | str, cache_dir: Path | None, host: str, http_port: int,
+          grpc_port: int, max_request_size: int,
           max_header_size: int, header_timeout: float, drain_timeout: float, log_level: str,
           model_threads: int | None,
           max_batch_size: int, max_batch_delay_ms: float, max_inflight: int,
@@ -189,7 +190,8 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
           payload_log: str | None, payload_log_spool_size: int,
           otel_endpoint: str | None, no_ui: bool, autoscale: bool,
           memory_budget: int | None, gpus: str | None, **autoscaling: Any) -> None:
-    """Serve every model in REPOSITORY (one folder per model)."""
+    """Serve every model in REPOSITORY (one folder per model): a folder, or s3://bucket/prefix,
+    gs://bucket/prefix or an https:// tar.gz / zip archive, fetched into --cache-dir first."""
     from ..server.app import exit_now, run
 
     if (tls_cert is None) != (tls_key is None):
@@ -230,7 +232,8 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, max_reque
             raise click.UsageError(f"autoscaling defaults: {exc}") from None
 
     run(ServerSettings(
-        repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
+        repository=repository, cache_dir=cache_dir, host=host, http_port=http_port,
+        grpc_port=grpc_port,
         max_request_size=max_request_size, max_header_size=max_header_size,
         header_timeout=header_timeout, drain_timeout=drain_timeout,
         log_level=log_level.lower(), model_threads=model_threads,

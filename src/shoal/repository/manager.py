@@ -4,6 +4,10 @@ A (re)load brings the new version up before the old one goes: requests keep bein
 by the old instance until the new one is ready, so a reload never fails a request. A reload
 that fails leaves the versions that were serving serving (a version it meant to retire too).
 A model that fails to load is recorded with its reason and does not affect the others.
+
+A repository fetched from object storage or an archive (``source``, see ``sources.py``) is a
+local folder like any other; a load fetches the model's folder again first, and a fetch that
+fails leaves what was serving serving.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ..serving.workers.proxy import (
 )
 from .config import ModelConfig, read_config
 from .layout import check_model_name, model_names, version_dirs
+from .sources import RepositorySource
 
 
 class ModelRepository:
@@ -57,8 +62,11 @@ class ModelRepository:
         state_dir: Path | None = None,
         payload: PayloadLogger | None = None,
         autoscaler: Autoscaler | None = None,
+        source: RepositorySource | None = None,
     ) -> None:
         self.root = root.resolve()
+        #: Where the folder is fetched from (object storage, an archive); None: it is local.
+        self.source = source
         #: Starts and stops the replicas of autoscaled models (and of GPU models).
         self.autoscaler = autoscaler
         #: Payload logging: told what each model's or graph's ``logger:`` says at its load.
@@ -123,7 +131,7 @@ class ModelRepository:
 
     async def _load_reporting(self, name: str) -> None:
         try:
-            await self.load(name)
+            await self.load(name, refetch=False)  # fetched just before the startup load
         except ShoalError:
             pass  # recorded in the registry and logged by load()
 
@@ -134,8 +142,42 @@ class ModelRepository:
             raise ModelNotFound(f"model {name!r} is not in the repository {self.root}")
         return model_dir
 
-    async def load(self, name: str) -> list[str]:
-        """Load (or reload) a model's versions per its policy; returns the versions now ready."""
+    async def load(self, name: str, *, refetch: bool = True) -> list[str]:
+        """Load (or reload) a model's versions per its policy; returns the versions now ready.
+
+        A repository fetched from a store fetches the model's folder again first (unless
+        ``refetch`` is False: the startup load, just after the whole repository was fetched),
+        and holds the folder while it is read, so that no fetch swaps it meanwhile. A fetch that
+        fails leaves what was serving serving, and raises with the store's reason."""
+        if self.source is None:
+            return await self._load(name)
+        if refetch:
+            await self._refetch(name)
+        async with self.source.reading():
+            return await self._load(name)
+
+    async def refresh(self) -> None:
+        """Fetch the whole repository again from its store (nothing for a local folder): what
+        ``--watch`` does before each look at the folder."""
+        if self.source is not None:
+            await asyncio.to_thread(self.source.fetch)
+
+    async def _refetch(self, name: str) -> None:
+        assert self.source is not None
+        check_model_name(name)
+        try:
+            await asyncio.to_thread(self.source.fetch_model, name)
+        except ShoalError as exc:
+            serving = [e.version for e in self.registry.entries(name)
+                       if e.state is ModelState.READY]
+            if serving:
+                log.event("model_reload_failed", logging.ERROR, model=name, versions=serving,
+                          reason=str(exc), serving="previous instance")
+            else:
+                log.event("model_load_failed", logging.ERROR, model=name, reason=str(exc))
+            raise
+
+    async def _load(self, name: str) -> list[str]:
         model_dir = self._model_dir(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
             if self.is_graph(name):
@@ -246,8 +288,11 @@ class ModelRepository:
         setting = config.autoscaling
         gpus = config.resources.gpus if config.resources is not None else 0
         scaler = self.autoscaler
+        # --autoscale covers models whose model.yaml says nothing about it: one that sets
+        # workers: keeps that fixed count.
         on = isinstance(setting, AutoscalingConfig) or setting is True or (
-            setting is None and scaler is not None and scaler.enabled_by_default)
+            setting is None and config.workers is None
+            and scaler is not None and scaler.enabled_by_default)
         if not on and not gpus:
             return None
         if scaler is None:
@@ -373,6 +418,10 @@ class ModelRepository:
     async def _release(self, entry: VersionEntry) -> None:
         if isinstance(entry.endpoint, ModelEndpoint):
             entry.endpoint.state = ModelState.UNLOADING
+            if isinstance(entry.endpoint.model, ReplicatedModel):
+                # Requests held for a replica that is still starting fail now (503): the
+                # unload is not kept waiting for a cold start.
+                entry.endpoint.model.replicas.stop_holding()
             await entry.endpoint.drained()
             try:
                 await self._call(entry.endpoint.model.unload)
@@ -409,8 +458,9 @@ class ModelRepository:
                     why = entry.endpoint.unready_reason()
                     if why is not None:
                         state, reason = "UNAVAILABLE", why
-                    elif isinstance(entry.endpoint, ModelEndpoint):
-                        reason = entry.endpoint.note() or reason  # e.g. "scaled to zero"
+                    elif (isinstance(entry.endpoint, ModelEndpoint)
+                          and isinstance(entry.endpoint.model, ReplicatedModel)):
+                        reason = entry.endpoint.model.state_reason() or reason
                 if ready_only and state != "READY":
                     continue
                 row = {"name": name, "version": entry.version, "state": state}

@@ -20,6 +20,11 @@ instance serving, logging ``model_reload_failed``, when the new one does not loa
 folder: unload it. A failed load is not retried until the folder changes again. Scanning runs
 on a thread, off the event loop; a scan that fails (the repository unreadable or gone) changes
 nothing.
+
+A repository fetched from a store (``s3://``, ``gs://``, an archive over HTTP) is fetched again
+before each scan: the fetch swaps each changed model folder into the local copy in one step
+and removes the folders the store lost, and the scans above act on that (each load fetches
+the model's folder once more, which finds it current).
 """
 
 from __future__ import annotations
@@ -163,11 +168,15 @@ class RepositoryWatcher:
         self.debouncer: Debouncer | None = None
         self._scan_error: str | None = None
 
-    async def scan(self) -> dict[str, Signature] | None:
-        """The repository now (None, logged, when it cannot be read)."""
+    async def scan(self, fetch: bool = True) -> dict[str, Signature] | None:
+        """The repository now (None, logged, when it cannot be read). A repository in a store
+        is fetched again first (unless ``fetch`` is False): what changed there is swapped into
+        the local folder, model folder by model folder, and seen here."""
         try:
+            if fetch and getattr(self.repository, "source", None) is not None:
+                await self.repository.refresh()
             snapshot = await asyncio.to_thread(scan_repository, self.repository.root)
-        except OSError as exc:
+        except (OSError, ShoalError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             if error != self._scan_error:  # once, not every interval
                 log.event("repository_scan_failed", logging.WARNING,
@@ -180,7 +189,7 @@ class RepositoryWatcher:
     async def baseline(self) -> None:
         """What the repository holds before the startup load reads it: a change made while
         the models load is seen (and acted on) afterwards."""
-        self.debouncer = Debouncer(await self.scan() or {})
+        self.debouncer = Debouncer(await self.scan(fetch=False) or {})
 
     async def run(self) -> None:
         if self.debouncer is None:

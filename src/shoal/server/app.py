@@ -10,6 +10,11 @@ settings, gRPC through ``grpc.ssl_server_credentials``); with ``tls_ca`` too, bo
 client certificate signed by that CA. With ``watch``, a ``RepositoryWatcher`` polls the
 repository once the startup load is done, until shutdown.
 
+A repository from object storage or an archive (``repository_uri``) is fetched into its local
+folder before either port is bound (by the supervisor, once, under ``--http-workers``); a
+store that cannot be read stops the server with the store's reason. Everything after reads
+the local folder; a repository load re-fetches that model's folder first.
+
 With ``ui`` (the default) the REST app serves the dashboard under ``/ui`` and a recorder
 (``shoal.ui.series``) samples the request metrics for its charts while someone looks at it
 (from the first ``/ui`` request until ten minutes after the last), never after the drain; with
@@ -198,12 +203,17 @@ class ShoalServer:
             keep_recent=settings.ui,
         )
         self.autoscaler = build_autoscaler(settings, self.metrics, self.pool)
+        source = None
+        if settings.repository_uri is not None:
+            from ..repository.sources import RepositorySource
+
+            source = RepositorySource(settings.repository_uri, settings.repository)
         self.repository = ModelRepository(
             settings.repository, self.registry, self.executor, self.metrics,
             BatchSettings(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
             Limits(settings.max_inflight, settings.request_timeout),
             settings.workers, self.pool, state_dir=settings.state_dir, payload=self.payload,
-            autoscaler=self.autoscaler,
+            autoscaler=self.autoscaler, source=source,
         )
         self.dataplane = DataPlane(self.registry, self.repository, self.metrics, self.payload)
         self.rollouts = RolloutManager(
@@ -419,9 +429,25 @@ def _stop_resource_tracker(timeout: float = 1.0) -> None:
         pass
 
 
+def fetch_repository(settings: ServerSettings) -> None:
+    """Fetch a remote repository (``settings.repository_uri``) into ``settings.repository``,
+    or SystemExit with the store's reason in one line."""
+    from ..errors import ShoalError
+    from ..repository.sources import RepositorySource
+
+    assert settings.repository_uri is not None
+    try:
+        RepositorySource(settings.repository_uri, settings.repository).fetch()
+    except ShoalError as exc:
+        raise SystemExit(f"cannot fetch the repository: {exc}") from None
+
+
 def run(settings: ServerSettings, on_listening: ListeningHook | None = None) -> None:
     """Serve until SIGTERM/SIGINT; the documented Python entry point behind ``shoal serve``."""
     log.configure(settings.log_level)
+    if settings.repository_uri is not None and not settings.reuse_port:
+        # Before any port is bound, and once for all --http-workers processes.
+        fetch_repository(settings)
     if settings.http_workers > 1 and not settings.reuse_port:
         load_tls(settings)  # a bad file stops the supervisor, before any server process starts
         tracing.requested(settings.otel_endpoint)  # and so does a tracing setup Shoal cannot do
