@@ -35,6 +35,7 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_validator,
 )
 
 from ..datatypes import DATATYPES
@@ -50,6 +51,12 @@ CONFIG_FILE = "model.yaml"
 #: found beside a model, they fail its load instead of being ignored.
 MISNAMED = {"model.yml": CONFIG_FILE, "graph.yml": "graph.yaml"}
 POLICY_FORMS = "all, {latest: N} (N >= 1) or {specific: [1, 3]}"
+
+
+#: The keys of ``runtime: process`` (docs/languages.md): with another runtime they are refused.
+PROCESS_KEYS = ("command", "env", "ready_timeout", "protocol")
+#: Environment variables Shoal sets for a process-runtime program; ``env`` may not.
+PROCESS_ENV = ("PORT", "SHOAL_MODEL_NAME", "SHOAL_MODEL_VERSION")
 
 
 class TensorConfig(BaseModel):
@@ -145,6 +152,50 @@ class ModelConfig(BaseModel):
             return handler(value)
         except ValidationError:
             raise ValueError(f"must be {POLICY_FORMS}, not {value!r}") from None
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command_is_a_list(cls, value: Any) -> Any:
+        """A string is not split into arguments (no shell): say so rather than "a list"."""
+        if isinstance(value, str):
+            raise ValueError(  # noqa: TRY004 - pydantic reports a ValueError, not a TypeError
+                f"must be a list of the program and its arguments, e.g. {value.split()!r} "
+                "(a string is not split into arguments)"
+            )
+        if isinstance(value, list) and value and value[0] == "":
+            raise ValueError("its first item, the program, is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _process_keys(self) -> ModelConfig:
+        """``command`` means ``runtime: process``; its keys anywhere else fail the load
+        naming them: a misplaced setting is never silently ignored."""
+        given = [key for key in PROCESS_KEYS if key in self.model_fields_set]
+        if self.command is not None and self.url is not None:
+            raise ValueError("url and command: a model is served by a remote server (url) "
+                             "or by a program Shoal starts (command), not both")
+        if self.command is not None and self.runtime is None:
+            self.runtime = "process"
+        if self.runtime == "process":
+            if self.command is None:
+                raise ValueError(
+                    "runtime: process needs command: the program (and its arguments) that "
+                    'serves the model, e.g. command: ["java", "-jar", "model-server.jar"]'
+                )
+            reserved = [key for key in PROCESS_ENV if key in self.env]
+            if reserved:
+                raise ValueError(f"env.{reserved[0]}: Shoal sets {', '.join(PROCESS_ENV)} "
+                                 "for the program itself")
+        elif given:
+            runtime = self.runtime or ("triton, from url" if self.url else "detected from the artifact")
+            raise ValueError(
+                f"{', '.join(given)}: {'a setting' if len(given) == 1 else 'settings'} of "
+                f"runtime: process (a program Shoal starts, named by command), but this "
+                f"model's runtime is {runtime}"
+                + ("; a remote's protocol goes in parameters.protocol (http or grpc)"
+                   if "protocol" in given and self.url is not None else "")
+            )
+        return self
 
     def select_versions(self, available: list[int]) -> list[int]:
         """The versions to serve, as TF Serving's and Triton's version policies choose."""

@@ -458,9 +458,10 @@ class ModelRepository:
                     why = entry.endpoint.unready_reason()
                     if why is not None:
                         state, reason = "UNAVAILABLE", why
-                    elif (isinstance(entry.endpoint, ModelEndpoint)
-                          and isinstance(entry.endpoint.model, ReplicatedModel)):
-                        reason = entry.endpoint.model.state_reason() or reason
+                    elif isinstance(entry.endpoint, ModelEndpoint):
+                        # "scaled to zero", a program restarting: the model says.
+                        say = getattr(entry.endpoint.model, "state_reason", None)
+                        reason = (say() if callable(say) else None) or reason
                 if ready_only and state != "READY":
                     continue
                 row = {"name": name, "version": entry.version, "state": state}

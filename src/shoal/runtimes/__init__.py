@@ -49,6 +49,9 @@ RUNTIMES: dict[str, Runtime] = {
         ("saved_model.pb", "model.keras"),
     ),
     "triton": Runtime("shoal.runtimes.triton", "create", "triton", ()),
+    # A program Shoal starts (model.yaml's command): no artifact; it talks to the program
+    # with the triton runtime's client, hence that extra (aiohttp).
+    "process": Runtime("shoal.runtimes.process", "create", "triton", ()),
     "custom": Runtime("shoal.runtimes.custom", "create", None, ("model.py",)),
 }
 
@@ -155,7 +158,7 @@ def create_model(
 def _create_model(
     name: str, version: str, version_dir: Path, model_dir: Path, config: ModelConfig
 ) -> Model:
-    if not config.url:
+    if not config.url and not config.command:
         check_version_folders(version_dir, model_dir)
     runtime_name = config.runtime or ("triton" if config.url else None) or _detect(
         version_dir, model_dir, config

@@ -25,7 +25,8 @@ along, so a traced remote server continues the trace.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Literal, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -84,6 +85,17 @@ class RemoteDown(Unavailable):
     """The remote could not be reached, or answered 503: worth another attempt."""
 
 
+def remote_settings(parameters: dict[str, Any]) -> RemoteSettings:
+    """A triton-runtime model's ``parameters``, checked."""
+    try:
+        return RemoteSettings.model_validate(parameters)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"parameters.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise LoadError(f"runtime 'triton': {problems}") from None
+
+
 def create(name: str, version: str, version_dir: Any, model_dir: Any, config: ModelConfig) -> Model:
     if not config.url:
         raise LoadError("runtime 'triton' needs the remote server's address: url: in model.yaml")
@@ -101,26 +113,37 @@ class TritonModel(Model):
         path: Any = None,
         parameters: dict[str, Any] | None = None,
         *,
-        url: str,
+        url: str | None = None,
+        settings: RemoteSettings | None = None,
     ) -> None:
+        """``url`` may be left out by a subclass that learns its address later (the
+        ``process`` runtime: a port per start of its program), which then calls
+        :meth:`point_at`; ``settings`` replaces ``parameters`` as the source of the
+        client's settings for such a subclass."""
         super().__init__(name, version, path, parameters)
-        try:
-            self.settings = RemoteSettings.model_validate(self.parameters)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"parameters.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise LoadError(f"runtime 'triton': {problems}") from None
-        self.protocol, self.address = parse_url(url, self.settings.protocol)
+        self.settings = settings if settings is not None else remote_settings(self.parameters)
         self.remote_name = self.settings.model_name or name
         version_setting = self.settings.model_version
         self.remote_version = None if version_setting is None else str(version_setting)
         self.remote: Remote | None = None
-        #: The name and attributes of the CLIENT span of each call (tracing).
+        #: The name of the CLIENT span of each call (tracing); point_at sets its attributes.
         self.call_span = f"shoal.remote {self.remote_name}"
+        self.protocol, self.address = "http", ""
+        self.traced_call: dict[str, str] = {}
+        if url is not None:
+            self.point_at(*parse_url(url, self.settings.protocol))
+
+    def point_at(self, protocol: str, address: str) -> None:
+        """Where the remote is: ``http`` and a base URL, or ``grpc`` and ``host:port``.
+        Remote clients made after this (:meth:`new_remote`) use it."""
+        self.protocol, self.address = protocol, address
         self.traced_call = {tracing.REMOTE_MODEL: self.remote_name,
-                            tracing.REMOTE_ADDRESS: self.address,
-                            tracing.REMOTE_PROTOCOL: f"v2-{self.protocol}"}
+                            tracing.REMOTE_ADDRESS: address,
+                            tracing.REMOTE_PROTOCOL: f"v2-{protocol}"}
+
+    def new_remote(self) -> Remote:
+        """A client (connection pool or channel) for the current address."""
+        return HttpRemote(self) if self.protocol == "http" else GrpcRemote(self)
 
     @property
     def where(self) -> str:
@@ -129,22 +152,26 @@ class TritonModel(Model):
         return f"remote model {self.remote_name!r}{version} at {self.address}"
 
     async def load(self) -> None:
-        remote_class = HttpRemote if self.protocol == "http" else GrpcRemote
-        self.remote = remote_class(self)
+        self.remote = self.new_remote()
         try:
-            if not await self._retrying(self.remote.ready):
-                raise LoadError(f"{self.where} is not ready")
-            metadata = await self._retrying(self.remote.metadata)
-            declared_inputs, declared_outputs = self.inputs, self.outputs
-            self.inputs = declared_inputs or _specs(metadata.get("inputs"), "inputs", self.where)
-            self.outputs = declared_outputs or _specs(metadata.get("outputs"), "outputs", self.where)
+            await self.read_metadata(self.remote)
         except BaseException as exc:
             await self.remote.close()
             self.remote = None
             if isinstance(exc, ShoalError) and not isinstance(exc, LoadError):
                 raise LoadError(str(exc)) from None
             raise
-        self.platform = str(metadata.get("platform") or "triton")
+
+    async def read_metadata(self, remote: Remote) -> None:
+        """Whether the remote model is ready, then its platform, inputs and outputs (those
+        declared in model.yaml win)."""
+        if not await self._retrying(remote.ready):
+            raise LoadError(f"{self.where} is not ready")
+        metadata = await self._retrying(remote.metadata)
+        declared_inputs, declared_outputs = self.inputs, self.outputs
+        self.inputs = declared_inputs or _specs(metadata.get("inputs"), "inputs", self.where)
+        self.outputs = declared_outputs or _specs(metadata.get("outputs"), "outputs", self.where)
+        self.platform = str(metadata.get("platform") or type(self).platform)
 
     async def predict(self, request: InferenceRequest) -> InferenceResponse:
         remote = self.remote
@@ -238,17 +265,27 @@ class HttpRemote:
 
     aiohttp rather than httpx: on this path httpx's AsyncClient costs about 0.9 ms more per
     request (p50 1.47 ms against 0.59 ms for a one-row call to a local Shoal, 2 cores).
+
+    With ``binary`` off, tensors travel as JSON ``data`` both ways: the V2 protocol's base,
+    for a server without the binary extension (the ``process`` runtime's programs, unless
+    they list ``binary_tensor_data`` in their server metadata).
     """
 
-    def __init__(self, model: TritonModel) -> None:
+    def __init__(self, model: TritonModel, binary: bool = True) -> None:
         self.model = model
-        timeout = model.settings.timeout
-        self.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, CONNECT_TIMEOUT_S))
-        )
+        self.binary = binary
         self.url = f"{model.address}/v2/models/{quote(model.remote_name, safe='')}"
         if model.remote_version:
             self.url += f"/versions/{quote(model.remote_version, safe='')}"
+        self.session = self.open()
+
+    def open(self) -> Any:
+        """The connection pool ``_send`` uses (a subclass may bring another, with its own
+        ``_send`` and ``close``: the process runtime's loopback client)."""
+        timeout = self.model.settings.timeout
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, CONNECT_TIMEOUT_S))
+        )
 
     async def ready(self) -> bool:
         status, _, _ = await self._send("GET", f"{self.url}/ready")
@@ -261,12 +298,26 @@ class HttpRemote:
         except InvalidInput as exc:
             raise ModelFailure(f"{self.model.where} sent unreadable {exc}") from None
 
+    async def extensions(self) -> list[str]:
+        """The V2 extensions the server lists in its metadata (``GET /v2``); none if it does
+        not answer that."""
+        try:
+            _, _, content = await self._send("GET", f"{self.model.address}/v2")
+            listed = v2_json.parse_json_object(content, "server metadata").get("extensions")
+        except (ShoalError, InvalidInput):
+            return []
+        return [str(e) for e in listed] if isinstance(listed, list) else []
+
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        body, header_length = v2_json.encode_request(
-            self.model.outgoing(request, binary_outputs=True)
-        )
-        sent = {"Inference-Header-Content-Length": str(header_length),
-                "Content-Type": "application/octet-stream"}
+        if self.binary:
+            body, header_length = v2_json.encode_request(
+                self.model.outgoing(request, binary_outputs=True)
+            )
+            sent = {"Inference-Header-Content-Length": str(header_length),
+                    "Content-Type": "application/octet-stream"}
+        else:
+            body = json_request(self.model.outgoing(request), self.model.where)
+            sent = {"Content-Type": "application/json"}
         if tracing.TRACER is None:
             _, headers, content = await self._send(
                 "POST", f"{self.url}/infer", data=body, headers=sent
@@ -301,6 +352,42 @@ class HttpRemote:
         if response.status >= 400:
             raise http_error(response.status, error_message(content, response.reason), where)
         return response.status, response.headers, content
+
+
+#: How a client asks Shoal for binary outputs: between that client and Shoal only, never
+#: forwarded to a server that speaks JSON alone.
+BINARY_PARAMETERS = ("binary_data_output", "binary_data")
+
+
+def json_request(request: InferenceRequest, where: str) -> bytes:
+    """A V2 REST request body with every tensor as JSON ``data`` (no binary extension)."""
+    inputs = []
+    for tensor in request.inputs:
+        try:
+            data = v2_json.json_data(tensor)
+        except InvalidInput:  # BYTES that are not UTF-8: JSON strings cannot carry them
+            raise InvalidInput(
+                f"{where} takes JSON tensors only, and input {tensor.name!r} holds BYTES "
+                "that are not UTF-8 text"
+            ) from None
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
+                                 "shape": tensor.shape, "data": data}
+        if tensor.parameters:
+            entry["parameters"] = tensor.parameters
+        inputs.append(entry)
+    body: dict[str, Any] = {"inputs": inputs}
+    if request.id is not None:
+        body["id"] = request.id
+    parameters = {k: v for k, v in request.parameters.items() if k not in BINARY_PARAMETERS}
+    if parameters:
+        body["parameters"] = parameters
+    if request.outputs is not None:
+        body["outputs"] = v2_json.requested_outputs([
+            RequestedOutput(o.name, {k: v for k, v in o.parameters.items()
+                                     if k not in BINARY_PARAMETERS})
+            for o in request.outputs
+        ])
+    return v2_json.dumps(body)
 
 
 def error_message(content: bytes, reason: str | None) -> str:

@@ -54,6 +54,7 @@ from ..observe.payload import PayloadLogger
 from ..repository.manager import ModelRepository
 from ..repository.watch import RepositoryWatcher
 from ..rollout.manager import RolloutManager
+from ..runtimes import process_supervisor
 from ..serving.autoscale.gpus import GpuAllocator
 from ..serving.autoscale.scaler import Autoscaler
 from ..serving.batcher import BatchSettings
@@ -203,6 +204,10 @@ class ShoalServer:
             keep_recent=settings.ui,
         )
         self.autoscaler = build_autoscaler(settings, self.metrics, self.pool)
+        # What a runtime: process program gets between SIGTERM and SIGKILL when it stops, here
+        # and in worker processes.
+        process_supervisor.set_stop_timeout(settings.drain_timeout)
+        self.pool.env["SHOAL_DRAIN_TIMEOUT"] = str(settings.drain_timeout)
         source = None
         if settings.repository_uri is not None:
             from ..repository.sources import RepositorySource
@@ -346,8 +351,14 @@ class ShoalServer:
         there has had its time and must not keep the process alive."""
         self.pool.closing = True  # a replica that dies now is not restarted
         await asyncio.gather(self.autoscaler.close(RELEASE_TIMEOUT),
-                             self.pool.close(timeout=RELEASE_TIMEOUT))
+                             self.pool.close(timeout=RELEASE_TIMEOUT),
+                             self._stop_programs())
         self.executor.shutdown(timeout=RELEASE_TIMEOUT)
+
+    async def _stop_programs(self) -> None:
+        """``runtime: process`` programs this process started: SIGTERM, then SIGKILL after
+        the drain timeout (nothing to do when there are none)."""
+        await process_supervisor.stop_all(self.settings.drain_timeout)
 
     async def _load(self) -> None:
         if self.watcher is not None:

@@ -118,5 +118,11 @@ def main(sock: socket.socket, log_level: str, env: dict[str, str] | None = None)
     except (EOFError, ConnectionError):
         pass  # the server closed the socket: it is stopping, or it is gone
     finally:
+        # runtime: process programs started here get SIGTERM first, and a short grace (the
+        # server may be gone): they would die by their parent-death signal anyway.
+        supervisor = sys.modules.get("shoal.runtimes.process_supervisor")
+        if supervisor is not None:
+            worker.loop.run_until_complete(
+                supervisor.stop_all(min(supervisor.default_stop_timeout(), 2.0)))
         wire.sweep(os.getpid())
         sys.exit(0)

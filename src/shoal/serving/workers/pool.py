@@ -69,7 +69,7 @@ class WorkerProcess:
         ours, theirs = socket.socketpair()
         context = multiprocessing.get_context("spawn")
         process = context.Process(
-            target=child.main, args=(theirs, self.pool.log_level, self.env),
+            target=child.main, args=(theirs, self.pool.log_level, {**self.pool.env, **self.env}),
             name=f"shoal-worker-{self.index}", daemon=True,
         )
         try:
@@ -174,6 +174,8 @@ class WorkerPool:
 
     def __init__(self, log_level: str = "info", size: int = 0) -> None:
         self.log_level = log_level
+        #: Environment variables every worker process gets (before its own ``env``).
+        self.env: dict[str, str] = {}
         #: Processes to spread models over (--workers); more start when a model asks for more.
         self.size = size
         self.workers: list[WorkerProcess] = []
