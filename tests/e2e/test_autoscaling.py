@@ -315,6 +315,8 @@ def test_gpu_replicas_get_a_device_each_and_no_more_than_there_are(tmp_path: Pat
         server.wait_ready()
         status = wait_for(lambda: (s := replicas(server, "solo"))["desired"] == 4 and s, 10,
                           "the scaler asking for 4")
+        status = wait_for(lambda: (s := replicas(server, "solo"))["ready"] == 2 and s, 10,
+                          "two replicas, one per device")
         time.sleep(1.0)  # a few ticks: no third replica appears
         status = replicas(server, "solo")
         assert status["ready"] == 2

@@ -245,12 +245,15 @@ class ReplicaSet:
     def apply(self, decision: Decision) -> None:
         """Bring the replicas to ``decision.desired``: start the missing ones, drain extras.
         A model at zero replicas is only ever woken by a request (:meth:`_hold`), never from
-        here: its stable window may still remember traffic from before it was evicted."""
+        here (its stable window may still remember traffic from before it was evicted), and
+        it grows past one replica only once that one serves."""
         self.decision = decision
         if self.closed:
             return
         live = self.live
-        if decision.desired > live and live > 0:
+        # More replicas only once one serves: during a cold start, processes started beside
+        # the first would only compete with it for the CPUs and delay the held requests.
+        if decision.desired > live and self.ready > 0:
             started = 0
             for _ in range(decision.desired - live):
                 devices = self._devices()
@@ -388,7 +391,8 @@ class ReplicaSet:
             self.metadata = result
         replica.state = "ready"
         self.replica_memory = replica.measure()
-        self.shortfall = ""
+        if self.decision is None or self.live >= self.decision.desired:
+            self.shortfall = ""  # it has what it wants (else what keeps it short still holds)
         self._release_waiters()
         log.event("replica_started", model=self.name, version=self.version, pid=worker.pid,
                   gpus=",".join(replica.devices) or None, rss_bytes=replica.rss, reason=reason)
