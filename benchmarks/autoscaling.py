@@ -167,6 +167,7 @@ def burst_round(tmp: Path, clients: int, seconds: float) -> dict[str, float]:
         marks["done"] = 1
         watcher.join()
         wait_end = metric(port, "shoal_replica_wait_seconds_total", "logreg")
+        cold = metric(port, "shoal_cold_start_seconds_sum", "logreg")
         codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", done.stdout)
         rows = np.loadtxt(log_file, dtype=np.int64, ndmin=2, usecols=(0, 1, 2))
         after_5s = rows[rows[:, 0] >= int((began + 5) * 1e6)]
@@ -181,6 +182,9 @@ def burst_round(tmp: Path, clients: int, seconds: float) -> dict[str, float]:
         "requests_2xx": float(codes.group(1)) if codes else float("nan"),
         "non_2xx": float(sum(int(codes.group(i)) for i in (2, 3, 4))) if codes else float("nan"),
         "peak_replicas": float(peak["replicas"]),
+        # Held time is counted when a request stops waiting: a cold start longer than 5 s
+        # puts its whole wait after the mark (the target assumes it ends before).
+        "cold_start_s": cold,
         "waited_s_after_5s": waited,
         "latency_s_after_5s": latency_s,
         "wait_share_pct": 100 * waited / latency_s if latency_s else float("nan"),
