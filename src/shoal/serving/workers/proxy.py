@@ -16,7 +16,7 @@ from ...model import Model
 from ...repository.config import ModelConfig
 from ...types import InferenceRequest, InferenceResponse
 from ..autoscale.config import ResolvedAutoscaling, ResourcesConfig
-from .pool import WorkerPool
+from .pool import LoadSpec, WorkerPool
 
 if TYPE_CHECKING:
     from ..autoscale.scaler import Autoscaler
@@ -38,14 +38,22 @@ class ProcessModel(Model):
         await self.pool.unload(self.key)
 
 
+def load_spec(
+    name: str, version: str, version_dir: Path, model_dir: Path, config: ModelConfig
+) -> LoadSpec:
+    """What a worker process needs to load a model: a key of its own (during a reload the
+    old and new instances coexist) and exactly the model.yaml settings the user set."""
+    key = f"{name}/{version}/{next(_generation)}"
+    return (key, name, version, str(version_dir), str(model_dir),
+            config.model_dump(by_alias=True, exclude_unset=True))
+
+
 async def load_in_workers(
     pool: WorkerPool, name: str, version: str, version_dir: Path, model_dir: Path,
     config: ModelConfig, workers: int,
 ) -> ProcessModel:
-    # Each load gets its own key: during a reload the old and new instances coexist.
-    key = f"{name}/{version}/{next(_generation)}"
-    spec = (key, name, version, str(version_dir), str(model_dir),
-            config.model_dump(by_alias=True, exclude_unset=True))
+    spec = load_spec(name, version, version_dir, model_dir, config)
+    key = spec[0]
     platform, inputs, outputs = await pool.load(spec, workers)
     model = ProcessModel(pool, key, name, version)
     model.platform, model.inputs, model.outputs = platform, inputs, outputs
@@ -76,9 +84,7 @@ async def load_replicated(
     scaler: Autoscaler, name: str, version: str, version_dir: Path, model_dir: Path,
     config: ModelConfig, settings: ResolvedAutoscaling,
 ) -> ReplicatedModel:
-    key = f"{name}/{version}/{next(_generation)}"
-    spec = (key, name, version, str(version_dir), str(model_dir),
-            config.model_dump(by_alias=True, exclude_unset=True))
+    spec = load_spec(name, version, version_dir, model_dir, config)
     replicas = await scaler.start_set(spec, settings, config.resources or ResourcesConfig())
     model = ReplicatedModel(scaler, replicas, name, version)
     assert replicas.metadata is not None
