@@ -88,6 +88,10 @@ def wait_until(condition, what: str, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def index(server: ShoalProcess) -> dict[str, dict]:
     rows = httpx.post(f"{server.url}/v2/repository/index", json={}).json()
     return {row["name"]: row for row in rows}
@@ -103,6 +107,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     program(root, "never-ready", env={"CHILD_MODE": "never-ready"}, ready_timeout=1)
     program(root, "exits", env={"CHILD_MODE": "exit"})
     program(root, "wrong-name", env={"CHILD_MODE": "wrong-name"})
+    program(root, "busy", env={"CHILD_MODE": "busy"})
+    program(root, "busy-grpc", "--grpc", protocol="v2-grpc", env={"CHILD_MODE": "busy"})
     write(root / "not-found" / "model.yaml", 'command: ["no-such-program-anywhere", "--serve"]\n')
     write(root / "not-v2" / "model.yaml", json.dumps({"command": [
         "sh", "-c", f'exec {sys.executable} -m http.server "$PORT" --bind 127.0.0.1']}))
@@ -172,16 +178,33 @@ def test_metadata_comes_from_the_program(server: ShoalProcess) -> None:
         assert metadata["outputs"] == [{"name": "y", "datatype": "FP64", "shape": [-1, 2]}]
 
 
-def test_the_program_runs_in_its_version_folder_as_shoals_child(
+def test_the_program_runs_in_its_version_folder_under_shoals_watcher(
     server: ShoalProcess, root: Path
 ) -> None:
     response = infer(server, "rest", [[0, 0]])
-    assert response.json()["parameters"]["ppid"] == server.proc.pid
-    pid = response.json()["parameters"]["pid"]
+    pid, watcher = response.json()["parameters"]["pid"], response.json()["parameters"]["ppid"]
+    assert watcher != server.proc.pid and parent_of(watcher) == server.proc.pid
+    assert os.getpgid(pid) == watcher  # the watcher leads the program's group
     assert Path(f"/proc/{pid}/cwd").resolve() == (root / "rest" / "1").resolve()
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert b"SHOAL_MODEL_NAME=rest" in environ and b"SHOAL_MODEL_VERSION=1" in environ
     assert b"OFFSET=1" in environ and any(v.startswith(b"PORT=") for v in environ)
+    assert b"HOST=127.0.0.1" in environ
+
+
+def test_a_503_the_program_answers_goes_back_at_once_and_is_not_sent_again(
+    server: ShoalProcess,
+) -> None:
+    for model in ("busy", "busy-grpc"):
+        for n in (1, 2):
+            started = time.monotonic()
+            response = infer(server, model, [[1, 1]])
+            assert response.status_code == 503, response.text
+            assert time.monotonic() - started < 1, model
+            error = response.json()["error"]
+            assert error.endswith(f"child: busy, request {n}"), error  # one request each
+            assert ("answered UNAVAILABLE" if model == "busy-grpc" else "answered 503") in error
+    assert index(server)["busy"]["state"] == "READY"
 
 
 def test_a_400_from_the_program_stays_a_400_with_its_message(server: ShoalProcess) -> None:
@@ -273,13 +296,19 @@ def test_kill_9_of_shoal_leaves_no_program_behind_and_output_is_logged(
 ) -> None:
     program(tmp_path, "inside", env={"OFFSET": "1"})
     program(tmp_path, "in-worker", workers=1)
+    # A program that forks and does not exec: its own child (the V2 server) must go too.
+    write(tmp_path / "forks" / "model.yaml", json.dumps({"command": [
+        "sh", "-c", f"{sys.executable} {CHILD}; echo done"]}))
+    (tmp_path / "forks" / "1").mkdir(parents=True)
     shoal = serve(tmp_path)
     try:
         inside = infer(shoal, "inside", [[0, 0]]).json()["parameters"]
         in_worker = infer(shoal, "in-worker", [[0, 0]]).json()["parameters"]
-        assert inside["ppid"] == shoal.proc.pid
-        worker = in_worker["ppid"]
+        forked = infer(shoal, "forks", [[0, 0]]).json()["parameters"]
+        assert parent_of(inside["ppid"]) == shoal.proc.pid  # Shoal's watcher's child
+        worker = parent_of(in_worker["ppid"])
         assert worker != shoal.proc.pid  # it runs under the worker process
+        assert parent_of(parent_of(forked["ppid"])) == shoal.proc.pid  # under sh
 
         # In a worker too, a program that exits fails its request and is started again.
         crashed = infer(shoal, "in-worker", [[666, 0]])
@@ -287,7 +316,7 @@ def test_kill_9_of_shoal_leaves_no_program_behind_and_output_is_logged(
         wait_until(lambda: infer(shoal, "in-worker", [[0, 0]]).status_code == 200,
                    "the program in the worker serves again")
         in_worker = infer(shoal, "in-worker", [[0, 0]]).json()["parameters"]
-        assert in_worker["ppid"] == worker
+        assert parent_of(in_worker["ppid"]) == worker
 
         # A worker that dies takes its program along; the pool starts a new worker, which
         # starts the program again.
@@ -296,18 +325,37 @@ def test_kill_9_of_shoal_leaves_no_program_behind_and_output_is_logged(
         wait_until(lambda: infer(shoal, "in-worker", [[0, 0]]).status_code == 200,
                    "the restarted worker serves", timeout=30)
         in_worker = infer(shoal, "in-worker", [[0, 0]]).json()["parameters"]
+        worker = parent_of(in_worker["ppid"])
 
         shoal.proc.send_signal(signal.SIGKILL)
         shoal.proc.wait()
-        for pid in (inside["pid"], in_worker["pid"], in_worker["ppid"]):
+        for pid in (inside["pid"], in_worker["pid"], worker, forked["pid"], forked["ppid"]):
             wait_until(lambda pid=pid: gone(pid), f"pid {pid} is gone", timeout=5)
     finally:
         shoal.stop()
     lines = [e for e in shoal.log_events() if e["event"] == "model_process_output"]
     assert {"model": "inside", "version": "1", "stream": "stdout"}.items() <= next(
-        e for e in lines if e["line"].startswith("child: REST on")).items()
+        e for e in lines if e["model"] == "inside" and e["line"].startswith("child: REST on")).items()
     assert any(e["model"] == "inside" and e["stream"] == "stderr"
                and e["line"] == "child: a line on stderr" for e in lines)
+
+
+def test_a_program_in_a_worker_stops_on_sigterm(tmp_path: Path) -> None:
+    """A --workers worker ignores SIGTERM; its programs must not (else unload waits for the
+    whole drain timeout, then SIGKILLs)."""
+    program(tmp_path, "in-worker", workers=1)
+    shoal = serve(tmp_path, "--drain-timeout", "20")
+    try:
+        pid = pid_of(shoal, "in-worker")
+        started = time.monotonic()
+        unloaded = httpx.post(f"{shoal.url}/v2/repository/models/in-worker/unload", timeout=60)
+        assert unloaded.status_code == 200, unloaded.text
+        assert time.monotonic() - started < 5
+        assert gone(pid)
+    finally:
+        shoal.stop()
+    stopped = [e for e in shoal.log_events() if e["event"] == "model_process_stopped"]
+    assert [(e["pid"], e["exitcode"]) for e in stopped] == [(pid, -signal.SIGTERM)]
 
 
 def test_sigterm_stops_shoal_and_its_programs(tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ What the tests make it do:
 - ``$CHILD_MODE``: ``exit`` writes a line and exits with code 2 at once; ``never-ready``
   listens but answers 503 on the health route forever; ``wrong-name`` serves the model
   under another name; ``stubborn`` ignores SIGTERM and starts a ``sleep`` of its own (its
-  pid in the response's parameters as ``helper``).
+  pid in the response's parameters as ``helper``); ``busy`` answers every inference 503
+  (gRPC: UNAVAILABLE) with ``child: busy, request N``, N counting the inference requests it
+  received.
 """
 
 from __future__ import annotations
@@ -43,6 +45,18 @@ SERVED = "someone-else" if MODE == "wrong-name" else NAME
 
 class Refused(Exception):
     pass
+
+
+class Busy(Exception):
+    pass
+
+
+REQUESTS = [0]
+
+
+def busy() -> None:
+    REQUESTS[0] += 1
+    raise Busy(f"child: busy, request {REQUESTS[0]}")
 
 
 def compute(values: list[float]) -> list[float]:
@@ -99,9 +113,14 @@ class Handler(BaseHTTPRequestHandler):
             self.answer(400, {"error": "child: no input x"})
             return
         try:
+            if MODE == "busy":
+                busy()
             data = compute([float(v) for v in tensor["data"]])
         except Refused as exc:
             self.answer(400, {"error": str(exc)})
+            return
+        except Busy as exc:
+            self.answer(503, {"error": str(exc)})
             return
         self.answer(200, {
             "model_name": NAME, "id": body.get("id", ""), "parameters": parameters(),
@@ -140,9 +159,13 @@ def serve_grpc(port: int) -> None:
             shape = list(request.inputs[0].shape)
             values = np.frombuffer(request.raw_input_contents[0], dtype="<f8").tolist()
             try:
+                if MODE == "busy":
+                    busy()
                 result = compute(values)
             except Refused as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except Busy as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             answer = pb.ModelInferResponse(model_name=NAME, id=request.id)
             for key, value in parameters().items():
                 answer.parameters[key].int64_param = value

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -102,12 +104,16 @@ def test_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/metrics")
     monkeypatch.setenv("KEPT", "yes")
     monkeypatch.setenv("SHOAL_R_WRAPPER", "/opt/shoal.R")
+    monkeypatch.setenv("HOST", "0.0.0.0")  # the wrappers listen on $HOST: loopback only
     spec = program_spec("m", "3", tmp_path, tmp_path, config(command=["sh"], env={"MODEL_DIR": "."}))
     assert spec.env["KEPT"] == "yes" and spec.env["MODEL_DIR"] == "."
     assert spec.env["SHOAL_R_WRAPPER"] == "/opt/shoal.R"
     assert (spec.env["SHOAL_MODEL_NAME"], spec.env["SHOAL_MODEL_VERSION"]) == ("m", "3")
     assert "SHOAL_ADMIN_TOKEN" not in spec.env and "PROMETHEUS_MULTIPROC_DIR" not in spec.env
     assert (spec.protocol, spec.ready_timeout, spec.cwd) == ("v2-rest", 60.0, tmp_path)
+    assert spec.env["HOST"] == "127.0.0.1"
+    with pytest.raises(ValueError, match=r"env.HOST: Shoal sets PORT, HOST"):  # model.yaml
+        program_spec("m", "3", tmp_path, tmp_path, config(command=["sh"], env={"HOST": "::"}))
 
 
 # -- finding the command ---------------------------------------------------------------------
@@ -251,6 +257,81 @@ def test_stop_escalates_to_sigkill_and_takes_the_process_group(tmp_path: Path) -
     asyncio.run(main())
 
 
+def test_programs_start_with_default_signals_and_none_blocked() -> None:
+    """A --workers worker ignores SIGINT and SIGTERM, and Python ignores SIGPIPE and SIGXFSZ:
+    ignored signals survive exec, so the watcher resets them all for the program."""
+    assert supervisor.EXEC_WRAPPER is not None
+    pid_read, pid_write = os.pipe()
+
+    def like_a_worker() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2, signal.SIGTERM])
+
+    watcher = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(supervisor.EXEC_WRAPPER), str(os.getpid()),
+         str(pid_write), "/bin/cat", "cat", "/proc/self/status"],
+        stdout=subprocess.PIPE, preexec_fn=like_a_worker, pass_fds=(pid_write,),
+        start_new_session=True,
+    )
+    os.close(pid_write)
+    out, _ = watcher.communicate(timeout=30)
+    program = int(os.read(pid_read, 64))
+    os.close(pid_read)
+    assert watcher.returncode == 0 and program != watcher.pid
+    status = dict(line.split(":\t", 1) for line in out.decode().splitlines() if ":\t" in line)
+    assert int(status["Pid"]) == program and int(status["PPid"]) == watcher.pid
+    assert int(status["SigIgn"], 16) == 0 and int(status["SigBlk"], 16) == 0, status
+
+
+def test_the_watcher_ends_as_its_program_did(tmp_path: Path) -> None:
+    async def main() -> list[int]:
+        codes = []
+        for command in ("exit 5", "kill -TERM $$", "kill -SEGV $$"):
+            spec = program_spec("m", "1", tmp_path, tmp_path, config(
+                command=["sh", "-c", command], ready_timeout=5))
+            program = supervisor.start(spec)
+            with pytest.raises(LoadError) as info:
+                await asyncio.wrap_future(program.ready)
+            codes.append(str(info.value))
+            await asyncio.wrap_future(program.stop())
+        return codes
+
+    exited, termed, segv = asyncio.run(main())
+    assert "exited with code 5 " in exited
+    assert "was killed by signal SIGTERM " in termed
+    assert "was killed by signal SIGSEGV " in segv
+
+
+def test_a_stop_before_the_first_ready_fails_the_load(tmp_path: Path) -> None:
+    (tmp_path / "hold").touch()  # the child never listens
+
+    async def main() -> None:
+        spec = program_spec("m", "1", tmp_path, tmp_path, config(command=[sys.executable, CHILD]))
+        program = supervisor.start(spec)
+        while program._current is None:
+            await asyncio.sleep(0.01)
+        await asyncio.wrap_future(program.stop())
+        with pytest.raises(LoadError, match="stopped before it was ready"):
+            await asyncio.wait_for(asyncio.wrap_future(program.ready), 5)
+
+    asyncio.run(main())
+
+
+def test_a_swept_group_is_never_signalled_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its leader reaped and the group swept, the group's number may be someone else's."""
+    process = subprocess.Popen(["true"], start_new_session=True)
+    process.wait()
+    run = supervisor.Run(1, process, 0)
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda group, sig: sent.append((group, sig)))
+    run.sweep()
+    run.signal_group(signal.SIGKILL)
+    run.sweep()  # the stop's _after_exit during a restart pause
+    assert sent == [(process.pid, signal.SIGKILL)]
+
+
 def test_a_script_without_interpreter_line_says_so(tmp_path: Path) -> None:
     script(tmp_path / "serve", "echo no shebang\n")
 
@@ -382,7 +463,7 @@ def test_a_silent_program_times_out_and_garbage_is_refused() -> None:
 def test_loopback_remote_errors() -> None:
     from shoal.errors import DeadlineExceeded, ModelFailure
     from shoal.runtimes.process_http import LoopbackRemote
-    from shoal.runtimes.triton import RemoteDown
+    from shoal.runtimes.triton import RemoteDown, RemoteUnreachable
 
     model = create_model("m", "1", Path("."), Path("."), config(command=["sh"],
                                                                  parameters={"timeout": 0.2}))
@@ -402,15 +483,19 @@ def test_loopback_remote_errors() -> None:
     async def main() -> list[Exception]:
         errors = [await call(supervisor.free_port())]
         for reply in (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 19\r\n\r\n{\"error\": \"nope\"}  ",
-                      b"garbage\r\n\r\n", None):
+                      b"garbage\r\n\r\n", None,
+                      b"HTTP/1.1 503 Busy\r\nContent-Length: 17\r\n\r\n{\"error\": \"busy\"}"):
             script = Script([reply])
             server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
             async with server:
                 errors.append(await call(server.sockets[0].getsockname()[1]))
         return errors
 
-    refused, rejected, garbage, silent = asyncio.run(main())
-    assert isinstance(refused, RemoteDown) and "is unreachable" in str(refused)
+    refused, rejected, garbage, silent, busy = asyncio.run(main())
+    assert isinstance(refused, RemoteUnreachable) and "is unreachable" in str(refused)
+    # An answered 503 is the program's word, not a connection that failed.
+    assert isinstance(busy, RemoteDown) and not isinstance(busy, RemoteUnreachable)
+    assert str(busy).endswith("answered 503: busy")
     assert isinstance(rejected, InvalidInput) and str(rejected).endswith("answered 400: nope")
     assert isinstance(garbage, ModelFailure) and "sent an answer that is not HTTP/1.1" in str(garbage)
     assert isinstance(silent, DeadlineExceeded) and "did not answer within 0.2 s" in str(silent)

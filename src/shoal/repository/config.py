@@ -56,7 +56,7 @@ POLICY_FORMS = "all, {latest: N} (N >= 1) or {specific: [1, 3]}"
 #: The keys of ``runtime: process`` (docs/languages.md): with another runtime they are refused.
 PROCESS_KEYS = ("command", "env", "ready_timeout", "protocol")
 #: Environment variables Shoal sets for a process-runtime program; ``env`` may not.
-PROCESS_ENV = ("PORT", "SHOAL_MODEL_NAME", "SHOAL_MODEL_VERSION")
+PROCESS_ENV = ("PORT", "HOST", "SHOAL_MODEL_NAME", "SHOAL_MODEL_VERSION")
 
 
 class TensorConfig(BaseModel):

@@ -10,7 +10,8 @@
 
 Shoal's equivalent, on one machine, of KServe's and Seldon's custom containers: the program
 (any language) serves the V2 protocol on ``127.0.0.1:$PORT``; Shoal starts it in the model's
-version folder with ``PORT``, ``SHOAL_MODEL_NAME`` and ``SHOAL_MODEL_VERSION`` set, waits for
+version folder with ``PORT``, ``HOST`` (``127.0.0.1``), ``SHOAL_MODEL_NAME`` and
+``SHOAL_MODEL_VERSION`` set, waits for
 it to be ready, reads its metadata and serves it as an ordinary model, over every protocol
 Shoal speaks and with its batching, limits, rollouts and graphs. Requests reach the program
 through the remote-model client (``runtimes.triton``): V2 REST with JSON tensors (the binary
@@ -38,13 +39,17 @@ from ..types import InferenceRequest, InferenceResponse
 from . import process_supervisor as supervisor
 from .process_http import LoopbackRemote
 from .process_supervisor import Program, ProgramSpec, Run, describe_exit, wait_exit
-from .triton import HttpRemote, Remote, RemoteDown, RemoteSettings, TritonModel
+from .triton import HttpRemote, Remote, RemoteSettings, RemoteUnreachable, TritonModel
 
+#: Set by Shoal for the program, as ``PORT`` is: the address to listen on (a ``HOST`` in
+#: Shoal's own environment must not make a program listen beyond loopback).
+HOST = "127.0.0.1"
 #: How long a request whose connection dropped waits to learn that the program exited (the
 #: kernel closes a dying process's sockets a moment before its parent can reap it).
 EXIT_NOTICE_S = 2.0
-#: Variables of Shoal's environment a program does not inherit: the admin token (a secret the
-#: program has no use for), and the metrics folder of --http-workers, which a Python program
+#: Variables of Shoal's environment a program does not inherit: the admin token (which the
+#: program has no use for; not a protection: the program runs as Shoal's user and can read
+#: Shoal's environment in /proc), and the metrics folder of --http-workers, which a Python program
 #: using prometheus-client would otherwise write its own series into.
 NOT_INHERITED = frozenset({"SHOAL_ADMIN_TOKEN", "PROMETHEUS_MULTIPROC_DIR"})
 
@@ -71,8 +76,12 @@ def program_spec(name: str, version: str, version_dir: Path, model_dir: Path,
     """What to run, checked now: a command that cannot be found fails the load naming it."""
     if not config.command:
         raise LoadError("runtime 'process' needs command: the program that serves the model")
+    if "HOST" in config.env:  # reserved as PORT is (model.yaml's check names PORT's)
+        raise LoadError(f"env.HOST: Shoal sets HOST ({HOST}) for the program itself: it "
+                        "must listen on 127.0.0.1:$PORT")
     inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
-    env = {**inherited, **config.env, "SHOAL_MODEL_NAME": name, "SHOAL_MODEL_VERSION": version}
+    env = {**inherited, **config.env, "SHOAL_MODEL_NAME": name, "SHOAL_MODEL_VERSION": version,
+           "HOST": HOST}
     executable = resolve_command(config.command[0], version_dir, model_dir, env.get("PATH", ""))
     return ProgramSpec(
         name=name, version=version, command=tuple(config.command), executable=executable,
@@ -209,14 +218,16 @@ class ProcessModel(TritonModel):
             self.connect(run)
         remote = self.remote
         assert remote is not None
+        # Only a connection that failed is sent again or waits for the exit notice: a 503 (gRPC:
+        # UNAVAILABLE) the program answers is its own word, and goes back as it is, at once.
         try:
             return await remote.infer(request)
-        except RemoteDown as exc:
+        except RemoteUnreachable as exc:
             failure = exc
         if not run.exited.done():
             try:  # a keep-alive connection the program had just closed: once more
                 return await remote.infer(request)
-            except RemoteDown as exc:
+            except RemoteUnreachable as exc:
                 failure = exc
         if await wait_exit(run, EXIT_NOTICE_S):
             code = run.exit_code

@@ -23,7 +23,7 @@ from ..errors import DeadlineExceeded, ModelFailure
 from .triton import (
     CONNECT_TIMEOUT_S,
     HttpRemote,
-    RemoteDown,
+    RemoteUnreachable,
     TritonModel,
     error_message,
     http_error,
@@ -198,7 +198,7 @@ class LoopbackRemote(HttpRemote):
         except (TimeoutError, asyncio.TimeoutError):
             raise DeadlineExceeded(f"{where} did not answer within {timeout:g} s") from None
         except OSError as exc:  # refused, reset, closed mid-answer
-            raise RemoteDown(f"{where} is unreachable: {exc.strerror or exc}") from None
+            raise RemoteUnreachable(f"{where} is unreachable: {exc.strerror or exc}") from None
         except ModelFailure as exc:
             raise ModelFailure(f"{where} sent {exc}") from None
         if answer.status >= 400:

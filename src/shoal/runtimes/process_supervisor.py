@@ -3,10 +3,11 @@
 Everything here runs on one thread per Python process (``shoal-processes``), with its own
 event loop, for three reasons:
 
-- the parent-death signal (``PR_SET_PDEATHSIG``, asked for by ``process_exec.py`` before it
-  becomes the program) fires when the *thread* that forked the program exits, not the
-  process: programs forked from a thread that lives as long as the process die with it, also
-  when Shoal is killed with ``kill -9``, and never earlier;
+- the parent-death signal (``PR_SET_PDEATHSIG``, asked for by ``process_exec.py``, the
+  watcher that starts the program and takes its group and descendants along when Shoal
+  goes) fires when the *thread* that forked the watcher exits, not the process: programs
+  forked from a thread that lives as long as the process die with it, also when Shoal is
+  killed with ``kill -9``, and never earlier;
 - a model may live in a ``--workers`` worker process, whose event loop runs only while it
   answers a request: the programs' output must be read, and a program that exits restarted,
   whatever that loop does;
@@ -32,6 +33,7 @@ import contextlib
 import itertools
 import logging
 import os
+import select
 import shlex
 import signal
 import socket
@@ -66,6 +68,8 @@ STABLE_S = 10.0
 OUTPUT_DRAIN_S = 1.0
 #: A program that never became ready (or does not speak V2) gets this long after SIGTERM.
 FAILED_START_GRACE_S = 2.0
+#: How long a start waits for the watcher to say the program's pid (it takes about 15 ms).
+PID_TIMEOUT_S = 10.0
 
 
 def default_stop_timeout() -> float:
@@ -97,7 +101,8 @@ class ProgramSpec:
     #: The absolute path exec'd (``command[0]`` stays the program's argv[0]).
     executable: str
     cwd: Path
-    #: The whole environment but ``PORT``, which each run gets its own of.
+    #: The whole environment but ``PORT``, which each run gets its own of (``HOST`` is
+    #: ``127.0.0.1``).
     env: dict[str, str]
     protocol: str
     ready_timeout: float
@@ -128,15 +133,23 @@ def describe_exit(code: int) -> str:
 class Run:
     """One start of a program: its process, its port, its latest output lines.
 
-    ``exited`` (a thread-safe future, resolved with the exit status as soon as the process is
-    reaped) is what other threads wait on; this thread waits on ``exit_seen``.
+    ``process`` is the leader of the run's process group: on Linux the watcher
+    (``process_exec.py``) that started the program and ends as it does, elsewhere the program
+    itself; ``pid`` is the program's. ``exited`` (a thread-safe future, resolved with the exit
+    status as soon as the leader is reaped) is what other threads wait on; this thread waits
+    on ``exit_seen``.
     """
 
-    def __init__(self, number: int, process: subprocess.Popen[bytes], port: int) -> None:
+    def __init__(self, number: int, process: subprocess.Popen[bytes], port: int,
+                 pid: int | None = None) -> None:
         self.number = number
         self.process = process
-        self.pid = process.pid
+        self.group = process.pid
+        self.pid = process.pid if pid is None else pid
         self.port = port
+        #: The group got its last SIGKILL after its leader was reaped: its number may
+        #: belong to someone else now, and is never signalled again.
+        self.swept = False
         self.started = time.monotonic()
         self.exited: concurrent.futures.Future[int] = concurrent.futures.Future()
         self.exit_seen = asyncio.Event()
@@ -150,9 +163,18 @@ class Run:
     def signal_group(self, sig: int) -> None:
         """Signal the run's process group (the program and what it started), while its
         leader has not been reaped (its number cannot belong to anyone else then) or while
-        members of the group are left (a group id is not reused while the group exists)."""
+        members of the group are left (a group id is not reused while the group exists);
+        never once it was swept (:meth:`sweep`)."""
+        if self.swept:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
+            os.killpg(self.group, sig)
+
+    def sweep(self) -> None:
+        """Once the leader was reaped: SIGKILL to what is left of the group, the last signal
+        the group gets."""
+        self.signal_group(signal.SIGKILL)
+        self.swept = True
 
     def last_lines(self) -> str:
         if not self.lines:
@@ -202,6 +224,7 @@ class Program:
         self._task = asyncio.current_task()
         self._wake = asyncio.Event()
         failures = 0
+        problem_reason = "its process was stopped before it was ready"
         try:
             while not self.stopping:
                 run, problem, output = await self._start_until_ready()
@@ -230,9 +253,12 @@ class Program:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), pause)
         except BaseException as exc:  # a bug here must not leave a load waiting forever
-            if not self.ready.done():
-                self.ready.set_exception(LoadError(f"its process could not be supervised: {exc!r}"))
+            if not isinstance(exc, asyncio.CancelledError):
+                problem_reason = f"its process could not be supervised: {exc!r}"
             raise
+        finally:  # also a stop before the first run was ready: the load must hear of it
+            if not self.ready.done():
+                self.ready.set_exception(LoadError(problem_reason))
 
     async def _serve(self, run: Run, failures: int) -> int:
         """Serve with ``run`` until it exits; the consecutive failures after it."""
@@ -306,18 +332,28 @@ class Program:
     def _spawn(self) -> Run:
         spec = self.spec
         port = free_port()
-        if EXEC_WRAPPER:
-            args = [sys.executable, "-I", "-S", str(EXEC_WRAPPER), str(os.getpid()),
-                    spec.executable, *spec.command]
-        else:
-            args = list(spec.command)
-        process = subprocess.Popen(
-            args, executable=None if EXEC_WRAPPER else spec.executable, cwd=spec.cwd,
-            env={**spec.env, "PORT": str(port)},
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        run = Run(next(self._runs), process, port)
+        pid_read, pid_write = os.pipe() if EXEC_WRAPPER else (-1, -1)
+        try:
+            if EXEC_WRAPPER:
+                args = [sys.executable, "-I", "-S", str(EXEC_WRAPPER), str(os.getpid()),
+                        str(pid_write), spec.executable, *spec.command]
+            else:
+                args = list(spec.command)
+            process = subprocess.Popen(
+                args, executable=None if EXEC_WRAPPER else spec.executable, cwd=spec.cwd,
+                env={**spec.env, "PORT": str(port)},
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, pass_fds=(pid_write,) if EXEC_WRAPPER else (),
+            )
+        except BaseException:
+            if EXEC_WRAPPER:
+                os.close(pid_read)
+            raise
+        finally:
+            if EXEC_WRAPPER:
+                os.close(pid_write)
+        pid = _program_pid(pid_read) if EXEC_WRAPPER else None
+        run = Run(next(self._runs), process, port, pid)
         loop = asyncio.get_running_loop()
         threading.Thread(target=_reap, args=(run, loop), daemon=True,
                          name=f"shoal-process-{run.pid}").start()
@@ -369,7 +405,7 @@ class Program:
 
     async def _after_exit(self, run: Run) -> None:
         """Once the run's leader exited: nothing of its group left, all its output read."""
-        run.signal_group(signal.SIGKILL)
+        run.sweep()
         await asyncio.wait(run.readers, timeout=OUTPUT_DRAIN_S)
         for reader in run.readers:
             reader.cancel()
@@ -413,6 +449,19 @@ def _reap(run: Run, loop: asyncio.AbstractEventLoop) -> None:
     run.exited.set_result(code)
     with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
         loop.call_soon_threadsafe(run.exit_seen.set)
+
+
+def _program_pid(fd: int) -> int | None:
+    """The program's pid, as the watcher writes it once it has forked the program (None if
+    the watcher ended first). Takes the watcher's start, about 15 ms."""
+    try:  # one read: the pid is written at once, and a fork elsewhere may hold the pipe open
+        readable, _, _ = select.select([fd], [], [], PID_TIMEOUT_S)
+        data = os.read(fd, 64) if readable else b""
+        return int(data) if data else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def free_port() -> int:

@@ -82,7 +82,13 @@ class RemoteSettings(BaseModel):
 
 
 class RemoteDown(Unavailable):
-    """The remote could not be reached, or answered 503: worth another attempt."""
+    """The remote could not be reached, or answered 503 (gRPC: UNAVAILABLE): worth another
+    attempt (``retries``)."""
+
+
+class RemoteUnreachable(RemoteDown):
+    """The remote could not be reached: refused, reset or closed connection, no connection
+    in time. Unlike an answered 503, this can mean that the remote's process is gone."""
 
 
 def remote_settings(parameters: dict[str, Any]) -> RemoteSettings:
@@ -342,13 +348,13 @@ class HttpRemote:
             async with self.session.request(method, url, **kwargs) as response:
                 content = await response.read()
         except aiohttp.ConnectionTimeoutError:
-            raise RemoteDown(f"{where}: no connection within {CONNECT_TIMEOUT_S:g} s") from None
+            raise RemoteUnreachable(f"{where}: no connection within {CONNECT_TIMEOUT_S:g} s") from None
         except (asyncio.TimeoutError, TimeoutError):
             raise DeadlineExceeded(
                 f"{where} did not answer within {self.model.settings.timeout:g} s"
             ) from None
         except aiohttp.ClientError as exc:  # refused, reset, closed mid-answer
-            raise RemoteDown(f"{where} is unreachable: {exc or type(exc).__name__}") from None
+            raise RemoteUnreachable(f"{where} is unreachable: {exc or type(exc).__name__}") from None
         if response.status >= 400:
             raise http_error(response.status, error_message(content, response.reason), where)
         return response.status, response.headers, content
@@ -471,17 +477,33 @@ class GrpcRemote:
                 raise DeadlineExceeded(
                     f"{self.model.where} did not answer within {self.model.settings.timeout:g} s"
                 ) from None
-            raise grpc_error(exc.code(), exc.details() or "", self.model.where) from None
+            raise grpc_error(exc.code(), exc.details() or "", self.model.where,
+                             answered=_answered(self.channel)) from None
 
 
 def _tensor_metadata(tensor: Any) -> dict[str, Any]:
     return {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
 
 
-def grpc_error(code: grpc.StatusCode, message: str, where: str) -> ShoalError:
-    """The remote's gRPC status as the Shoal error a client of this model should see."""
+def _answered(channel: grpc.aio.Channel) -> bool:
+    """After an error status: whether the remote server sent it (an UNAVAILABLE it answers on
+    purpose), rather than the client's transport (no connection, the connection lost). gRPC
+    tells them apart by nothing but the words; the channel does: still READY after an
+    answer, IDLE or TRANSIENT_FAILURE once its connection failed or was lost."""
+    return channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.READY
+
+
+def grpc_error(code: grpc.StatusCode, message: str, where: str,
+               answered: bool | None = None) -> ShoalError:
+    """The remote's gRPC status as the Shoal error a client of this model should see.
+    ``answered``: whether the remote server sent it (an UNAVAILABLE it sends is not a failure
+    to reach it), when the caller knows."""
     if code is grpc.StatusCode.UNAVAILABLE:
-        return RemoteDown(f"{where} is unreachable: {message}")
+        if answered:
+            return RemoteDown(f"{where} answered UNAVAILABLE: {message}")
+        if answered is None:
+            return RemoteDown(f"{where} is unreachable: {message}")
+        return RemoteUnreachable(f"{where} is unreachable: {message}")
     text = f"{where} answered {code.name}: {message}"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(text)
