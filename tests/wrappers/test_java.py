@@ -449,6 +449,33 @@ def test_bad_binary_input_is_400(echo: JavaServer) -> None:
     assert "BYTES element 0 claims 9 bytes but only 2 remain" in response.json()["error"]
 
 
+def test_huge_declared_shape_is_400_not_out_of_memory(built: Built) -> None:
+    """A tiny body declaring a huge shape is refused by comparing the shape with the data
+    present, before anything sized by the shape is allocated; on a small heap (as any machine
+    has for a big enough shape) sizing from the shape first was a 500 OutOfMemoryError."""
+    server = JavaServer(built.echo, ["java", "-Xmx64m", *ECHO_COMMAND[1:]], SHOAL_MODEL_NAME="echo-test")
+    try:
+        server.wait_ready()
+        for shape in ([2_000_000_000], [50_000, 40_000], [20_000_000]):
+            for data in ([1.0, 2.0], [[1.0], [2.0]]):
+                response = infer(server, tensor("FP64", shape, data, name="big"))
+                assert response.status_code == 400, (shape, response.text)
+                assert ("input 'big': 2 data elements do not match shape "
+                        f"{shape} ") in response.json()["error"]
+        for datatype, size in (("FP32", 8), ("BYTES", 8), ("BOOL", 2)):
+            header = json.dumps({"inputs": [{"name": "big", "datatype": datatype, "shape": [2_000_000_000],
+                                             "parameters": {"binary_data_size": size}}]}).encode()
+            response = infer(server, header + b"\1\0\0\0x\0\0\0"[:size],
+                             headers={"Inference-Header-Content-Length": str(len(header))})
+            assert response.status_code == 400, (datatype, response.text)
+            assert "input 'big'" in response.json()["error"]
+        ok = infer(server, tensor("FP64", [2], [1.0, 2.0]))  # and it goes on serving
+        assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [1.0, 2.0]
+        assert "OutOfMemoryError" not in server.log()
+    finally:
+        server.stop()
+
+
 def test_model_errors(echo: JavaServer) -> None:
     body = tensor("INT8", [1], [1])
     bad = infer(echo, {**body, "parameters": {"mode": "bad"}})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -124,6 +125,10 @@ IDENTITY_R = """
     # that make it misbehave on purpose.
     shoal_serve(function(inputs, parameters) {
       if (!is.null(inputs[["explode"]])) stop("the model cannot take 'explode'")
+      if (!is.null(inputs[["refuse"]])) shoal_abort("the model cannot take 'refuse'", 400)
+      if (!is.null(inputs[["text"]])) return(list(text = inputs[["text"]] + 1))
+      if (!is.null(inputs[["nopackage"]])) library(shoalnosuchpackage)
+      if (!is.null(inputs[["huge"]])) return(list(huge = numeric(1e15)))
       if (!is.null(inputs[["garbage"]])) return(list(garbage = function() 1))
       if (!is.null(inputs[["abort"]])) shoal_abort("the database is down", 500)
       if (!is.null(inputs[["fraction"]])) {
@@ -328,6 +333,41 @@ def test_bytes_that_are_not_text_need_binary_outputs(echo: RServer) -> None:
     assert "not UTF-8 text; ask for it with binary_data" in error_of(response, 400)
 
 
+def test_a_large_binary_request_is_read_without_copies(tmp_path: Path) -> None:
+    """A ~40 MB FP64 binary request round-trips with R's heap growing by a small multiple of
+    the body: 4.0x (the decoded input, its copy without attributes, the encoded output and the
+    answer); it was 17x, the body copied and sliced through double index vectors. SHOAL_R_REPORT_MEMORY=1 makes the wrapper log the
+    peak of R's vector heap above where each request began."""
+    (tmp_path / "identity.R").write_text(textwrap.dedent(IDENTITY_R))
+    server = RServer([str(WRAPPER), "identity.R"], tmp_path, "echo",
+                     env={"SHOAL_R_REPORT_MEMORY": "1"})
+    try:
+        server.wait_live()
+        values = np.random.default_rng(6).standard_normal(5_000_000)
+        body, header_length = v2_json.encode_request(InferenceRequest(
+            inputs=[Tensor("x", "FP64", values.shape, values)], id="bin",
+            outputs=[RequestedOutput("x", {"binary_data": True})]))
+        body = bytes(body)
+        assert len(body) > 40_000_000
+        response = server.client.post(
+            "/v2/models/echo/infer", content=body, timeout=120,
+            headers={"Inference-Header-Content-Length": str(header_length),
+                     "Content-Type": "application/octet-stream"})
+        got = decode(response)["x"]
+        assert got.dtype == np.float64 and got.tobytes() == values.tobytes()
+        deadline = time.monotonic() + 10
+        while not (reports := [line for line in server.output if "request memory" in line]):
+            assert time.monotonic() < deadline, "".join(server.output)
+            time.sleep(0.05)
+        match = re.search(r"peak \+(\d+) bytes for a (\d+)-byte answer", reports[-1])
+        assert match, reports
+        peak, answer = int(match[1]), int(match[2])
+        assert answer == len(response.content)
+        assert peak <= 4.5 * len(body), f"R's heap grew {peak / len(body):.2f}x the body"
+    finally:
+        server.stop()
+
+
 def test_output_selection_and_per_output_binary(echo: RServer) -> None:
     a = np.array([1.5, 2.5])
     b = np.array([1, 2], np.int16)
@@ -474,9 +514,16 @@ def test_model_errors(echo: RServer) -> None:
         return echo.infer({"inputs": [{"name": name, "datatype": datatype, "shape": [1],
                                        "data": data or [1]}]})
 
-    # An error the model raises on the input is the client's problem: 400, with its message.
-    assert error_of(call("explode"), 400) == (
-        "model 'echo' raised an error on this input: the model cannot take 'explode'")
+    # R's own errors for input of the wrong kind are the client's problem: 400, with R's
+    # message; so is shoal_abort(message, 400).
+    assert error_of(call("text", "BYTES", ["a"]), 400) == (
+        "model 'echo' raised an error on this input: non-numeric argument to binary operator")
+    assert error_of(call("refuse"), 400) == "the model cannot take 'refuse'"
+    # Any other error is the model's failure: 500 (a plain stop(), a missing package, memory).
+    assert error_of(call("explode"), 500) == "model 'echo' failed: the model cannot take 'explode'"
+    assert error_of(call("nopackage"), 500) == (
+        "model 'echo' failed: there is no package called ‘shoalnosuchpackage’")
+    assert error_of(call("huge"), 500).startswith("model 'echo' failed: cannot allocate vector")
     # shoal_abort() picks the status.
     assert error_of(call("abort"), 500) == "the database is down"
     # Outputs that cannot be sent are the model's failure: 500.

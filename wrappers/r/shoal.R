@@ -15,9 +15,10 @@
 #   GET  /v2/models/{name}[/versions/{v}]           metadata
 #   GET  /v2/models/{name}[/versions/{v}]/ready
 #   POST /v2/models/{name}[/versions/{v}]/infer     JSON tensors and the binary extension
-# Errors are {"error": "..."}: 400 bad input (or an error the model raised on it), 404 unknown
-# model or route, 405 wrong method, 500 model failure (an output that cannot be sent), 503 not
-# ready.
+# Errors are {"error": "..."}: 400 bad input (the wrapper's checks, shoal_abort(msg, 400), or
+# one of R's errors for input of the wrong kind that the model raised on it: a factor's new
+# level, a non-numeric argument...), 404 unknown model or route, 405 wrong method, 500 model
+# failure (any other error the model raised, an output that cannot be sent), 503 not ready.
 
 SHOAL_R_WRAPPER_VERSION <- "0.1.0"
 
@@ -52,8 +53,8 @@ shoal_tensor <- function(data, datatype = NULL, shape = NULL) {
   structure(list(data = data, datatype = datatype, shape = shape), class = "shoal_tensor")
 }
 
-#' Stop the request with an HTTP status of your choosing (a plain stop() is a 400: the model
-#' could not take this input). shoal_abort("the database is down", 503).
+#' Stop the request with an HTTP status of your choosing (a plain stop() is a 500, a model
+#' failure): shoal_abort("the input has no rows", 400), shoal_abort("the database is down", 503).
 shoal_abort <- function(message, status = 500L) {
   stop(structure(
     class = c("shoal_http_error", "error", "condition"),
@@ -246,8 +247,8 @@ shoal_abort <- function(message, status = 500L) {
 # Doubles rounded to a float datatype: the nearest value, but a finite value beyond the
 # type's range, or an integer (where `exact`) that would change, is refused.
 .as_float <- function(values, datatype, name, kind, status, exact = FALSE) {
-  values <- as.double(values)
-  values[is.na(values)] <- NaN
+  if (!is.double(values)) values <- as.double(values)  # (as.double would copy a double too)
+  if (anyNA(values)) values[is.na(values)] <- NaN
   if (datatype == "FP64") return(values)
   rounded <- if (datatype == "FP32") .f32(values) else .f16(values)
   overflow <- is.finite(values) & !is.finite(rounded)
@@ -308,18 +309,24 @@ shoal_abort <- function(message, status = 500L) {
   matrix(as.double(w), nrow = count, ncol = words, byrow = TRUE)
 }
 
-.binary_values <- function(bytes, datatype, shape, name) {
+# One input's binary section as its R vector. `bytes` is the section (a raw vector), or a
+# connection at its start with `nbytes` of it left: numbers are read from it by readBin
+# directly, so the section's bytes are never held beside the values.
+.binary_values <- function(bytes, datatype, shape, name, nbytes = length(bytes)) {
   count <- prod(shape)
-  if (datatype == "BYTES") return(.binary_bytes(bytes, count, name))
+  if (datatype == "BYTES") {
+    if (!is.raw(bytes)) bytes <- if (nbytes > 0) readBin(bytes, raw(), nbytes) else raw(0)
+    return(.binary_bytes(bytes, count, name))
+  }
   size <- .shoal_itemsize[[datatype]]
-  if (length(bytes) != count * size) {
-    .http_error(400L, paste0("input '%s': %d bytes of %s data do not match shape [%s], which ",
-                             "needs %.0f bytes"), name, length(bytes), datatype,
+  if (nbytes != count * size) {
+    .http_error(400L, paste0("input '%s': %.0f bytes of %s data do not match shape [%s], which ",
+                             "needs %.0f bytes"), name, nbytes, datatype,
                 paste(shape, collapse = ", "), count * size)
   }
   if (count == 0) return(.empty(datatype))
   switch(datatype,
-    BOOL = as.integer(bytes) != 0L,
+    BOOL = readBin(bytes, "integer", n = count, size = 1L, signed = FALSE) != 0L,
     INT8 = readBin(bytes, "integer", n = count, size = 1L, signed = TRUE),
     UINT8 = readBin(bytes, "integer", n = count, size = 1L, signed = FALSE),
     INT16 = readBin(bytes, "integer", n = count, size = 2L, signed = TRUE, endian = "little"),
@@ -397,7 +404,7 @@ shoal_abort <- function(message, status = 500L) {
       .http_error(400L, "input '%s': BYTES element %d claims %.0f bytes but only %.0f remain",
                   name, i - 1, length, size - offset)
     }
-    element <- bytes[seq_len(length) + offset]
+    element <- if (length > 0) bytes[(offset + 1):(offset + length)] else raw(0)
     if (any(element == as.raw(0))) {
       .http_error(400L, "input '%s': BYTES element %d has a NUL byte, which R strings cannot hold",
                   name, i - 1)
@@ -424,6 +431,9 @@ shoal_abort <- function(message, status = 500L) {
 # A flat, row-major vector in R's shape: a vector for ranks 0 and 1, else an array with
 # dim = shape (element [i, j] of a [n, k] tensor is x[i, j]).
 .to_r <- function(flat, shape, datatype) {
+  if (length(shape) < 2L && identical(attr(flat, "datatype"), datatype)) {
+    return(flat)  # already tagged when decoded: no copy
+  }
   value <- if (length(shape) >= 2L) {
     aperm(array(flat, dim = rev(shape)))
   } else {
@@ -449,19 +459,48 @@ shoal_abort <- function(message, status = 500L) {
   value
 }
 
-.decode_request <- function(body, header_length) {
-  binary <- NULL
+# The request body, read front to back: `read(k)` gives its next k bytes (fewer where it ends
+# early), `conn` is a connection at the same place for readBin to read numbers from directly,
+# `length` is the body's size. `input` is httpuv's rook.input with the request's
+# Content-Length, or a raw vector. The body is never copied whole nor sliced by index vectors
+# (which cost 4 or 8 bytes a byte): a binary request's header and each input's section are
+# read in turn, its numbers straight into their R vector.
+.body_reader <- function(input, length = NULL) {
+  if (!is.raw(input)) {
+    n <- if (is.null(length)) NA_real_ else suppressWarnings(as.numeric(length))
+    if (!is.na(n) && n >= 0 && n == floor(n)) {
+      # httpuv's InputStream reads from a connection it keeps to itself: read numbers from it
+      # directly when it is there to be found, else section by section through read().
+      conn <- tryCatch(get("private", envir = input$.__enclos_env__)$conn,
+                       error = function(e) NULL)
+      if (!inherits(conn, "connection")) conn <- NULL
+      return(list(length = n, conn = conn, close = function() NULL,
+                  read = function(k) if (k > 0) input$read(k) else raw(0)))
+    }
+    input <- input$read()  # no usable Content-Length: read it whole
+  }
+  conn <- rawConnection(input)
+  list(length = length(input), conn = conn, close = function() close(conn),
+       read = function(k) if (k > 0) readBin(conn, raw(), k) else raw(0))
+}
+
+.decode_request <- function(reader, header_length) {
+  if (is.raw(reader)) {
+    reader <- .body_reader(reader)
+    on.exit(reader$close())
+  }
+  total <- reader$length
+  binary_size <- NULL  # bytes of binary data after the JSON header, if there is a header
   if (!is.null(header_length) && nzchar(header_length)) {
     n <- suppressWarnings(as.numeric(header_length))
-    if (is.na(n) || n != floor(n) || n < 0 || n > length(body)) {
-      .http_error(400L, "Inference-Header-Content-Length is %s but the body has only %d bytes",
-                  header_length, length(body))
+    if (is.na(n) || n != floor(n) || n < 0 || n > total) {
+      .http_error(400L, "Inference-Header-Content-Length is %s but the body has only %.0f bytes",
+                  header_length, total)
     }
-    binary <- if (n < length(body)) body[(n + 1):length(body)] else raw(0)
-    body <- body[seq_len(n)]
-    header <- .parse_json_object(body, "JSON header")
+    header <- .parse_json_object(reader$read(n), "JSON header")
+    binary_size <- total - n
   } else {
-    header <- .parse_json_object(body, "request body")
+    header <- .parse_json_object(reader$read(total), "request body")
   }
   raw_inputs <- header[["inputs"]]
   if (!.is_array(raw_inputs)) .http_error(400L, "'inputs' must be a list of tensors")
@@ -485,20 +524,33 @@ shoal_abort <- function(message, status = 500L) {
     parameters <- .parameters(raw[["parameters"]], sprintf("input '%s'", name))
     size <- parameters[["binary_data_size"]]
     if (!is.null(size)) {
-      if (is.null(binary)) {
+      if (is.null(binary_size)) {
         .http_error(400L, paste0("input '%s' has binary_data_size but the request has no ",
                                  "Inference-Header-Content-Length header"), name)
       }
       if (!.whole_number(size) || size < 0) {
         .http_error(400L, "input '%s': binary_data_size must be a non-negative integer", name)
       }
-      if (offset + size > length(binary)) {
+      if (offset + size > binary_size) {
         .http_error(400L, paste0("input '%s': binary_data_size %.0f overruns the %.0f bytes of ",
-                                 "binary data left"), name, size, length(binary) - offset)
+                                 "binary data left"), name, size, binary_size - offset)
       }
-      chunk <- binary[seq_len(size) + offset]
+      # Only this input's section is read (the body is read front to back, section by section).
+      if (!is.null(reader$conn) && datatype != "BYTES") {
+        flat <- .binary_values(reader$conn, datatype, shape, name, size)
+        if (length(flat) != prod(shape)) {
+          .http_error(400L, "input '%s': the body ended inside its %.0f bytes of data", name, size)
+        }
+      } else {
+        chunk <- reader$read(size)
+        if (length(chunk) != size) {
+          .http_error(400L, "input '%s': the body ended %.0f bytes into its %.0f bytes of data",
+                      name, length(chunk), size)
+        }
+        flat <- .binary_values(chunk, datatype, shape, name)
+        rm(chunk)
+      }
       offset <- offset + size
-      flat <- .binary_values(chunk, datatype, shape, name)
     } else {
       if (!("data" %in% names(raw))) {
         .http_error(400L, "input '%s' has neither 'data' nor parameters.binary_data_size", name)
@@ -509,11 +561,13 @@ shoal_abort <- function(message, status = 500L) {
                     name, length(flat), paste(shape, collapse = ", "), prod(shape))
       }
     }
+    attr(flat, "datatype") <- datatype  # tagged here, while nothing else holds it: no copy
     inputs[[name]] <- list(name = name, datatype = datatype, shape = shape, data = flat)
+    rm(flat)
   }
-  if (!is.null(binary) && offset != length(binary)) {
+  if (!is.null(binary_size) && offset != binary_size) {
     .http_error(400L, "the body has %.0f bytes of binary data that no input claims",
-                length(binary) - offset)
+                binary_size - offset)
   }
   id <- header[["id"]]
   if (!is.null(id) && !.is_string(id)) .http_error(400L, "'id' must be a string")
@@ -556,7 +610,11 @@ shoal_abort <- function(message, status = 500L) {
     .http_error(500L, "output '%s' is a %s, which has no V2 datatype", name, class(value)[1])
   }
   flat <- if (length(dims) >= 2L) aperm(value) else value
-  flat <- if (is.list(flat)) unname(as.list(flat)) else as.vector(flat)
+  if (is.list(flat)) {
+    flat <- unname(as.list(flat))
+  } else {
+    flat <- as.vector(flat)
+  }
   if (is.null(shape)) {
     shape <- if (length(dims) >= 2L) dims else length(flat)
   } else {
@@ -683,7 +741,7 @@ shoal_abort <- function(message, status = 500L) {
       writeBin(as.integer(bits - (bits >= 32768) * 65536), raw(), size = 2L, endian = "little")
     },
     FP32 = writeBin(as.double(v), raw(), size = 4L, endian = "little"),
-    FP64 = writeBin(as.double(v), raw(), size = 8L, endian = "little"),
+    FP64 = writeBin(if (is.double(v)) v else as.double(v), raw(), size = 8L, endian = "little"),
     BYTES = {
       elements <- if (is.list(v)) v else lapply(v, function(s) charToRaw(enc2utf8(s)))
       unlist(lapply(elements, function(e) c(.int_words(length(e), 2L), e)), use.names = FALSE)
@@ -762,6 +820,70 @@ shoal_abort <- function(message, status = 500L) {
   .json_response(status, list(error = jsonlite::unbox(message)))
 }
 
+# -- which of predict_fn's errors are the input's fault ---------------------------------------
+
+# R's own messages for an argument of the wrong kind or shape, or a value a fitted model has
+# never seen: an error predict_fn raises with one of these is the input's fault (400). Each is
+# (domain, message template); it is matched in English and in the session's language.
+.shoal_input_errors <- list(
+  c("R-stats", "factor %s has new level %s"),
+  c("R-stats", "factor %s has new levels %s"),
+  c("R-stats", "variable lengths differ (found for '%s')"),
+  c("R", "non-numeric argument to binary operator"),
+  c("R", "non-numeric argument to mathematical function"),
+  c("R", "non-numeric argument to function"),
+  c("R", "invalid argument to unary operator"),
+  c("R", "non-conformable arguments"),
+  c("R", "non-conformable arrays"),
+  c("R", "invalid 'type' (%s) of argument"),
+  c("R", "NA/NaN/Inf in '%s'"),
+  c("R", "'x' must be numeric"),
+  c("R", "argument is not a matrix")
+)
+
+.template_regex <- function(template) {
+  parts <- strsplit(template, "%[sd]", perl = TRUE)[[1]]
+  quoted <- gsub("([][{}()+*^$|\\\\?.])", "\\\\\\1", parts)
+  tail <- if (grepl("%[sd]$", template)) ".*" else ""
+  paste0("^", paste(quoted, collapse = ".*"), tail, "$")
+}
+
+.shoal_cache <- new.env()
+
+# Is `e` (an error predict_fn raised) one R raises for bad input? Anything else (a missing
+# package, "cannot allocate vector", a plain stop() in the model's code) is a model failure.
+.is_input_error <- function(e) {
+  regex <- .shoal_cache$input_error_regex
+  if (is.null(regex)) {
+    patterns <- unlist(lapply(.shoal_input_errors, function(t) {
+      translated <- tryCatch(gettext(t[2], domain = t[1]), error = function(e) t[2])
+      unique(c(t[2], translated))
+    }))
+    regex <- vapply(patterns, .template_regex, "", USE.NAMES = FALSE)
+    .shoal_cache$input_error_regex <- regex
+  }
+  message <- conditionMessage(e)
+  any(vapply(regex, function(r) grepl(r, message, perl = TRUE), NA))
+}
+
+# -- a test-only memory report ------------------------------------------------------------
+
+# With SHOAL_R_REPORT_MEMORY=1 (for tests), each inference logs how far R's vector heap grew
+# above what it held when the request began, at its peak: "request memory: peak +X bytes for
+# a Y-byte answer". It costs two full garbage collections per request; leave it off.
+.start_memory_report <- function() {
+  if (!identical(Sys.getenv("SHOAL_R_REPORT_MEMORY"), "1")) return(NULL)
+  before <- gc(reset = TRUE)
+  before[2, 1]  # Vcells in use
+}
+
+.report_memory <- function(start, answer_bytes) {
+  if (is.null(start)) return(invisible())
+  after <- gc()
+  .log("request memory: peak +%.0f bytes for a %.0f-byte answer", (after[2, 5] - start) * 8,
+       answer_bytes)
+}
+
 #' The httpuv app (a list with `call`) that serves `predict_fn`; shoal_serve() runs it.
 shoal_app <- function(predict_fn, metadata = list(), name = "model", version = "1",
                       ready = NULL) {
@@ -789,17 +911,25 @@ shoal_app <- function(predict_fn, metadata = list(), name = "model", version = "
 
   infer <- function(req) {
     if (!is_ready()) .http_error(503L, "model '%s' is not ready", name)
-    body <- req$rook.input$read()
-    request <- .decode_request(body, req$HTTP_INFERENCE_HEADER_CONTENT_LENGTH)
+    memory <- .start_memory_report()
+    reader <- .body_reader(req$rook.input, req$CONTENT_LENGTH)
+    on.exit(reader$close())
+    request <- .decode_request(reader, req$HTTP_INFERENCE_HEADER_CONTENT_LENGTH)
     inputs <- .conform(request$inputs, inputs_spec, name)
+    request$inputs <- NULL
     values <- lapply(inputs, function(t) .to_r(t$data, t$shape, t$datatype))
+    rm(inputs)
     result <- withCallingHandlers(
       tryCatch(
         if (takes_parameters) predict_fn(values, request$parameters) else predict_fn(values),
         error = function(e) {
           if (inherits(e, "shoal_http_error")) stop(e)  # shoal_abort(): its own status
-          .http_error(400L, "model '%s' raised an error on this input: %s", name,
-                      conditionMessage(e))
+          if (.is_input_error(e)) {
+            .http_error(400L, "model '%s' raised an error on this input: %s", name,
+                        conditionMessage(e))
+          }
+          .log("model '%s' failed: %s", name, conditionMessage(e))
+          .http_error(500L, "model '%s' failed: %s", name, conditionMessage(e))
         }
       ),
       warning = function(w) {
@@ -807,6 +937,7 @@ shoal_app <- function(predict_fn, metadata = list(), name = "model", version = "
         invokeRestart("muffleWarning")
       }
     )
+    rm(values)  # what the outputs still hold stays; the rest can go before they are encoded
     # A named list (a data.frame too: one output per column) is the outputs; anything else
     # is the one output, named as the metadata's first output (else "output-0").
     if (!is.list(result) || inherits(result, "shoal_tensor")) {
@@ -857,8 +988,14 @@ shoal_app <- function(predict_fn, metadata = list(), name = "model", version = "
     if (!is.null(request$id)) response$id <- unbox(request$id)
     response$outputs <- entries
     header <- .json_bytes(response)
-    if (!length(chunks)) return(.respond(200L, header))
-    .respond(200L, c(header, unlist(chunks, use.names = FALSE)),
+    if (!length(chunks)) {
+      .report_memory(memory, length(header))
+      return(.respond(200L, header))
+    }
+    body <- do.call(c, c(list(header), chunks))  # one copy of the binary data, not two
+    rm(chunks)
+    .report_memory(memory, length(body))
+    .respond(200L, body,
              list("Content-Type" = "application/octet-stream",
                   "Inference-Header-Content-Length" = as.character(length(header))))
   }

@@ -174,50 +174,83 @@ public final class V2Codec {
         return InferenceException.badRequest("input '" + name + "': 'shape' must be a list of non-negative integers");
     }
 
-    /** JSON {@code data}, flat or nested (row-major), as the storage array of {@code datatype}. */
+    /**
+     * JSON {@code data}, flat or nested (row-major), as the storage array of {@code datatype}.
+     * The elements actually present are counted first and compared with the shape's {@code
+     * count}: nothing sized by the client's declared shape is allocated until the data is
+     * known to fill it (a 60-byte body declaring {@code [2000000000]} is a 400, not an
+     * OutOfMemoryError).
+     */
     static Object jsonData(JsonNode data, DataType datatype, long[] shape, int count, String name) {
-        List<JsonNode> flat = new ArrayList<>(count);
-        flatten(data, flat, 0);
-        if (flat.size() != count) {
-            throw InferenceException.badRequest("input '" + name + "': " + flat.size()
+        long present = countLeaves(data, 0);
+        if (present != count) {
+            throw InferenceException.badRequest("input '" + name + "': " + present
                     + " data elements do not match shape " + Arrays.toString(shape) + " (" + count + " elements)");
         }
         Elements elements = new Elements(datatype, count, name, false);
-        for (JsonNode value : flat) {
-            if (value.isIntegralNumber()) {
-                if (datatype == DataType.BOOL || datatype == DataType.BYTES) {
-                    throw wrongKind(datatype, name, value);
-                }
-                if (value.canConvertToLong()) {
-                    elements.putLong(value.longValue());
-                } else {
-                    elements.putBig(value.bigIntegerValue());
-                }
-            } else if (value.isNumber()) {
-                if (datatype == DataType.BOOL || datatype == DataType.BYTES) {
-                    throw wrongKind(datatype, name, value);
-                }
-                double d = value.doubleValue();
-                if (Double.isInfinite(d)) { // a literal beyond any double: 1e400
-                    throw InferenceException.badRequest("input '" + name + "': " + value
-                            + " is out of range for " + datatype);
-                }
-                elements.putDouble(d);
-            } else if (value.isBoolean()) {
-                elements.putBoolean(value.booleanValue());
-            } else if (value.isTextual()) {
-                if (datatype == DataType.BYTES) {
-                    elements.putBytes(value.textValue().getBytes(StandardCharsets.UTF_8));
-                } else if (datatype.isFloat() && NONFINITE.containsKey(value.textValue())) {
-                    elements.putDouble(NONFINITE.get(value.textValue()));
-                } else {
-                    throw wrongKind(datatype, name, value);
-                }
+        fill(data, elements, datatype, name);
+        return elements.array();
+    }
+
+    /** How many scalars {@code node} holds, nested arrays flattened; a 400 past {@link #MAX_NESTING}. */
+    private static long countLeaves(JsonNode node, int depth) {
+        if (!node.isArray()) {
+            return 1;
+        }
+        if (depth >= MAX_NESTING) {
+            throw InferenceException.badRequest("tensor data nests deeper than " + MAX_NESTING + " levels");
+        }
+        long n = 0;
+        for (JsonNode item : node) {
+            n += countLeaves(item, depth + 1);
+        }
+        return n;
+    }
+
+    /** Puts {@code node}'s scalars, row-major, into {@code elements} (already counted: no depth check). */
+    private static void fill(JsonNode node, Elements elements, DataType datatype, String name) {
+        if (node.isArray()) {
+            for (JsonNode item : node) {
+                fill(item, elements, datatype, name);
+            }
+            return;
+        }
+        putValue(node, elements, datatype, name);
+    }
+
+    private static void putValue(JsonNode value, Elements elements, DataType datatype, String name) {
+        if (value.isIntegralNumber()) {
+            if (datatype == DataType.BOOL || datatype == DataType.BYTES) {
+                throw wrongKind(datatype, name, value);
+            }
+            if (value.canConvertToLong()) {
+                elements.putLong(value.longValue());
+            } else {
+                elements.putBig(value.bigIntegerValue());
+            }
+        } else if (value.isNumber()) {
+            if (datatype == DataType.BOOL || datatype == DataType.BYTES) {
+                throw wrongKind(datatype, name, value);
+            }
+            double d = value.doubleValue();
+            if (Double.isInfinite(d)) { // a literal beyond any double: 1e400
+                throw InferenceException.badRequest("input '" + name + "': " + value
+                        + " is out of range for " + datatype);
+            }
+            elements.putDouble(d);
+        } else if (value.isBoolean()) {
+            elements.putBoolean(value.booleanValue());
+        } else if (value.isTextual()) {
+            if (datatype == DataType.BYTES) {
+                elements.putBytes(value.textValue().getBytes(StandardCharsets.UTF_8));
+            } else if (datatype.isFloat() && NONFINITE.containsKey(value.textValue())) {
+                elements.putDouble(NONFINITE.get(value.textValue()));
             } else {
                 throw wrongKind(datatype, name, value);
             }
+        } else {
+            throw wrongKind(datatype, name, value);
         }
-        return elements.array();
     }
 
     /** How JSON, which has no literal for them, carries non-finite floats (both ways). */
@@ -237,19 +270,12 @@ public final class V2Codec {
         return InferenceException.badRequest("input '" + name + "': " + what + " must be " + want + ", not " + shown);
     }
 
-    private static void flatten(JsonNode node, List<JsonNode> out, int depth) {
-        if (!node.isArray()) {
-            out.add(node);
-            return;
-        }
-        if (depth >= MAX_NESTING) {
-            throw InferenceException.badRequest("tensor data nests deeper than " + MAX_NESTING + " levels");
-        }
-        for (JsonNode item : node) {
-            flatten(item, out, depth + 1);
-        }
-    }
-
+    /**
+     * One input's binary section. The declared shape is checked against the {@code size} bytes
+     * actually received before anything is allocated: a fixed-width type needs exactly {@code
+     * count * byteSize} bytes, and BYTES needs at least 4 per element, so no array here is
+     * ever larger than the bytes that arrived.
+     */
     static Object decodeBinary(byte[] body, int offset, int size, DataType datatype, int count, long[] shape,
                                String name) {
         if (datatype == DataType.BYTES) {
