@@ -92,7 +92,8 @@ def test_a_repository_in_s3_is_read_and_fetched_by_the_pods(tmp_path: Path, monk
             if path.is_file():
                 s3.upload_file(str(path), "models", f"prod/{path.relative_to(repo)}")
         code, out, err = run("s3://models/prod", "--name", "fraud", "--image", IMAGE,
-                             "--autoscaler", "keda", "--storage-secret", "s3-credentials")
+                             "--autoscaler", "keda", "--storage-secret", "s3-credentials",
+                             "--namespace", "ml")
         assert code == 0, err
         documents = [d for d in yaml.safe_load_all(out) if d]
         deployment = next(d for d in documents if d["kind"] == "Deployment")

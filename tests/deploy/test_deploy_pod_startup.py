@@ -1,7 +1,8 @@
 """What a rendered pod runs, in order, on this machine: the ``fetch`` init container
 (``shoal fetch``, from a folder here instead of object storage), the ``view`` init container,
 then ``shoal serve`` with the server container's arguments. The canary unit of an Istio
-render serves the canary version only, under the public name, with no rollout of its own."""
+render serves the canary version only, under the public name, with no rollout of its own,
+and a graph of the repository loads and answers through that model."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def test_the_canary_pod_serves_the_canary(tmp_path: Path) -> None:
         (ECHO / "model.yaml").read_text() + "version_policy: all\n"
         "autoscaling: {min_replicas: 1, max_replicas: 3}\n"
         'rollout: {stable: "2", canary: {variant: "3", percent: 10}}\n')
+    # A graph over the model: its folder in the view must load (not a link out of the root).
+    (store / "pipeline").mkdir()
+    (store / "pipeline" / "graph.yaml").write_text("nodes:\n  root: {kind: model, model: fraud}\n")
     objects = render(store, name="fraud", image="shoal", istio=True, autoscaler="hpa",
                      uri=str(store))
     canary = next(o for o in objects if o["metadata"]["name"] == "fraud-v3"
@@ -57,6 +61,11 @@ def test_the_canary_pod_serves_the_canary(tmp_path: Path) -> None:
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == "3"
         assert answer.json()["outputs"][0]["data"] == ["HI"]
+        assert not (mount / "repo" / "pipeline").is_symlink()
+        assert httpx.get(f"{shoal.url}/v2/models/pipeline/ready").status_code == 200
+        through = httpx.post(f"{shoal.url}/v2/models/pipeline/infer", json=body)
+        assert through.status_code == 200, through.text
+        assert through.json()["outputs"][0]["data"] == ["HI"]
         rollout = httpx.get(f"{shoal.url}/v2/models/fraud/rollout").json()
         assert rollout["state"] == "none"  # Istio splits; the pod has no rollout of its own
         replicas = httpx.get(f"{shoal.url}/v2/models/fraud/replicas").json()

@@ -23,8 +23,9 @@ COMBINATIONS = [
     {"autoscaler": "hpa"},
     {"autoscaler": "hpa", "metric": "cpu"},
     {"autoscaler": "hpa", "istio": True},
-    {"autoscaler": "keda"},
-    {"autoscaler": "keda", "metric": "gpu", "istio": True, "uri": "s3://models/prod"},
+    {"autoscaler": "keda", "namespace": "ml"},
+    {"autoscaler": "keda", "metric": "gpu", "istio": True, "uri": "s3://models/prod",
+     "namespace": "ml"},
     {"autoscaler": "keda", "metric": "cpu"},
     {"istio": True, "namespace": "ml", "admin_token_secret": "shoal-token"},
     {"mode": "knative"},
@@ -141,12 +142,35 @@ def test_keda_from_autoscaling(repository: Path) -> None:
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "prometheus"
     assert trigger["metadata"]["threshold"] == "2"
+    # Selected by namespace and the labels the ServiceMonitor attaches, not by pod name.
     assert trigger["metadata"]["query"] == (
-        'sum(shoal_requests_in_flight{namespace="ml",pod=~"fraud-[a-z0-9]+-[a-z0-9]{5}"})')
-    gpu = one(objects_for(repository, autoscaler="keda", metric="gpu", gpu_target=60),
-              "ScaledObject")["spec"]["triggers"][0]["metadata"]
-    assert gpu["query"].startswith("avg(DCGM_FI_DEV_GPU_UTIL{")
+        'sum(shoal_requests_in_flight{namespace="ml",app_kubernetes_io_instance="fraud"})')
+    assert one(objects, "ServiceMonitor")["spec"]["podTargetLabels"] == [
+        "app.kubernetes.io/instance", "version"]
+    istio = objects_for(repository, autoscaler="keda", namespace="ml", istio=True)
+    assert one(istio, "ScaledObject", "fraud-v3")["spec"]["triggers"][0]["metadata"]["query"] == (
+        'sum(shoal_requests_in_flight{namespace="ml",app_kubernetes_io_instance="fraud",'
+        'version="v3"})')
+    # KEDA's AverageValue divides the query by the replicas: a sum, the threshold per pod
+    # (an average would ask for fewer pods as they are added). DCGM's pod labels, as a
+    # ServiceMonitor on dcgm-exporter stores them.
+    gpu = one(objects_for(repository, autoscaler="keda", metric="gpu", gpu_target=60,
+                          namespace="ml"), "ScaledObject")["spec"]["triggers"][0]["metadata"]
+    assert gpu["query"] == ('sum(DCGM_FI_DEV_GPU_UTIL{exported_namespace="ml",'
+                            'exported_pod=~"fraud-[a-z0-9]+-[a-z0-9]{5}"})')
     assert gpu["threshold"] == "60"
+    for metric in ("concurrency", "gpu"):
+        with pytest.raises(RenderError, match="--namespace"):
+            objects_for(repository, autoscaler="keda", metric=metric)
+
+
+def test_keda_cpu_trigger(repository: Path, tmp_path: Path) -> None:
+    scaled = one(objects_for(repository, autoscaler="keda", metric="cpu"), "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["type"] == "cpu"
+    assert scaled["spec"]["minReplicaCount"] == 1  # min_replicas 0: KEDA refuses it for cpu
+    no_cpu = build_repository(tmp_path / "m", FRAUD.replace("cpu: 500m, ", ""))
+    with pytest.raises(RenderError, match="--metric cpu.*CPU request"):
+        objects_for(no_cpu, autoscaler="keda", metric="cpu", models=["fraud", "gpu"])
 
 
 def test_fractional_target_is_a_quantity(tmp_path: Path) -> None:
@@ -231,6 +255,9 @@ def test_knative_service(repository: Path) -> None:
         "autoscaling.knative.dev/panic-window-percentage": "10",
         "autoscaling.knative.dev/panic-threshold-percentage": "200",
         "autoscaling.knative.dev/scale-to-zero-pod-retention-period": "240s",
+        # For an Istio-injected namespace (nothing otherwise).
+        "sidecar.istio.io/nativeSidecar": "true",
+        "proxy.istio.io/config": '{"terminationDrainDuration":"35s"}',
     }
     spec = template["spec"]
     assert spec["containerConcurrency"] == 0  # java-model and scorer set no max_inflight
@@ -251,6 +278,18 @@ def test_knative_service(repository: Path) -> None:
                                                           "max_pending": 64}}
     assert one(objects, "PodMonitor")["spec"]["selector"]["matchLabels"] == {
         "serving.knative.dev/service": "fraud"}
+    assert one(objects, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["targetPort"] == 8080
+
+
+def test_knative_grpc_pod_monitor_scrapes_the_rest_port(repository: Path) -> None:
+    """In gRPC mode 8080 is no declared port (Prometheus discovers declared ports only): the
+    PodMonitor selects the h2c port and scrapes 8080 of the same pod IP."""
+    monitor = one(objects_for(repository, mode="knative", protocol="grpc"), "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["targetPort"] == 8081
+    addresses = [r for r in endpoint["relabelings"] if r["targetLabel"] == "__address__"]
+    assert [r["replacement"] for r in addresses] == ["[$1]:8080", "$1:8080"]
+    assert all(r["sourceLabels"] == ["__meta_kubernetes_pod_ip"] for r in addresses)
 
 
 def test_knative_stable_revision_is_the_running_one(tmp_path: Path) -> None:
@@ -274,6 +313,12 @@ def test_knative_stable_revision_is_the_running_one(tmp_path: Path) -> None:
     done = one(objects_for(promoted, mode="knative", uri="s3://m/p"), "Service")
     assert done["spec"]["template"] == canary["spec"]["template"]
     assert done["spec"]["traffic"] == [{"latestRevision": True, "percent": 100}]
+    # The stable variant named when there was no rollout before: another revision ran then.
+    plain = build_repository(tmp_path / "plain", base)
+    unrolled = one(objects_for(plain, mode="knative", uri="s3://m/p"), "Service")
+    with pytest.warns(DeployWarning, match=r"--stable-revision " +
+                      unrolled["spec"]["template"]["metadata"]["name"]):
+        render(after, name="fraud", image=IMAGE, mode="knative", uri="s3://m/p")
     pinned = one(objects_for(after, mode="knative", stable_revision="fraud-00007"), "Service")
     assert pinned["spec"]["traffic"][0]["revisionName"] == "fraud-00007"
 
@@ -378,7 +423,7 @@ def test_progressive_steps_and_stickiness_are_reported(tmp_path: Path) -> None:
 
 
 def test_the_checks_catch_mistakes(repository: Path) -> None:
-    objects = objects_for(repository, autoscaler="keda", istio=True)
+    objects = objects_for(repository, autoscaler="keda", istio=True, namespace="ml")
     deployment = copy.deepcopy(one(objects, "Deployment", "fraud-v2"))
     deployment["spec"]["template"]["spec"]["containers"][0]["imagee"] = IMAGE
     with pytest.raises(Exception, match="imagee"):
@@ -411,3 +456,72 @@ def test_long_variant_names_stay_dns_labels(tmp_path: Path) -> None:
     validate(objects)
     names = [d["metadata"]["name"] for d in by_kind(objects, "Deployment")]
     assert names[0] == "fraud-v4" and len(names[1]) <= 63 and names[1].startswith("fraud-a-rather")
+
+
+def test_istio_sidecar_starts_first_and_waits_for_the_drain(repository: Path) -> None:
+    objects = objects_for(repository, istio=True, autoscaler="hpa", drain_timeout=45)
+    for deployment in by_kind(objects, "Deployment"):
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["sidecar.istio.io/nativeSidecar"] == "true"  # before fetch runs
+        assert json.loads(annotations["proxy.istio.io/config"]) == {
+            "terminationDrainDuration": "50s"}  # preStop 5 s + drain 45 s
+    plain = one(objects_for(repository), "Deployment")
+    assert "annotations" not in plain["spec"]["template"]["metadata"]
+
+
+def test_selectors_are_this_deployments_shoal_pods(repository: Path) -> None:
+    mine = {"app": "fraud", "app.kubernetes.io/name": "shoal",
+            "app.kubernetes.io/instance": "fraud"}
+    objects = objects_for(repository, labels={"app.kubernetes.io/instance": "other"})
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["selector"]["matchLabels"] == mine
+    assert one(objects, "Service")["spec"]["selector"] == mine
+    assert one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == mine
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert mine.items() <= labels.items()  # a user's label cannot unselect the pods
+    istio = objects_for(repository, istio=True)
+    v3 = one(istio, "Deployment", "fraud-v3")
+    assert v3["spec"]["selector"]["matchLabels"] == {**mine, "version": "v3"}
+    assert one(istio, "PodDisruptionBudget", "fraud-v3")["spec"]["selector"]["matchLabels"] == {
+        **mine, "version": "v3"}
+
+
+@pytest.mark.parametrize(("memory", "expected"), [
+    ("1G", "1G"), ("1500M", "1500M"), ("512Mi", "512Mi"), ("1024Gi", "1Ti"), ("2000M", "2G"),
+    ('"1000"', "1k"), ('"1536"', "1536")])
+def test_memory_is_a_canonical_quantity(tmp_path: Path, memory: str, expected: str) -> None:
+    """The API server stores a quantity in its canonical form: anything else is a change
+    each time the objects are applied (the operator would apply them at every resync)."""
+    repo = build_repository(tmp_path / "m", f"resources: {{cpu: 500m, memory: {memory}}}\n")
+    server = container(one(objects_for(repo, models=["fraud"]), "Deployment"))
+    assert server["resources"]["requests"] == {"cpu": "500m", "memory": expected}
+    assert server["resources"]["limits"] == {"memory": expected}
+
+
+@pytest.mark.parametrize("uri", ["s3://key:s3cr3t@models/prod",
+                                 "https://host/models.tar.gz?X-Amz-Signature=s3cr3t"])
+def test_credentials_in_the_uri_are_refused_and_never_shown(repository: Path, uri: str) -> None:
+    """The URI is written into the Deployment's args: credentials belong in a Secret."""
+    with pytest.raises(RenderError, match="--storage-secret") as raised:
+        objects_for(repository, uri=uri)
+    assert "s3cr3t" not in str(raised.value)
+    with pytest.raises(RenderError) as raised:
+        render(uri, name="fraud", image=IMAGE)  # refused before it is read
+    assert "s3cr3t" not in str(raised.value)
+
+
+def test_a_read_error_does_not_show_the_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from shoal.repository import sources
+
+    render_module = importlib.import_module("shoal.deploy.render")
+
+    def fail(uri: str, **_: Any) -> None:
+        raise OSError("no such bucket")
+
+    monkeypatch.setattr(sources, "fetch_repository", fail)
+    with pytest.raises(RenderError, match="cannot read s3://models/prod: no such bucket") as raised, \
+            render_module.local_copy("s3://key:s3cr3t@models/prod"):
+        pass
+    assert "s3cr3t" not in str(raised.value)

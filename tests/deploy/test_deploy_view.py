@@ -28,7 +28,8 @@ def plans(objects: list[dict]) -> dict[str, dict]:
 
 def test_each_istio_unit_serves_its_variant_only(tmp_path: Path) -> None:
     repo = build_repository(tmp_path / "models")
-    objects = render(repo, name="fraud", image="shoal", istio=True, autoscaler="keda")
+    objects = render(repo, name="fraud", image="shoal", istio=True, autoscaler="keda",
+                     namespace="ml")
     for name, plan in plans(objects).items():
         # What the init container runs, through the CLI.
         result = CliRunner().invoke(main, ["k8s", "view", str(repo), str(tmp_path / name),
@@ -46,6 +47,9 @@ def test_each_istio_unit_serves_its_variant_only(tmp_path: Path) -> None:
         assert served["scorer"].versions == [2] and served["scorer"].config.workers == 2
         assert served["java-model"].config.command == ["java", "-jar", "model.jar"]
         assert served["pipeline"].graph
+        # The server refuses a model folder that is a link out of the served root.
+        assert not (tmp_path / name / "pipeline").is_symlink()
+        assert (tmp_path / name / "pipeline").resolve().parent == (tmp_path / name).resolve()
 
 
 def test_knative_unit_keeps_the_shadow_in_process(tmp_path: Path) -> None:
@@ -95,3 +99,24 @@ def test_bad_plans_fail_with_a_reason(tmp_path: Path, plan: dict, message: str) 
         from shoal.deploy.view import parse_plan
 
         parse_plan("{nope")
+
+
+def test_an_autoscaling_override_reaches_the_servers_own_scaler(tmp_path: Path) -> None:
+    """Without a Kubernetes autoscaler the pods keep Shoal's scaler: an ``autoscaling``
+    override (a ShoalService's spec) is written into the served model.yaml files."""
+    repo = build_repository(tmp_path / "models")
+    override = {"min_replicas": 1, "max_replicas": 3, "target_concurrency": 5}
+    objects = render(repo, name="fraud", image="shoal", autoscaling_override=override)
+    (plan,) = plans(objects).values()
+    assert plan["models"]["fraud"]["autoscaling"] == override
+    assert "autoscaling" not in plan["models"]["pipeline"]
+    built = build_view(repo, tmp_path / "repo", plan)
+    served = {m.name: m for m in read_repository(built)}
+    for name in ("fraud", "scorer"):
+        scaling = served[name].autoscaling
+        assert scaling is not None and scaling.max_replicas == 3
+        assert scaling.resolved().target_concurrency == 5
+    # With a Kubernetes autoscaler the override is the autoscaler's, and the files' go.
+    hpa = render(repo, name="fraud", image="shoal", autoscaler="hpa", autoscaling_override=override)
+    (plan,) = plans(hpa).values()
+    assert "autoscaling" not in plan["models"]["fraud"] and plan["drop"] == ["autoscaling"]

@@ -21,7 +21,7 @@ import math
 from typing import Any
 
 from ..serving.autoscale.config import ResolvedAutoscaling
-from .spec import DeploySpec, quantity
+from .spec import DeploySpec, RenderError, quantity
 
 KNATIVE = "autoscaling.knative.dev/"
 #: Knative's bounds (``autoscaling.knative.dev/window`` 6s-1h; panic threshold 110%-1000%).
@@ -55,26 +55,58 @@ def knative_annotations(scaling: ResolvedAutoscaling) -> dict[str, str]:
     return out
 
 
-def _pod_selector(spec: DeploySpec, deployment: str) -> str:
-    namespace = f'namespace="{spec.namespace}",' if spec.namespace else ""
-    # A Deployment's pods are NAME-<template hash>-<5 characters>.
-    return f'{namespace}pod=~"{deployment}-[a-z0-9]+-[a-z0-9]{{5}}"'
+#: The pod labels the ServiceMonitor copies onto Shoal's series (``podTargetLabels``), as
+#: Prometheus names them.
+INSTANCE_SERIES_LABEL = "app_kubernetes_io_instance"
+VERSION_SERIES_LABEL = "version"
+#: Kubernetes truncates a generated pod name's prefix (``<ReplicaSet>-``) to 58 characters.
+_GENERATED_PREFIX = 58
 
 
-def concurrency_query(spec: DeploySpec, deployment: str) -> str:
-    return f"sum({IN_FLIGHT_METRIC}{{{_pod_selector(spec, deployment)}}})"
+def _namespace(spec: DeploySpec, what: str) -> str:
+    if not spec.namespace:
+        raise RenderError(
+            f"--autoscaler keda {what}: its Prometheus query selects the pods' series by "
+            "namespace, so give --namespace (the namespace the objects are applied in)")
+    return spec.namespace
+
+
+def pod_name_pattern(deployment: str) -> str:
+    """A regular expression for the names of a Deployment's pods: ``NAME-<template hash>-<5
+    characters>``, or the truncated prefix and 5 characters when that is too long."""
+    if len(deployment) + 12 <= _GENERATED_PREFIX:  # NAME-<hash of up to 10>-
+        return f"{deployment}-[a-z0-9]+-[a-z0-9]{{5}}"
+    prefix = f"{deployment}-"[:_GENERATED_PREFIX]
+    return f"{prefix}[-a-z0-9]*"
+
+
+def concurrency_query(spec: DeploySpec, deployment: str, unit_version: str | None = None) -> str:
+    """The in-flight requests of one Deployment's pods, added up (KEDA's default
+    ``AverageValue`` divides by the replicas: the threshold is per pod). The series are
+    selected by the labels the rendered ServiceMonitor attaches (the namespace, and the pods'
+    ``app.kubernetes.io/instance`` and, with ``--istio``, ``version`` labels), never by pod
+    name: another namespace's pods and truncated pod names are not an issue."""
+    namespace = _namespace(spec, "--metric concurrency")
+    selector = f'namespace="{namespace}",{INSTANCE_SERIES_LABEL}="{spec.name}"'
+    if unit_version is not None:
+        selector += f',{VERSION_SERIES_LABEL}="{unit_version}"'
+    return f"sum({IN_FLIGHT_METRIC}{{{selector}}})"
 
 
 def gpu_query(spec: DeploySpec, deployment: str) -> str:
-    return f"avg({DCGM_METRIC}{{{_pod_selector(spec, deployment)}}})"
+    """The GPU utilisation of one Deployment's pods' GPUs, added up (divided by the replicas
+    by KEDA: the threshold is per pod). DCGM's own ``pod`` and ``namespace`` labels become
+    ``exported_pod`` and ``exported_namespace`` when a ServiceMonitor scrapes dcgm-exporter
+    (the target's own labels win); DCGM's series have no other label of the pod's."""
+    namespace = _namespace(spec, "--metric gpu")
+    return (f'sum({DCGM_METRIC}{{exported_namespace="{namespace}",'
+            f'exported_pod=~"{pod_name_pattern(deployment)}"}})')
 
 
 def hpa(spec: DeploySpec, deployment: str, labels: dict[str, str]) -> dict[str, Any]:
     scaling = spec.autoscaling()
     if spec.metric == "cpu":
         if "cpu" not in spec.resources().get("requests", {}):
-            from .spec import RenderError
-
             raise RenderError("--metric cpu: an HPA on CPU utilisation needs a CPU request: "
                               "set resources.cpu in the models' model.yaml")
         metric: dict[str, Any] = {"type": "Resource", "resource": {
@@ -100,18 +132,29 @@ def hpa(spec: DeploySpec, deployment: str, labels: dict[str, str]) -> dict[str, 
     }
 
 
-def scaled_object(spec: DeploySpec, deployment: str, labels: dict[str, str]) -> dict[str, Any]:
+def scaled_object(spec: DeploySpec, deployment: str, labels: dict[str, str],
+                  unit_version: str | None = None) -> dict[str, Any]:
+    """A ScaledObject for one Deployment; ``unit_version``: the ``version`` label that tells
+    its pods from the other Deployments' of the same name (``--istio``), else None."""
     scaling = spec.autoscaling()
+    min_replicas = scaling.min_replicas
     if spec.metric == "gpu":
+        # Per pod: the target utilisation of each of the pod's GPUs, added up.
         trigger = {"type": "prometheus", "name": "gpu-utilisation", "metadata": {
             "serverAddress": spec.prometheus_url, "query": gpu_query(spec, deployment),
-            "threshold": str(spec.gpu_target)}}
+            "threshold": str(spec.gpu_target * max(1, spec.gpus()))}}
     elif spec.metric == "cpu":
+        if "cpu" not in spec.resources().get("requests", {}):
+            raise RenderError("--metric cpu: KEDA's cpu trigger (CPU utilisation) needs a CPU "
+                              "request: set resources.cpu in the models' model.yaml")
         trigger = {"type": "cpu", "name": "cpu", "metricType": "Utilization",
                    "metadata": {"value": str(spec.cpu_target)}}
+        # KEDA refuses minReplicaCount 0 with only CPU or memory triggers.
+        min_replicas = max(1, min_replicas)
     else:
         trigger = {"type": "prometheus", "name": "requests-in-flight", "metadata": {
-            "serverAddress": spec.prometheus_url, "query": concurrency_query(spec, deployment),
+            "serverAddress": spec.prometheus_url,
+            "query": concurrency_query(spec, deployment, unit_version),
             "threshold": _number(scaling.target_concurrency)}}
     return {
         "apiVersion": "keda.sh/v1alpha1",
@@ -119,8 +162,8 @@ def scaled_object(spec: DeploySpec, deployment: str, labels: dict[str, str]) -> 
         "metadata": spec.metadata(deployment, labels),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
-            "minReplicaCount": scaling.min_replicas,
-            "maxReplicaCount": max(1, scaling.max_replicas),
+            "minReplicaCount": min_replicas,
+            "maxReplicaCount": max(1, scaling.max_replicas, min_replicas),
             "pollingInterval": 15,
             "cooldownPeriod": math.ceil(scaling.scale_to_zero_after),
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {

@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from dataclasses import replace
 from typing import Any
 
 from ..serving.autoscale.config import AutoscalingConfig, ResolvedAutoscaling
 from .autoscalers import knative_annotations
-from .pod import pod_spec
-from .spec import DeploySpec
-from .units import DeployWarning, Layout, Unit
+from .pod import mesh_annotations, pod_spec
+from .spec import GRPC_PORT, HTTP_PORT, DeploySpec
+from .units import DeployWarning, Layout, Unit, plan_units
 
 #: Knative's revision names are DNS labels.
 MAX_NAME = 63
@@ -43,7 +44,8 @@ def template(spec: DeploySpec, unit: Unit) -> dict[str, Any]:
     body: dict[str, Any] = {
         "metadata": {
             "labels": {"app": spec.name, "version": unit.version},
-            "annotations": knative_annotations(scaling(spec)),
+            # The sidecar annotations do nothing outside an Istio-injected namespace.
+            "annotations": {**knative_annotations(scaling(spec)), **mesh_annotations(spec)},
         },
         "spec": pod_spec(spec, unit, knative=True),
     }
@@ -66,7 +68,7 @@ def knative_service(spec: DeploySpec, layout: Layout) -> dict[str, Any]:
         if whole != percent:
             warnings.warn(f"Knative splits traffic in whole percents: the canary gets {whole}%, "
                           f"not {percent:g}%", DeployWarning, stacklevel=2)
-        stable_revision = spec.stable_revision or template(spec, stable)["metadata"]["name"]
+        stable_revision = spec.stable_revision or _stable_revision(spec, layout, stable)
         traffic = [
             {"revisionName": stable_revision, "percent": 100 - whole, "tag": "stable"},
             {"revisionName": current["metadata"]["name"], "percent": whole, "tag": "canary"},
@@ -79,15 +81,61 @@ def knative_service(spec: DeploySpec, layout: Layout) -> dict[str, Any]:
     }
 
 
+def _stable_revision(spec: DeploySpec, layout: Layout, stable: Unit) -> str:
+    """The stable revision's name: the template of the stable variant without the canary,
+    which is the revision running when the repository had ``rollout: {stable: ...}`` before.
+    When the repository had no rollout before, the running revision is the one rendered
+    without it, and that is another name where the rollout changes what the revision serves
+    (``version_policy: all`` or ``{latest: 2}``, a stable that is not the newest version):
+    said with a DeployWarning (pass ``stable_revision``, ``--stable-revision``)."""
+    name = str(template(spec, stable)["metadata"]["name"])
+    plain = _without_rollout(spec, layout.model)
+    if plain is not None and plain != name:
+        warnings.warn(
+            f"{layout.model}: the canary's stable revision is {name} (what this repository "
+            f"renders with its rollout's stable variant and no canary); without the rollout "
+            f"it renders {plain}. If that is the revision running, pass --stable-revision "
+            f"{plain} (or the running revision: kubectl get ksvc {spec.name} -o "
+            "jsonpath='{.status.latestReadyRevisionName}'), else Knative refuses the traffic "
+            "block", DeployWarning, stacklevel=3)
+    return name
+
+
+def _without_rollout(spec: DeploySpec, model: str | None) -> str | None:
+    if model is None:
+        return None
+    models = [replace(m, config=m.config.model_copy(update={"rollout": None}))
+              if m.name == model else m for m in spec.models]
+    bare = replace(spec, models=models, rollout_override=None)
+    try:
+        layout = plan_units(bare)
+    except ValueError:
+        return None
+    return str(template(bare, layout.units[0])["metadata"]["name"])
+
+
 def pod_monitor(spec: DeploySpec) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {"targetPort": HTTP_PORT, "path": "/metrics", "interval": "15s"}
+    if spec.protocol == "grpc":
+        # Knative declares one container port (h2c, 8081), and Prometheus discovers a pod's
+        # declared ports only: select that one, and scrape the REST port (where /metrics is)
+        # of the same pod IP instead (IPv6 addresses in brackets).
+        endpoint["targetPort"] = GRPC_PORT
+        endpoint["relabelings"] = [
+            {"sourceLabels": ["__meta_kubernetes_pod_ip"], "regex": "(.+:.+)",
+             "targetLabel": "__address__", "replacement": f"[$1]:{HTTP_PORT}",
+             "action": "replace"},
+            {"sourceLabels": ["__meta_kubernetes_pod_ip"], "regex": "([^:]+)",
+             "targetLabel": "__address__", "replacement": f"$1:{HTTP_PORT}",
+             "action": "replace"},
+        ]
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
         "metadata": spec.metadata(spec.name),
         "spec": {
             "selector": {"matchLabels": {"serving.knative.dev/service": spec.name}},
-            # The REST port (where /metrics is), whichever port Knative routes to.
-            "podMetricsEndpoints": [{"targetPort": 8080, "path": "/metrics", "interval": "15s"}],
+            "podMetricsEndpoints": [endpoint],
         },
     }
 

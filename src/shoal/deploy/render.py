@@ -11,9 +11,22 @@ from typing import Any
 from ..errors import ShoalError
 from .istio import render_istio
 from .knative import render_knative
-from .spec import DeploySpec, RenderError, read_repository
+from .spec import DeploySpec, RenderError, check_pod_uri, read_repository
 from .standard import render_standard
 from .units import plan_units
+
+
+def display(uri: str) -> str:
+    """``uri`` as messages show it: without a password, user or query (a presigned URL's
+    signature)."""
+    try:
+        from ..repository.uris import display as shown
+    except ImportError:
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(uri)
+        return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+    return shown(uri)
 
 
 def is_remote(uri: str) -> bool:
@@ -38,7 +51,7 @@ def local_copy(repository: str | Path) -> Iterator[Path]:
         try:
             folder = Path(fetch_repository(text, cache_dir=Path(cache)))
         except (ShoalError, OSError, ValueError) as exc:  # the store's reason, not a traceback
-            raise RenderError(f"cannot read {text}: {exc}") from None
+            raise RenderError(f"cannot read {display(text)}: {exc}") from None
         yield folder
 
 
@@ -63,6 +76,8 @@ def render(repository: str | Path, *, name: str, image: str, mode: str = "standa
     remote = is_remote(str(repository))
     if uri is None and remote:
         uri = str(repository)
+    if uri is not None:  # before reading the repository: refused the same, whether it exists
+        check_pod_uri(uri)
     with local_copy(repository) as root:
         found = read_repository(root, models)
         spec = DeploySpec(name=name, image=image, models=found, uri=uri, mode=mode,  # type: ignore[arg-type]

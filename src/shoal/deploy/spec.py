@@ -190,6 +190,8 @@ class DeploySpec:
                               "(resources.gpus in model.yaml)")
         if self.drain_timeout < 0:
             raise RenderError("--drain-timeout cannot be negative")
+        if self.uri is not None:
+            check_pod_uri(self.uri)
 
     # -- what the labels and names are -------------------------------------------------------
 
@@ -256,6 +258,7 @@ class DeploySpec:
         are limits (``nvidia.com/gpu``)."""
         cpu_milli = 0
         memory = 0
+        binary = False  # a memory amount was given in Ki, Mi, Gi...: write the sum that way
         for model in self.models:
             res = model.config.resources
             if res is None:
@@ -264,17 +267,19 @@ class DeploySpec:
                 cpu_milli += parse_cpu(res.cpu, model.name) * model.replicas_in_pod()
             if res.memory is not None:
                 memory += parse_memory(res.memory, model.name) * model.replicas_in_pod()
+                binary = binary or is_binary(res.memory)
         override = self.resources_override or {}
         if override.get("cpu") is not None:
             cpu_milli = parse_cpu(override["cpu"], "resources")
         if override.get("memory") is not None:
             memory = parse_memory(override["memory"], "resources")
+            binary = is_binary(override["memory"])
         requests: dict[str, str] = {}
         limits: dict[str, str] = {}
         if cpu_milli:
             requests["cpu"] = f"{cpu_milli // 1000}" if cpu_milli % 1000 == 0 else f"{cpu_milli}m"
         if memory:
-            requests["memory"] = limits["memory"] = format_bytes(memory)
+            requests["memory"] = limits["memory"] = format_bytes(memory, binary)
         gpus = self.gpus()
         if gpus:
             limits["nvidia.com/gpu"] = str(gpus)
@@ -322,12 +327,43 @@ def parse_memory(value: Any, where: str) -> int:
     return math.ceil(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
 
 
-def format_bytes(value: int) -> str:
-    for unit in ("Gi", "Mi", "Ki"):
+def is_binary(value: Any) -> bool:
+    """Whether a memory amount is written with a binary suffix (``Ki``, ``Mi``, ``Gi``...)."""
+    return str(value).strip().endswith("i")
+
+
+def format_bytes(value: int, binary: bool = True) -> str:
+    """``value`` bytes as the API server writes the quantity back (its canonical form), so
+    that applying the object again changes nothing: with the largest binary suffix that
+    divides it (``512Mi``, ``1Ti``) when ``binary``, else (or when none divides it) the
+    largest decimal one (``1G``, ``1500M``), else a plain number."""
+    if binary:
+        for unit in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+            size = _MEMORY_UNITS[unit]
+            if value % size == 0:
+                return f"{value // size}{unit}"
+    for unit in ("E", "P", "T", "G", "M", "k"):
         size = _MEMORY_UNITS[unit]
         if value % size == 0:
             return f"{value // size}{unit}"
     return str(value)
+
+
+def check_pod_uri(uri: str) -> str:
+    """A repository URI the pods may be given (it is written into the Deployment's args,
+    readable by anyone who can read the Deployment): without a user, password or query
+    string (a presigned URL's signature)."""
+    from urllib.parse import urlsplit
+
+    from ..repository.uris import display
+
+    parts = urlsplit(uri)
+    if "://" in uri and ("@" in parts.netloc or parts.query):
+        raise RenderError(
+            f"{display(uri)}: the repository URI carries credentials (a user, password or "
+            "query string), which would be written into the manifests: give the URI without "
+            "them, and the store's credentials in a Secret with --storage-secret")
+    return uri
 
 
 def quantity(value: float) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import autoscalers
-from .pod import pod_spec
+from .pod import mesh_annotations, pod_spec
 from .spec import GRPC_PORT, HTTP_PORT, DeploySpec
 from .units import Layout, Unit
 
@@ -26,11 +26,20 @@ def unit_labels(unit: Unit) -> dict[str, str]:
     return {"version": unit.version}
 
 
+def service_selector(spec: DeploySpec) -> dict[str, str]:
+    """Every pod of the deployment ``NAME``: ``app: NAME`` alone would also select another
+    workload labelled ``app: NAME``; ``app.kubernetes.io/name: shoal`` and
+    ``app.kubernetes.io/instance: NAME`` make it Shoal's pods of this deployment only."""
+    return {"app": spec.name, "app.kubernetes.io/name": "shoal",
+            "app.kubernetes.io/instance": spec.name}
+
+
 def selector(spec: DeploySpec, unit: Unit) -> dict[str, str]:
     """A Deployment's selector cannot change: with ``--istio`` each version has a Deployment
     of its own (its selector includes the version); without, the one Deployment selects by
     name only, so a new version is a rolling update of it."""
-    return {"app": spec.name, "version": unit.version} if spec.istio else {"app": spec.name}
+    labels = service_selector(spec)
+    return {**labels, "version": unit.version} if spec.istio else labels
 
 
 def deployment(spec: DeploySpec, unit: Unit) -> dict[str, Any]:
@@ -50,7 +59,10 @@ def deployment(spec: DeploySpec, unit: Unit) -> dict[str, Any]:
         "strategy": {"type": "RollingUpdate",
                      "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "template": {
-            "metadata": {"labels": {**spec.base_labels(), **unit_labels(unit)}},
+            # The selector's labels last: labels given by the user cannot unselect the pods.
+            "metadata": {"labels": {**spec.base_labels(), **unit_labels(unit),
+                                    **selector(spec, unit)},
+                         **({"annotations": mesh_annotations(spec)} if spec.istio else {})},
             "spec": pod_spec(spec, unit, knative=False),
         },
     })
@@ -64,7 +76,7 @@ def service(spec: DeploySpec) -> dict[str, Any]:
         "metadata": spec.metadata(spec.name),
         "spec": {
             "type": "ClusterIP",
-            "selector": {"app": spec.name},
+            "selector": service_selector(spec),
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP",
                  "appProtocol": "http"},
@@ -98,6 +110,9 @@ def service_monitor(spec: DeploySpec) -> dict[str, Any]:
         "spec": {
             "selector": {"matchLabels": {"app.kubernetes.io/instance": spec.name,
                                          "app.kubernetes.io/managed-by": "shoal"}},
+            # The pods' labels that KEDA's query selects on (app_kubernetes_io_instance,
+            # version), besides the namespace and pod every target has.
+            "podTargetLabels": ["app.kubernetes.io/instance", "version"],
             "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
         },
     }
@@ -115,7 +130,8 @@ def render_standard(spec: DeploySpec, layout: Layout) -> list[dict[str, Any]]:
         if spec.autoscaler == "hpa":
             objects.append(autoscalers.hpa(spec, name, labels))
         elif spec.autoscaler == "keda":
-            objects.append(autoscalers.scaled_object(spec, name, labels))
+            objects.append(autoscalers.scaled_object(
+                spec, name, labels, unit.version if spec.istio else None))
     if spec.monitor:
         objects.append(service_monitor(spec))
     return objects

@@ -82,7 +82,7 @@ def plan_units(spec: DeploySpec) -> Layout:
 
     base = {m.name: _entry(m, rolled.get(m.name)) for m in spec.models}
     if not moved:
-        return Layout([Unit("stable", _default_label(spec), _plan(base, drop))])
+        return Layout([Unit("stable", _default_label(spec), _plan(base, drop, _scaling(spec)))])
 
     (name, rollout), = moved.items()
     model = next(m for m in spec.models if m.name == name)
@@ -125,7 +125,7 @@ def plan_units(spec: DeploySpec) -> Layout:
     def unit(role: str, source: tuple[str, int | None, str]) -> Unit:
         entries = dict(base)
         entries[name] = _variant_entry(spec, model, source, shadow_in_process)
-        return Unit(role, source[2], _plan(entries, drop))
+        return Unit(role, source[2], _plan(entries, drop, _scaling(spec)))
 
     layout.units.append(unit("stable", stable))
     if canary is not None:
@@ -246,8 +246,23 @@ def _variant_entry(spec: DeploySpec, model: ModelInfo, source: tuple[str, int | 
     return entry
 
 
-def _plan(entries: dict[str, dict[str, Any]], drop: list[str]) -> dict[str, Any]:
-    plan: dict[str, Any] = {"models": {k: entries[k] for k in sorted(entries)}}
+def _scaling(spec: DeploySpec) -> dict[str, Any] | None:
+    """The ``autoscaling`` override for the server's own scaler: when nothing in Kubernetes
+    scales the pods, the pod's models take it (the view writes it into their model.yaml)."""
+    if spec.autoscaling_override is None or spec.platform_scales:
+        return None
+    spec.autoscaling()  # a RenderError for an invalid one
+    return dict(spec.autoscaling_override)
+
+
+def _plan(entries: dict[str, dict[str, Any]], drop: list[str],
+          scaling: dict[str, Any] | None = None) -> dict[str, Any]:
+    models = {k: dict(entries[k]) for k in sorted(entries)}
+    if scaling is not None:
+        for entry in models.values():
+            if not entry.get("graph"):
+                entry["autoscaling"] = scaling
+    plan: dict[str, Any] = {"models": models}
     if drop:
         plan["drop"] = list(drop)
     return plan

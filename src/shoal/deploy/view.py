@@ -9,8 +9,11 @@ copies nothing and takes milliseconds:
   is another model) and to the version folders it serves, and nothing else;
 - its ``model.yaml`` is rewritten: ``version_policy: all`` (the plan chose the versions),
   ``rollout`` as the plan says (what stays in the process; removed otherwise), and the keys
-  the plan ``drop``\\ s removed (``autoscaling`` when Kubernetes scales the pods);
-- a graph's folder is linked as it is.
+  the plan ``drop``\\ s removed (``autoscaling`` when Kubernetes scales the pods), and
+  ``autoscaling`` replaced by the entry's own when it has one (an override, for the
+  server's own scaler when nothing in Kubernetes scales the pods);
+- a graph gets a folder of its own too, holding links to every file of its folder (the
+  server refuses a model folder that is itself a link out of the served root).
 
 ``DEST`` is built beside itself and renamed into place: a pod never sees half of it.
 
@@ -67,7 +70,7 @@ def build_view(source: Path, dest: Path, plan: dict[str, Any]) -> Path:
             raise ViewError(f"{public}: {origin} is not in the repository")
         target = staging / public
         if entry.get("graph"):
-            target.symlink_to(origin, target_is_directory=True)
+            _graph_view(origin, target)
             continue
         _model_view(origin, target, entry, drop)
     old = dest.with_name(dest.name + ".old")
@@ -79,6 +82,15 @@ def build_view(source: Path, dest: Path, plan: dict[str, Any]) -> Path:
     if old.exists():
         shutil.rmtree(old)
     return dest
+
+
+def _graph_view(origin: Path, target: Path) -> None:
+    """A graph's folder: a real folder of links to its files. The server serves only model
+    folders whose resolved parent is the served root, so the folder itself is not a link."""
+    target.mkdir()
+    for item in sorted(origin.iterdir()):
+        (target / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    os.utime(target)
 
 
 def _model_view(origin: Path, target: Path, entry: dict[str, Any], drop: list[str]) -> None:
@@ -108,6 +120,8 @@ def _model_view(origin: Path, target: Path, entry: dict[str, Any], drop: list[st
         raw.pop(key, None)
     if versioned:
         raw["version_policy"] = "all"
+    if entry.get("autoscaling") is not None:  # the override (a ShoalService's spec)
+        raw["autoscaling"] = entry["autoscaling"]
     if entry.get("rollout"):
         raw["rollout"] = entry["rollout"]
     if raw or config_path.is_file():
