@@ -451,28 +451,57 @@ def test_run_wants_a_scope() -> None:
 
 
 class MemoryClient:
-    """The KubeClient calls the operator makes, on a dict."""
+    """The KubeClient calls the operator makes, on a dict. ``unserved``: kinds the cluster
+    does not serve (their CRDs are not installed): discovery leaves them out, and any request
+    for them is a 404, as on a cluster."""
 
-    def __init__(self) -> None:
+    def __init__(self, unserved: set[tuple[str, str]] | None = None) -> None:
         self.objects: dict[Any, dict[str, Any]] = {}
         self.writes: list[str] = []
+        self.unserved = unserved or set()
+        self.shoal_services: dict[str, dict[str, Any]] = {}  # path -> ShoalService
+        self.statuses: list[dict[str, Any]] = []
+
+    def _check(self, obj: dict[str, Any], method: str) -> None:
+        from shoal.deploy.operator.client import KubeError
+
+        if (obj["apiVersion"], obj["kind"]) in self.unserved:
+            raise KubeError(404, "NotFound", "the server could not find the requested resource",
+                            f"{method} {obj['kind']}")
+
+    async def served(self, api_version: str, kind: str) -> bool:
+        return (api_version, kind) not in self.unserved
+
+    async def request(self, method: str, path: str, **_: Any) -> Any:
+        assert method == "GET", (method, path)
+        return copy.deepcopy(self.shoal_services.get(path))
+
+    async def patch_status(self, path: str, status: dict[str, Any]) -> None:
+        self.statuses.append(copy.deepcopy(status))
 
     async def get(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         return copy.deepcopy(self.objects.get(key(obj)))
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self._check(obj, "POST")
         self.writes.append(f"create {obj['kind']} {obj['metadata']['name']}")
         self.objects[key(obj)] = copy.deepcopy(obj)
         return obj
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:  # creates too, as SSA does
+        self._check(obj, "PATCH")
         verb = "apply" if key(obj) in self.objects else "create"
         self.writes.append(f"{verb} {obj['kind']} {obj['metadata']['name']}")
+        status = (self.objects.get(key(obj)) or {}).get("status")
         self.objects[key(obj)] = copy.deepcopy(obj)
+        if status is not None:  # a write of the spec keeps the status, as on a cluster
+            self.objects[key(obj)]["status"] = status
         return obj
 
     async def list(self, api_version: str, kind: str, namespace: str,
-                   label_selector: str | None = None) -> list[dict[str, Any]]:
+                   label_selector: str | None = None) -> list[dict[str, Any]] | None:
+        if (api_version, kind) in self.unserved:
+            return None
         return [copy.deepcopy(o) for k, o in self.objects.items() if k[:2] == (api_version, kind)]
 
     async def delete(self, obj: dict[str, Any]) -> None:
@@ -510,13 +539,14 @@ def test_reconcile_fetches_a_remote_repository_into_the_cache(
     asyncio.run(operator.reconcile(moved))
     assert client.writes == ["apply VirtualService fraud"]
 
-    # Promoted: the old stable's Deployment and PDB are deleted.
+    # Promoted: the old stable's PDB is deleted; its Deployment waits for fraud-v3 to be
+    # Available (test_old_deployments_wait_for_their_replacements).
     client.writes.clear()
     promoted = copy.deepcopy(resource)
     promoted["spec"]["rollout"] = {"stable": "3"}
     asyncio.run(operator.reconcile(promoted))
     assert sorted(w for w in client.writes if w.startswith("delete")) == [
-        "delete Deployment fraud-v2", "delete PodDisruptionBudget fraud-v2"]
+        "delete PodDisruptionBudget fraud-v2"]
 
 
 def test_an_unreadable_repository_is_retried_with_the_store_s_reason(
@@ -554,3 +584,250 @@ def test_a_repository_shoal_cannot_fetch_is_an_invalid_spec(tmp_path: Path, uri:
     operator.client = MemoryClient()  # type: ignore[assignment]
     status = asyncio.run(operator.reconcile(shoal_service(uri)))
     assert status["conditions"][0]["message"].startswith(message)
+
+
+def memory_operator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repo: Path,
+                    client: MemoryClient | None = None
+                    ) -> tuple[runtime.Operator, MemoryClient]:
+    monkeypatch.setattr(runtime, "fetch_repository", lambda uri, cache_dir: repo)
+    operator = runtime.Operator(cache_dir=tmp_path / "cache")
+    client = client or MemoryClient()
+    operator.client = client  # type: ignore[assignment]
+    return operator, client
+
+
+def make_available(client: MemoryClient, *names: str) -> None:
+    for (_, kind, name), obj in client.objects.items():
+        if kind == "Deployment" and name in names:
+            obj["status"] = {"conditions": [{"type": "Available", "status": "True"}]}
+
+
+def watched(operator: runtime.Operator, client: MemoryClient,
+            resource: dict[str, Any]) -> None:
+    """As the watch would: the operator knows ``resource``, and the API server has it."""
+    from shoal.deploy.operator.reconcile import resource_path
+
+    operator.known[runtime._ident(resource)] = resource
+    client.shoal_services[resource_path(resource)] = resource
+
+
+# -- spec.monitor and kinds the cluster does not serve ----------------------------------------
+
+
+def test_monitor_false_renders_no_monitor(repo: Path) -> None:
+    on = desired_objects(shoal_service(repo)).objects
+    assert by_kind(on, "ServiceMonitor")
+    resource = shoal_service(repo, monitor=False)
+    check(resource)  # the schema has spec.monitor
+    off = desired_objects(resource).objects
+    assert not by_kind(off, "ServiceMonitor") and len(off) == len(on) - 1
+    knative = desired_objects(shoal_service(repo, mode="knative", monitor=False)).objects
+    assert [o["kind"] for o in knative] == ["Service"]  # no PodMonitor
+    with pytest.raises(InvalidSpec, match=r"^spec\.monitor: "):
+        check(shoal_service(repo, monitor="no"))
+
+
+def test_kinds_the_cluster_does_not_serve_are_skipped(
+        repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monitor = ("monitoring.coreos.com/v1", "ServiceMonitor")
+    operator, client = memory_operator(tmp_path, monkeypatch, repo,
+                                       MemoryClient(unserved={monitor}))
+    resource = shoal_service("s3://models/prod", **ISTIO)
+    status = asyncio.run(operator.reconcile(resource))  # no ReconcileFailed
+    assert not any(k[:2] == monitor for k in client.objects)
+    assert len(client.objects) == 7  # everything else was applied
+    ready, reconciled = status["conditions"]
+    assert reconciled["status"] == "True" and reconciled["reason"] == "KindNotServed"
+    assert "does not serve monitoring.coreos.com/v1 ServiceMonitor" in reconciled["message"]
+    assert "spec.monitor: false" in reconciled["message"]
+    assert "ServiceMonitor" not in ready["message"]  # not waited for
+
+    # Ready once the Deployments are Available, on the resync, as everywhere else.
+    watched(operator, client, resource)
+    make_available(client, "fraud-v2", "fraud-v3")
+    asyncio.run(operator.resync_once())
+    ready = next(c for c in client.statuses[-1]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", ready
+
+    # Pruning still happens (the promotion deletes the old PDB at once).
+    promoted = copy.deepcopy(resource)
+    promoted["spec"]["rollout"] = {"stable": "3"}
+    client.writes.clear()
+    asyncio.run(operator.reconcile(promoted))
+    assert "delete PodDisruptionBudget fraud-v2" in client.writes
+
+    # prometheus-operator installed later: the resync applies the ServiceMonitor.
+    watched(operator, client, promoted)
+    client.unserved.clear()
+    asyncio.run(operator.resync_once())
+    assert any(k[:2] == monitor for k in client.objects)
+    reconciled = next(c for c in client.statuses[-1]["conditions"] if c["type"] == "Reconciled")
+    assert reconciled["reason"] == "Applied"
+
+
+def test_a_real_client_tells_an_unserved_kind_by_discovery() -> None:
+    from shoal.deploy.operator.client import KubeClient
+
+    answers = {"/apis/apps/v1": {"resources": [{"name": "deployments"},
+                                               {"name": "deployments/status"}]},
+               "/apis/monitoring.coreos.com/v1": None}  # the group is not there: a 404
+    asked: list[str] = []
+
+    async def scenario() -> list[bool]:
+        client = KubeClient(lambda: None)  # type: ignore[arg-type,return-value]
+
+        async def request(method: str, path: str, **_: Any) -> Any:
+            asked.append(path)
+            return answers[path]
+
+        client.request = request  # type: ignore[method-assign]
+        return [await client.served("apps/v1", "Deployment"),
+                await client.served("monitoring.coreos.com/v1", "ServiceMonitor"),
+                await client.served("monitoring.coreos.com/v1", "PodMonitor"),
+                await client.served("apps/v1", "Deployment")]
+
+    assert asyncio.run(scenario()) == [True, False, False, True]
+    assert asked == ["/apis/apps/v1", "/apis/monitoring.coreos.com/v1"]  # answers are kept
+
+
+# -- pruning waits for what replaces an old Deployment ----------------------------------------
+
+
+def test_old_deployments_wait_for_their_replacements(
+        repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    operator, client = memory_operator(tmp_path, monkeypatch, repo)
+    resource = shoal_service("s3://models/prod", **ISTIO)
+    asyncio.run(operator.reconcile(resource))
+    make_available(client, "fraud-v2", "fraud-v3")
+
+    # Istio off: one Deployment "fraud" replaces fraud-v2 and fraud-v3.
+    plain = copy.deepcopy(resource)
+    plain["spec"] = {"repository": "s3://models/prod", "image": "ghcr.io/acme/shoal:1.0",
+                     "models": ["fraud"]}
+    client.writes.clear()
+    asyncio.run(operator.reconcile(plain))
+    deletes = sorted(w for w in client.writes if w.startswith("delete"))
+    assert "delete VirtualService fraud" in deletes  # other kinds go at once
+    assert not [w for w in deletes if "Deployment" in w]  # fraud is not Available yet
+    names = {k[2] for k in client.objects if k[1] == "Deployment"}
+    assert names == {"fraud", "fraud-v2", "fraud-v3"}
+
+    watched(operator, client, plain)
+    client.writes.clear()
+    asyncio.run(operator.resync_once())  # still not Available: kept
+    assert not [w for w in client.writes if w.startswith("delete")]
+
+    make_available(client, "fraud")
+    asyncio.run(operator.resync_once())
+    assert sorted(w for w in client.writes if w.startswith("delete")) == [
+        "delete Deployment fraud-v2", "delete Deployment fraud-v3"]
+    client.writes.clear()
+    asyncio.run(operator.resync_once())  # nothing more to prune, nothing written
+    assert client.writes == []
+
+
+def test_a_promotion_deletes_the_old_stable_once_the_new_one_is_available(
+        repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    operator, client = memory_operator(tmp_path, monkeypatch, repo)
+    resource = shoal_service("s3://models/prod", **ISTIO)
+    asyncio.run(operator.reconcile(resource))
+    make_available(client, "fraud-v2", "fraud-v3")
+    promoted = copy.deepcopy(resource)
+    promoted["spec"]["rollout"] = {"stable": "3"}
+    client.writes.clear()
+    asyncio.run(operator.reconcile(promoted))  # fraud-v3 is up: fraud-v2 goes at once
+    assert sorted(w for w in client.writes if w.startswith("delete")) == [
+        "delete Deployment fraud-v2", "delete PodDisruptionBudget fraud-v2"]
+
+
+# -- what a ShoalService may name, and what is shown of it -------------------------------------
+
+
+def test_a_local_repository_is_refused(repo: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "fetch_repository", lambda *a, **k: pytest.fail("fetched"))
+    operator = runtime.Operator(cache_dir=tmp_path)
+    client = MemoryClient()
+    operator.client = client  # type: ignore[assignment]
+    for path in (str(repo), f"file://{repo}", "/etc"):
+        status = asyncio.run(operator.reconcile(shoal_service(path)))
+        _, reconciled = status["conditions"]
+        assert reconciled["reason"] == "InvalidSpec" and reconciled["status"] == "False"
+        assert reconciled["message"].startswith("spec.repository: ")
+        assert "local path" in reconciled["message"]
+    assert client.objects == {} and client.writes == []
+
+
+SECRET_URI = ("https://deploy:hunter2@ci.example/repo.tar.gz?job=fraud"
+              "&X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef")
+
+
+def _leaks(text: str) -> list[str]:
+    return [s for s in ("hunter2", "deadbeef", "AKIAEXAMPLE") if s in text]
+
+
+def test_credentials_stay_out_of_status_and_logs(
+        repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from shoal.deploy.operator.client import KubeError
+
+    def unreadable(uri: str, cache_dir: Path) -> Path:
+        raise OSError(f"connection reset while reading {uri}")
+
+    monkeypatch.setattr(runtime, "fetch_repository", unreadable)
+    operator = runtime.Operator(cache_dir=tmp_path)
+    client = MemoryClient()
+    operator.client = client  # type: ignore[assignment]
+    with pytest.raises(runtime.ReconcileFailed) as caught:
+        asyncio.run(operator.reconcile(shoal_service(SECRET_URI)))
+    assert "ci.example/repo.tar.gz" in str(caught.value)
+    assert _leaks(str(caught.value)) == [] and _leaks(str(caught.value.status)) == []
+
+    # The API server refuses an object (its message quotes the init container's args). The
+    # renderer itself refuses such a URI today (InvalidSpec, below); the operator redacts
+    # whatever a message quotes regardless.
+    monkeypatch.setattr(runtime, "fetch_repository", lambda uri, cache_dir: repo)
+    plain = runtime.desired_objects
+
+    def rendered(resource: dict[str, Any], **kwargs: Any) -> Any:
+        resource = copy.deepcopy(resource)
+        resource["spec"]["repository"] = "https://ci.example/repo.tar.gz"
+        return plain(resource, **kwargs)
+
+    monkeypatch.setattr(runtime, "desired_objects", rendered)
+
+    async def refuse(obj: dict[str, Any]) -> dict[str, Any]:
+        raise KubeError(422, "Invalid", f"spec.template.spec.initContainers[0].args: {SECRET_URI}",
+                        f"PATCH {obj['kind']}")
+
+    client.apply = refuse  # type: ignore[method-assign]
+    with pytest.raises(runtime.ReconcileFailed) as caught:
+        asyncio.run(operator.reconcile(shoal_service(SECRET_URI)))
+    assert _leaks(str(caught.value)) == [] and _leaks(str(caught.value.status)) == []
+
+    # An invalid spec whose message quotes the repository.
+    monkeypatch.setattr(runtime, "desired_objects", lambda *a, **k: (_ for _ in ()).throw(
+        InvalidSpec("spec.repository", f"cannot read {SECRET_URI}: no models")))
+    with caplog.at_level("DEBUG"):
+        status = asyncio.run(operator.reconcile(shoal_service(SECRET_URI)))
+    assert "cannot read https://ci.example/repo.tar.gz" in status["conditions"][0]["message"]
+    assert _leaks(str(status)) == []
+    assert _leaks(caplog.text) == []
+
+
+def test_redact() -> None:
+    assert runtime.redact(f"x {SECRET_URI} y", SECRET_URI) == "x https://ci.example/repo.tar.gz y"
+    assert runtime.redact("s3://b/p is fine", "s3://b/p") == "s3://b/p is fine"
+
+
+# -- RBAC for blockOwnerDeletion ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("watch", [None, ["ml"]])
+def test_operator_may_set_block_owner_deletion(watch: list[str] | None) -> None:
+    """OwnerReferencesPermissionEnforcement (OpenShift) lets an owner reference say
+    blockOwnerDeletion only with update on the owner's finalizers."""
+    objects = operator_manifests(image="shoal:1", watch=watch)
+    role = next(o for o in objects if o["kind"] in ("ClusterRole", "Role"))
+    assert {"apiGroups": ["serving.shoal.io"], "resources": ["shoalservices/finalizers"],
+            "verbs": ["update"]} in role["rules"]

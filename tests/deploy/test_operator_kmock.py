@@ -46,20 +46,21 @@ def resource_key(api_version: str, plural: str) -> str:
     return f"{api_version}/{plural}" if "/" in api_version else f"v1/{plural}"
 
 
-def new_emulator() -> Any:
+def new_emulator(unserved: tuple[str, ...] = ()) -> Any:
+    """``unserved``: plurals of kinds the cluster does not serve (prometheus-operator's)."""
     emulator = kmock.KubernetesEmulator()
     emulator.resources.load_bundled()  # else kopf waits forever for namespaces and CRDs
     emulator.resources["serving.shoal.io/v1alpha1/shoalservices"] = kmock.ResourceInfo(
         kind="ShoalService", namespaced=True, verbs=VERBS, subresources={"status"})
     for (api_version, kind), plural in RESOURCES.items():
         name = resource_key(api_version, plural)
-        if name not in emulator.resources:  # Istio, KEDA, prometheus-operator, core Service
+        if name not in emulator.resources and plural not in unserved:  # Istio, KEDA, prometheus-operator, core Service
             emulator.resources[name] = kmock.ResourceInfo(kind=kind, namespaced=True,
                                                           verbs=VERBS)
     return emulator
 
 
-def shoal_service(name: str, uid: str, repository: Path, **spec: Any) -> dict[str, Any]:
+def shoal_service(name: str, uid: str, repository: Path | str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "serving.shoal.io/v1alpha1", "kind": "ShoalService",
             "metadata": {"name": name, "namespace": "ml", "uid": uid},
             "spec": {"repository": str(repository), "image": "ghcr.io/acme/shoal:1.0", **spec}}
@@ -134,14 +135,23 @@ class Cluster:
         return removed
 
 
-def test_operator_against_kmock(tmp_path: Path) -> None:
-    repo = build_repository(tmp_path / "models")
+#: What the ShoalServices name (the operator refuses local paths); ``fetch_repository`` is
+#: stood in for by the local folder.
+REPOSITORY = "s3://models/prod"
+
+
+def test_operator_against_kmock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.deploy.operator import runtime
+
+    folder = build_repository(tmp_path / "models")
+    monkeypatch.setattr(runtime, "fetch_repository", lambda uri, cache_dir: folder)
+    repo = REPOSITORY
     threads = set(threading.enumerate())
     asyncio.run(asyncio.wait_for(scenario(repo, tmp_path / "cache"), timeout=60))
     assert set(threading.enumerate()) <= threads  # the operator and kmock left nothing running
 
 
-async def scenario(repo: Path, cache: Path) -> None:
+async def scenario(repo: str, cache: Path) -> None:
     started = time.monotonic()
     async with new_emulator() as emulator, kmock.Server(emulator):
         cluster = Cluster(emulator)
@@ -159,7 +169,7 @@ async def scenario(repo: Path, cache: Path) -> None:
     assert time.monotonic() - started < 40
 
 
-async def steps(cluster: Cluster, repo: Path) -> None:
+async def steps(cluster: Cluster, repo: str) -> None:
     rollout = {"stable": "2", "canary": {"variant": "3", "percent": 10}}
     fraud = shoal_service("fraud", "uid-fraud", repo, istio=True, models=["fraud"],
                           rollout=rollout)
@@ -265,18 +275,46 @@ async def steps(cluster: Cluster, repo: Path) -> None:
 def test_the_shoal_operator_command_with_a_kubeconfig(tmp_path: Path) -> None:
     """``shoal operator -n ml`` as a user runs it: credentials from $KUBECONFIG, stopped by
     SIGTERM (kopf's graceful stop), exit status 0."""
-    repo = build_repository(tmp_path / "models")
-    asyncio.run(asyncio.wait_for(command_scenario(repo, tmp_path), timeout=60))
+    import http.server
+    import tarfile
+
+    folder = build_repository(tmp_path / "models")
+    www = tmp_path / "www"
+    www.mkdir()
+    with tarfile.open(www / "models.tar.gz", "w:gz") as bundle:
+        for child in sorted(folder.iterdir()):
+            bundle.add(child, arcname=child.name)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(www), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        repo = f"http://127.0.0.1:{server.server_address[1]}/models.tar.gz"
+        asyncio.run(asyncio.wait_for(command_scenario(repo, tmp_path), timeout=60))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
-async def command_scenario(repo: Path, tmp_path: Path) -> None:
+async def command_scenario(repo: str, tmp_path: Path) -> None:
     import os
     import signal
     import sys
 
     import yaml
 
-    async with new_emulator() as emulator, kmock.Server(emulator):
+    # A cluster without prometheus-operator: the ServiceMonitor is skipped, with a warning
+    # condition, and the rest is reconciled.
+    async with new_emulator(unserved=("servicemonitors", "podmonitors")) as emulator, \
+            kmock.Server(emulator):
         cluster = Cluster(emulator)
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump({
@@ -295,6 +333,15 @@ async def command_scenario(repo: Path, tmp_path: Path) -> None:
             await eventually(lambda: cluster.condition("iris", "Reconciled"), "iris reconciled",
                              timeout=30)
             assert cluster.get("deployments", "iris") and cluster.get("services", "iris")
+            reconciled = cluster.condition("iris", "Reconciled")
+            assert reconciled["status"] == "True", reconciled
+            assert reconciled["reason"] == "KindNotServed", reconciled
+            assert "monitoring.coreos.com/v1 ServiceMonitor" in reconciled["message"]
+            await cluster.request("patch", "/apis/apps/v1/namespaces/ml/deployments/iris/status",
+                                  {"status": {"conditions": [{"type": "Available",
+                                                              "status": "True"}]}})
+            await eventually(lambda: (cluster.condition("iris") or {}).get("status") == "True",
+                             "iris Ready without its ServiceMonitor", timeout=30)
             process.send_signal(signal.SIGTERM)
             output, _ = await asyncio.wait_for(process.communicate(), 20)
             text = output.decode()

@@ -32,7 +32,7 @@ from shoal.repository.sources import (
     sync,
 )
 from shoal.repository.stores import safe_relative
-from shoal.repository.uris import cache_key, check_uri, display
+from shoal.repository.uris import cache_key, check_uri, display, identity
 from shoal.settings import ServerSettings
 
 
@@ -78,6 +78,38 @@ def test_uris_and_cache_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert settings.repository_uri == "s3://b/p"
     assert settings.repository == tmp_path / cache_key("s3://b/p")
     assert ServerSettings(repository=tmp_path).repository_uri is None
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("https://ci.example/job/artifacts/download?job=fraud",
+     "https://ci.example/job/artifacts/download?job=churn"),
+    ("https://h/repo.tar.gz?version=1", "https://h/repo.tar.gz?version=2"),
+    ("https://h/repo.tar.gz?version=1", "https://h/repo.tar.gz"),
+])
+def test_another_query_is_another_repository(one: str, other: str) -> None:
+    assert cache_key(one) != cache_key(other)
+    assert identity(one) != identity(other)
+
+
+@pytest.mark.parametrize("signed", [
+    ("https://b.s3.amazonaws.com/r.tar.gz?job=a&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+     "&X-Amz-Credential=AKIA%2F20260101&X-Amz-Date=20260101T000000Z&X-Amz-Expires=900"
+     "&X-Amz-SignedHeaders=host&X-Amz-Security-Token=tok&X-Amz-Signature=abc"),
+    "https://b.s3.amazonaws.com/r.tar.gz?AWSAccessKeyId=AKIA&job=a&Signature=sig&Expires=17",
+    ("https://storage.googleapis.com/b/r.tar.gz?x-goog-algorithm=GOOG4-RSA-SHA256"
+     "&x-goog-credential=sa&x-goog-date=20260101T000000Z&x-goog-expires=900"
+     "&x-goog-signedheaders=host&x-goog-signature=abc&job=a"),
+    "https://storage.googleapis.com/b/r.tar.gz?GoogleAccessId=sa&job=a&Expires=1&Signature=s",
+    "https://user:hunter2@b.s3.amazonaws.com/r.tar.gz?job=a",
+])
+def test_only_signatures_and_credentials_are_left_out_of_the_cache_key(signed: str) -> None:
+    host = signed.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+    path = "/" + signed.split("://", 1)[1].split("/", 1)[1].split("?", 1)[0]
+    assert identity(signed) == f"https://{host}{path}?job=a"
+    fresh = signed.replace("abc", "xyz").replace("sig", "other").replace("hunter2", "pw2")
+    assert cache_key(signed) == cache_key(fresh)  # a fresh presigned URL finds its cache
+    for secret in ("abc", "hunter2", "tok", "AKIA"):
+        assert secret not in cache_key(signed) and secret not in identity(signed)
 
 
 def test_names_that_leave_the_repository_are_refused() -> None:

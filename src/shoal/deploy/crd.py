@@ -25,7 +25,7 @@ _AUTOSCALING = {"minReplicas": "min_replicas", "maxReplicas": "max_replicas",
                 "panicWindow": "panic_window", "panicThreshold": "panic_threshold",
                 "scaleToZeroAfter": "scale_to_zero_after"}
 _OPTIONS = {"mode": "mode", "autoscaler": "autoscaler", "metric": "metric", "istio": "istio",
-            "protocol": "protocol", "models": "models", "replicas": "replicas",
+            "monitor": "monitor", "protocol": "protocol", "models": "models", "replicas": "replicas",
             "drainTimeout": "drain_timeout", "serviceAccountName": "service_account",
             "storageSecret": "storage_secret", "adminTokenSecret": "admin_token_secret"}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from .uris import display
+from .uris import identity
 
 try:  # POSIX; elsewhere fetches are not locked against other processes
     import fcntl
@@ -42,7 +42,7 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: Path, uri: str) -> Manifest:
-        source = display(uri).rstrip("/")
+        source = identity(uri).rstrip("/")  # another query is another repository
         try:
             data = orjson.loads((folder / MANIFEST).read_bytes())
             files = {str(k): (int(v[0]), v[1]) for k, v in data.get("files", {}).items()}

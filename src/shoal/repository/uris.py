@@ -7,7 +7,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 #: scheme -> (fsspec protocol, the extra that installs it, its package); http(s) are archives.
 OBJECT_STORES = {"s3": ("s3", "s3", "s3fs"), "s3a": ("s3", "s3", "s3fs"),
@@ -70,11 +70,40 @@ def default_cache_dir() -> Path:
     return Path(base) / "shoal" / "repositories"
 
 
+#: Query parameters that sign a URL or say when it expires (S3 and GCS presigned URLs, V2 and
+#: V4): a fresh signature for the same object is the same repository. Compared ignoring case;
+#: names ending in ``-`` are prefixes.
+SIGNATURE_PARAMETERS = ("x-amz-", "x-goog-", "signature", "expires", "googleaccessid",
+                        "awsaccesskeyid")
+
+
+def _signature(name: str) -> bool:
+    lowered = name.lower()
+    return any(lowered.startswith(p) if p.endswith("-") else lowered == p
+               for p in SIGNATURE_PARAMETERS)
+
+
+def identity(uri: str) -> str:
+    """What names a repository: ``uri`` without a user or password and without the query
+    parameters that sign it or say when it expires (:data:`SIGNATURE_PARAMETERS`); every
+    other query parameter stays (``download?job=fraud`` and ``?job=churn`` are two
+    repositories)."""
+    parts = urlsplit(uri)
+    if not parts.scheme or not parts.netloc:
+        return uri.rstrip("/")
+    host = display(urlunsplit((parts.scheme, parts.netloc, "", "", ""))).split("://", 1)[1]
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if not _signature(k)]
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/") if not query else parts.path,
+                       urlencode(query), ""))
+
+
 def cache_key(uri: str) -> str:
-    """The cache folder's name for ``uri``: readable, and unique by a hash of the URI (without
-    the credentials or query a URL may carry, so a fresh presigned URL reuses the cache)."""
+    """The cache folder's name for ``uri``: readable (:func:`display`: no credentials, no
+    query), and unique by a hash of :func:`identity` (the whole URI but its credentials and
+    signature: a fresh presigned URL reuses the cache, another query string does not)."""
     shown = display(uri).rstrip("/")
-    digest = hashlib.sha256(shown.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(identity(uri).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", shown.split("://", 1)[-1]).strip("-.")[:48]
     return f"{slug}-{digest}" if slug else digest
 

@@ -23,6 +23,7 @@ import json
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -127,6 +128,7 @@ class KubeClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._info: Any = None
+        self._discovery: dict[str, tuple[float, frozenset[str] | None]] = {}
 
     async def _connect(self, fresh: bool = False) -> aiohttp.ClientSession:
         if self._session is not None and not fresh:
@@ -176,6 +178,24 @@ class KubeClient:
         raise AssertionError("unreachable")
 
     # -- the operations the operator uses -----------------------------------------------------
+
+    #: How long discovery answers are kept (a CRD installed later is seen after this).
+    DISCOVERY_TTL = 30.0
+
+    async def served(self, api_version: str, kind: str) -> bool:
+        """Whether the cluster serves ``kind`` at all (API discovery: its group/version lists
+        the resource), which a 404 for an object cannot tell from a missing object. Answers
+        are kept :attr:`DISCOVERY_TTL` seconds."""
+        now = time.monotonic()
+        cached = self._discovery.get(api_version)
+        if cached is None or now - cached[0] > self.DISCOVERY_TTL:
+            path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            answer = await self.request("GET", path)
+            names = None if answer is None else frozenset(
+                str(r.get("name")) for r in answer.get("resources") or [])
+            cached = self._discovery[api_version] = (now, names)
+        names = cached[1]
+        return names is not None and RESOURCES[(api_version, kind)] in names
 
     async def get(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         return await self.request("GET", object_path(obj))

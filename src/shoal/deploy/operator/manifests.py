@@ -7,7 +7,9 @@ it needs, and a Deployment running ``shoal operator``.
   namespaces or CRDs).
 
 The rules are exactly what the operator does: read and watch ShoalServices and write their
-status; get, list, create, patch and delete the kinds ``render`` produces
+status; update their ``finalizers`` (what setting ``blockOwnerDeletion`` in an owner reference
+needs where OwnerReferencesPermissionEnforcement is on, as on OpenShift; the operator adds no
+finalizer); get, list, create, patch and delete the kinds ``render`` produces
 (:data:`~shoal.deploy.operator.client.RESOURCES`); create events. The CRD itself is
 ``shoal k8s crd``, applied once by a cluster administrator.
 """
@@ -35,6 +37,10 @@ def rules() -> list[dict[str, Any]]:
         {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch",
                                                                             "update"]},
+        # The owner references it sets say blockOwnerDeletion: with the
+        # OwnerReferencesPermissionEnforcement admission plugin (OpenShift) that needs
+        # update on the owner's finalizers, else every create is refused (403).
+        {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
     ]
     for group in sorted(owned):
         out.append({"apiGroups": [group], "resources": sorted(owned[group]),

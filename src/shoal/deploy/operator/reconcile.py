@@ -11,7 +11,8 @@ status says out. Nothing here talks to a cluster or needs kopf (:mod:`.runtime` 
 - :func:`plan` compares the desired objects with the live ones: ``create`` what is missing,
   ``apply`` what differs, ``keep`` the rest untouched (so changing a canary's percentage
   writes the VirtualService and never the Deployments). :func:`stale` lists owned objects
-  the render no longer has (a promoted canary's old Deployment) to delete.
+  the render no longer has (a promoted canary's old Deployment) to delete;
+  :func:`replacements_waiting` says what must be up before an old Deployment may go.
 - :func:`observe` reads the live objects: readiness (Deployments ``Available``, the Knative
   Service ``Ready``), the URL, the traffic split; :func:`status_for` and
   :func:`invalid_status` build the ``status`` to write, keeping ``lastTransitionTime``
@@ -337,6 +338,23 @@ def _knative_traffic(resource: Mapping[str, Any], service: Mapping[str, Any]
             item["tag"] = entry["tag"]
         out.append(item)
     return out
+
+
+def replacements_waiting(desired: list[dict[str, Any]],
+                         live: Mapping[Key, Mapping[str, Any] | None]) -> list[str]:
+    """What must come up before an old Deployment may be deleted: every desired Deployment
+    ``Available`` and every Knative Service ``Ready`` (each as rolled out: its
+    ``observedGeneration`` caught up). Empty when nothing is waited for."""
+    waiting = []
+    for obj in desired:
+        current = live.get(key(obj))
+        what = f"{obj['kind']} {obj['metadata']['name']}"
+        if obj["kind"] == "Deployment" and not _condition(current, "Available"):
+            waiting.append(f"{what} is not Available")
+        elif obj["apiVersion"].startswith("serving.knative.dev/") \
+                and not _condition(current, "Ready"):
+            waiting.append(f"{what} (Knative) is not Ready")
+    return waiting
 
 
 def observe(resource: Mapping[str, Any], desired: list[dict[str, Any]],

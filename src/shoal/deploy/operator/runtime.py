@@ -3,8 +3,11 @@ resync loop.
 
 - ``@kopf.on.create`` / ``@kopf.on.update`` (of ``spec``) / ``@kopf.on.resume`` run
   :meth:`Operator.reconcile`: validate, fetch the repository into the cache (object storage
-  only, only what changed), render, create / server-side-apply what differs, delete owned
-  objects the render no longer has, write the status.
+  only, only what changed; a local path is refused), render, create / server-side-apply
+  what differs (kinds the cluster does not serve are skipped, with a warning), delete owned
+  objects the render no longer has (an old Deployment only once its replacements are
+  Available: the resync deletes it later), write the status. A repository URI is only ever
+  shown redacted (:func:`~shoal.repository.uris.display`).
 - ``@kopf.on.event`` keeps the latest copy of every ShoalService (and forgets deleted ones).
 - :meth:`Operator.resync_forever` (every ``resync`` seconds) re-reads the objects of every
   reconciled ShoalService, re-applies any that went missing or were changed by hand, and
@@ -36,7 +39,7 @@ import kopf
 
 from ...repository.sources import fetch_repository
 from ...repository.stores import FetchError
-from ...repository.uris import check_uri, default_cache_dir
+from ...repository.uris import check_uri, default_cache_dir, display
 from ..crd import GROUP, PLURAL, VERSION
 from ..render import is_remote
 from .client import RESOURCES, KubeClient, KubeError
@@ -52,6 +55,7 @@ from .reconcile import (
     key,
     observe,
     plan,
+    replacements_waiting,
     resource_path,
     same_status,
     spec_hash,
@@ -150,7 +154,34 @@ class Applied:
     uid: str
     spec: str  # spec_hash of what was rendered
     desired: Desired
-    reconciled: dict[str, Any]  # the Reconciled condition
+    notes: str  # what the Reconciled condition's message adds ("; note: ...")
+    #: Old Deployments are kept until the ones replacing them are Available: the resync
+    #: prunes again while this is set.
+    prune_pending: bool = False
+
+
+def redact(text: str, source: str) -> str:
+    """``text`` with the repository URI ``source`` shown without its credentials or presigned
+    query (:func:`~shoal.repository.uris.display`): for conditions, events and logs."""
+    shown = display(source)
+    return text.replace(source, shown) if source and shown != source else text
+
+
+def reconciled_condition(count: int, notes: str,
+                         skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    """``Reconciled`` True: ``Applied``, or ``KindNotServed`` (a warning) when objects of kinds
+    the cluster does not serve were left out (no prometheus-operator, no Istio, ...)."""
+    message = f"{count} objects as rendered" + notes
+    if not skipped:
+        return condition("Reconciled", True, "Applied", message)
+    kinds = sorted({f"{o['apiVersion']} {o['kind']}" for o in skipped})
+    names = ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in skipped)
+    hint = ""
+    if any(o["apiVersion"].startswith("monitoring.coreos.com/") for o in skipped):
+        hint = " (install prometheus-operator, or set spec.monitor: false)"
+    message = (f"{count - len(skipped)} of {count} objects applied; the cluster does not serve "
+               f"{', '.join(kinds)}: skipped {names}{hint}" + notes)
+    return condition("Reconciled", True, "KindNotServed", message)
 
 
 def _plain(value: Any) -> Any:
@@ -254,35 +285,43 @@ class Operator:
         unreadable repository or a write the API server refuses raises
         :class:`ReconcileFailed` (with the status saying so), which kopf retries."""
         ident = _ident(resource)
+        source = str((resource.get("spec") or {}).get("repository") or "")
         async with self._lock(ident):
             try:
                 desired = await self._desired(resource)
             except InvalidSpec as exc:
+                exc = InvalidSpec(exc.field, redact(exc.detail, source))
                 logger.warning(f"invalid ShoalService: {exc}")
                 self.applied.pop(ident, None)
                 return invalid_status(resource, exc)
             except (FetchError, OSError) as exc:  # the store's reason; retried
-                message = f"cannot read {resource['spec'].get('repository')}: {exc}"
+                message = f"cannot read {display(source)}: {redact(str(exc), source)}"
                 raise ReconcileFailed(message, failed_status(
                     resource, "RepositoryUnavailable", message)) from None
             try:
-                counts = await self.apply_all(desired.objects)
-                counts["removed"] = await self.prune(resource, desired.objects)
+                objects, skipped = await self.served(desired.objects)
+                counts = await self.apply_all(objects)
+                live = await self.read(objects)
+                counts["removed"], deferred = await self.prune(resource, desired.objects,
+                                                               objects, live)
             except KubeError as exc:
-                raise ReconcileFailed(str(exc), failed_status(
-                    resource, "ApplyFailed", str(exc))) from None
+                message = redact(str(exc), source)
+                raise ReconcileFailed(message, failed_status(
+                    resource, "ApplyFailed", message)) from None
             LOG.info(f"{ident[0]}/{ident[1]}: {len(desired.objects)} objects: "
                      f"{counts['create']} created, {counts['apply']} updated, "
                      f"{counts['keep']} unchanged, {counts['removed']} removed")
             # A state, not the last pass's counts: reconciling again changes no status.
-            message = f"{len(desired.objects)} objects as rendered"
-            if desired.notes:
-                message += "; note: " + "; ".join(desired.notes)
-            reconciled = condition("Reconciled", True, "Applied", message)
+            notes = ("; note: " + "; ".join(desired.notes)) if desired.notes else ""
+            notes = redact(notes, source)
+            reconciled = reconciled_condition(len(desired.objects), notes, skipped)
+            if skipped:
+                logger.warning(f"{reconciled['message']}")  # an event, type Warning
             self.applied[ident] = Applied(resource["metadata"]["uid"], spec_hash(resource),
-                                          desired, reconciled)
-            live = await self.read(desired.objects)
-            return status_for(resource, reconciled, observe(resource, desired.objects, live))
+                                          desired, notes, prune_pending=bool(deferred))
+            if deferred:
+                live = await self.read(objects)
+            return status_for(resource, reconciled, observe(resource, objects, live))
 
     async def _desired(self, resource: dict[str, Any]) -> Desired:
         check(resource)  # before fetching anything
@@ -291,6 +330,13 @@ class Operator:
             check_uri(source)
         except ValueError as exc:  # not a URI Shoal can fetch (ftp://, s3:// without a bucket)
             raise InvalidSpec("spec.repository", str(exc)) from None
+        if not is_remote(source):
+            # The operator reads it with its own credentials, in its own container: a
+            # ShoalService may only name object storage or an archive.
+            raise InvalidSpec("spec.repository", (
+                f"{source!r} is a local path: a ShoalService names object storage or an "
+                "archive (s3://bucket/prefix, gs://bucket/prefix, https://host/repo.tar.gz); "
+                "the operator does not read its own files"))
         folder = await asyncio.to_thread(self.fetch, source)
         return await asyncio.to_thread(desired_objects, resource, repository=folder)
 
@@ -307,11 +353,33 @@ class Operator:
                 await self.client.apply(obj)
         return counts
 
-    async def prune(self, resource: Mapping[str, Any], objects: list[dict[str, Any]]) -> int:
-        """Delete objects this ShoalService owns that its render no longer has."""
+    async def served(self, objects: list[dict[str, Any]]
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """``objects`` split into those of kinds the cluster serves and those of kinds it does
+        not (their CRDs are not installed): applying those would fail every pass."""
+        kinds = {(o["apiVersion"], o["kind"]) for o in objects}
+        ok = {k for k in kinds if await self.client.served(*k)}
+        return ([o for o in objects if (o["apiVersion"], o["kind"]) in ok],
+                [o for o in objects if (o["apiVersion"], o["kind"]) not in ok])
+
+    async def prune(self, resource: Mapping[str, Any], desired: list[dict[str, Any]],
+                    applied: list[dict[str, Any]] | None = None,
+                    live: Mapping[Key, dict[str, Any] | None] | None = None
+                    ) -> tuple[int, list[str]]:
+        """Delete objects this ShoalService owns that its render (``desired``) no longer has:
+        the number deleted, and the Deployments kept for now.
+
+        A Deployment goes only once what replaces it is up (every Deployment of ``applied``
+        Available, a Knative Service Ready; ``live``: their live copies, read when not
+        given): deleting it in the pass that creates its successor (a promoted canary, Istio
+        switched on or off) would leave nothing serving. A later pass (the resync) deletes
+        it. Other objects go at once."""
         meta = resource["metadata"]
+        applied = desired if applied is None else applied
         selector = f"app.kubernetes.io/instance={meta['name']},app.kubernetes.io/managed-by=shoal"
         removed = 0
+        deferred: list[str] = []
+        waiting: list[str] | None = None
         for api_version, kind in RESOURCES:
             try:
                 existing = await self.client.list(api_version, kind, meta["namespace"], selector)
@@ -319,10 +387,21 @@ class Operator:
                 if exc.status == 403:  # not granted: nothing of that kind was ever applied
                     continue
                 raise
-            for obj in stale(objects, existing or [], meta["uid"]):
+            for obj in stale(desired, existing or [], meta["uid"]):
+                if obj["kind"] == "Deployment":
+                    if waiting is None:
+                        waiting = replacements_waiting(
+                            applied, live if live is not None else await self.read(applied))
+                    if waiting:
+                        deferred.append(obj["metadata"]["name"])
+                        continue
                 await self.client.delete(dict(obj))
                 removed += 1
-        return removed
+        if deferred:
+            LOG.info(f"{meta.get('namespace')}/{meta['name']}: keeping Deployment "
+                     f"{', '.join(deferred)} until what replaces it is up "
+                     f"({'; '.join(waiting or [])})")
+        return removed, deferred
 
     def _remember_status(self, resource: Mapping[str, Any], status: dict[str, Any]) -> None:
         stored = self.known.get(_ident(resource))
@@ -355,12 +434,14 @@ class Operator:
             if applied is None or applied.uid != resource["metadata"].get("uid") \
                     or applied.spec != spec_hash(resource):
                 continue
+            source = str((resource.get("spec") or {}).get("repository") or "")
             try:
                 async with self._lock(ident):
-                    objects = applied.desired.objects
+                    everything = applied.desired.objects
+                    objects, skipped = await self.served(everything)  # a CRD installed since?
                     live = await self.read(objects)
                     repairs = [(verb, obj) for verb, obj in plan(objects, live) if verb != "keep"]
-                    if repairs:
+                    if repairs or applied.prune_pending:
                         # Never bring back what the garbage collector just deleted: the
                         # ShoalService must still be there (the watch may not have said yet).
                         current = await self.client.request("GET", resource_path(resource))
@@ -368,17 +449,23 @@ class Operator:
                         if meta.get("uid") != applied.uid or meta.get("deletionTimestamp"):
                             self.forget(ident)
                             continue
+                    if repairs:
                         for _, obj in repairs:
                             await self.client.apply(obj)
                         LOG.info(f"{ident[0]}/{ident[1]}: re-applied "
                                  + ", ".join(f"{o['kind']} {o['metadata']['name']}"
                                              for _, o in repairs))
                         live = await self.read(objects)
-                    seen = observe(resource, applied.desired.objects, live)
-                    await self.write_status(resource, status_for(resource, applied.reconciled,
-                                                                 seen))
+                    if applied.prune_pending:
+                        removed, deferred = await self.prune(resource, everything, objects, live)
+                        applied.prune_pending = bool(deferred)
+                        if removed:
+                            LOG.info(f"{ident[0]}/{ident[1]}: {removed} objects removed")
+                    seen = observe(resource, objects, live)
+                    reconciled = reconciled_condition(len(everything), applied.notes, skipped)
+                    await self.write_status(resource, status_for(resource, reconciled, seen))
             except (KubeError, OSError, asyncio.TimeoutError) as exc:
-                LOG.warning(f"{ident[0]}/{ident[1]}: resync failed: {exc}")
+                LOG.warning(f"{ident[0]}/{ident[1]}: resync failed: {redact(str(exc), source)}")
 
     async def resync_forever(self) -> None:
         while True:
