@@ -1,0 +1,123 @@
+"""The other scorers: the Ray engine on a two-node cluster on this machine, a running
+``shoal serve`` over V2 binary REST and gRPC, and a graph in-process. Each writes what the
+local engine writes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from e2e.process import ShoalProcess
+
+from shoal.batch import run_batch
+
+from .helpers import FEATURES, lr_model, read_output, shoal_batch, table, write_input
+
+
+def shard_tables(out: Path) -> dict[str, object]:
+    return {str(p.relative_to(out)): pq.read_table(p)
+            for p in sorted(out.rglob("*.parquet")) if not p.name.startswith((".", "_"))}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """Two Ray nodes on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps Ray's own traffic
+    on 127.0.0.1: ../shared/reference/real-parts.md §2), one CPU each."""
+    before = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+        if before is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = before
+
+
+def test_ray_engine_writes_what_the_local_engine_writes(
+    repository: Path, tmp_path: Path, ray_cluster: str,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    write_input(table(250, seed=10), data / "a.parquet", "parquet")   # a unit per chunk
+    write_input(table(120, seed=11, first_id=5000), data / "b.csv", "csv")  # a unit per file
+    options = dict(id_column="id", outputs=["predict", "predict_proba"], chunk_rows=100,
+                   batch_size=32, progress="none")
+    local = run_batch(str(repository / "lr"), str(data), str(tmp_path / "local"), **options)
+    remote = run_batch(str(repository / "lr"), str(data), str(tmp_path / "ray"), engine="ray",
+                       address=ray_cluster, num_actors=2, **options)
+    assert (remote.rows_ok, remote.shards_written) == (local.rows_ok, local.shards_written) == (370, 5)
+    assert len(remote.nodes) == 2  # both nodes had an actor
+    ours, theirs = shard_tables(tmp_path / "local"), shard_tables(tmp_path / "ray")
+    assert sorted(ours) == sorted(theirs) == [
+        "a-00000.parquet", "a-00001.parquet", "a-00002.parquet", "b-00000.parquet", "b-00001.parquet"]
+    for name, shard in ours.items():
+        assert shard.equals(theirs[name]), name
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[ShoalProcess]:
+    process = ShoalProcess(repository)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_running_server_scores(repository: Path, server: ShoalProcess, tmp_path: Path,
+                                 protocol: str) -> None:
+    url = server.url if protocol == "http" else f"grpc://{server.grpc_target}"
+    data = tmp_path / "in.csv"
+    source = table(300, seed=12)
+    write_input(source, data, "csv")
+    result = shoal_batch(url, "--model", "lr", str(data), "-o", str(tmp_path / "remote"),
+                         "--id-column", "id", "--outputs", "predict,predict_proba",
+                         "--batch-size", "64", "--concurrency", "3", "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("rows ok 300, failed 0")
+    out = read_output(tmp_path / "remote", "jsonl")
+    x = np.stack([source[c].to_numpy() for c in FEATURES], axis=1)
+    assert out["id"].to_pylist() == source["id"].to_pylist()
+    assert np.array_equal(out["predict"].to_numpy(), lr_model(repository).predict(x))
+    assert np.array_equal(np.array(out["predict_proba"].to_pylist()), lr_model(repository).predict_proba(x))
+
+
+def test_bad_rows_are_narrowed_through_a_server(repository: Path, server: ShoalProcess,
+                                                tmp_path: Path) -> None:
+    x = np.random.default_rng(13).standard_normal((40, 4))
+    x[[5, 30], 0] = 666
+    data = tmp_path / "x.npy"
+    np.save(data, x)
+    summary = run_batch(server.url, str(data), str(tmp_path / "out"), model_name="picky",
+                        max_errors=2, batch_size=16, progress="none")
+    assert (summary.rows_ok, summary.rows_failed) == (38, 2)
+    out = read_output(tmp_path / "out", "parquet")
+    good = np.setdiff1d(np.arange(40), [5, 30])
+    assert out["row"].to_pylist() == good.tolist()
+    assert np.allclose(out["total"].to_numpy(), x[good].sum(axis=1))
+    errors = (tmp_path / "out" / "_errors.jsonl").read_text()
+    assert errors.count("666 is not a value this model takes") == 2
+
+
+def test_a_graph_scores_in_process(repository: Path, tmp_path: Path) -> None:
+    data = tmp_path / "in.parquet"
+    source = table(80, seed=14)
+    write_input(source, data, "parquet")
+    run_batch(str(repository / "pipeline"), str(data), str(tmp_path / "out"), id_column="id",
+              batch_size=30, workers=1, progress="none")
+    out = read_output(tmp_path / "out", "parquet")
+    x = np.stack([source[c].to_numpy() for c in FEATURES], axis=1)
+    assert np.array_equal(out["predict"].to_numpy(), lr_model(repository).predict(x))
