@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
+from e2e.moto_server import MotoServer  # noqa: F401  (the tests' S3 server)
 from sklearn.linear_model import LogisticRegression
 
 FEATURES = [f"f{i}" for i in range(4)]
@@ -171,49 +171,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-class MotoServer:
-    def __init__(self) -> None:
-        self.port = free_port()
-        moto = Path(sys.executable).with_name("moto_server")
-        self.proc = subprocess.Popen(
-            [str(moto), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # werkzeug says when it listens
-            if "Running on" in line:
-                break
-        else:
-            raise RuntimeError("moto_server exited before listening")
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.options = {"endpoint_url": self.url, "key": "testing", "secret": "testing",
-                        "client_kwargs": {"region_name": "us-east-1"}}
-
-    def filesystem(self) -> Any:
-        import s3fs
-
-        return s3fs.S3FileSystem(skip_instance_cache=True, **self.options)
-
-    def create_bucket(self, name: str) -> None:
-        import boto3
-
-        boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=name)
-
-    def cli_options(self) -> list[str]:
-        return [arg for key in ("endpoint_url", "key", "secret")
-                for arg in ("--storage-option", f"{key}={self.options[key]}")]
-
-    def stop(self) -> None:
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def shoal_batch(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import http.server
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -18,10 +16,10 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 
+from .moto_server import MotoServer, free_port
 from .process import ShoalProcess
 
 SCALE = """
@@ -35,65 +33,6 @@ SCALE = """
 """
 
 BODY = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [1.0, 2.0]}]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MotoServer:
-    """``moto_server`` in a process of its own; its request log (stderr) counts the GETs."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115
-        executable = Path(sys.executable).with_name("moto_server")
-        self.proc = subprocess.Popen([str(executable), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(self.url + "/moto-api/", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"moto_server did not start: {log_path.read_text()}")
-                time.sleep(0.1)
-        self.env = {
-            "AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        }
-        self.client = boto3.client(
-            "s3", endpoint_url=self.url, aws_access_key_id="testing",
-            aws_secret_access_key="testing", region_name="us-east-1",
-        )
-
-    def object_gets(self, bucket: str) -> list[str]:
-        """The keys of ``bucket`` read so far (GET requests for objects, not listings)."""
-        self._log.flush()
-        pattern = re.compile(rf'"GET /{bucket}/(\S+) HTTP')
-        return [m.group(1) for m in pattern.finditer(self.log_path.read_text())]
-
-    def upload(self, bucket: str, files: dict[str, str | bytes]) -> None:
-        for key, body in files.items():
-            self.client.put_object(Bucket=bucket, Key=key,
-                                   Body=body.encode() if isinstance(body, str) else body)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
