@@ -155,8 +155,9 @@ def test_model_detail(client: httpx.Client) -> None:
     assert reply.status_code == 200, reply.text
     detail = reply.json()
     assert set(detail) == {"name", "kind", "state", "reason", "versions", "runtime", "replicas",
-                           "metadata", "config", "statistics", "series", "rollout",
-                           "explainer", "payload"}
+                           "autoscaling", "metadata", "config", "statistics", "series",
+                           "rollout", "explainer", "payload"}
+    assert detail["autoscaling"] is None  # not autoscaled
     assert (detail["name"], detail["kind"], detail["state"], detail["reason"]) == (
         "iris", "model", "READY", "")
     assert detail["versions"] == [{"version": "1", "state": "READY", "reason": ""},
