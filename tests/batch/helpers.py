@@ -67,6 +67,20 @@ TWO_INPUTS = """
             return {"score": a[:, 0] * 10 + b.sum(axis=1)}
 """
 
+#: Picky, refusing the input (a 400 through a server) rather than failing (a 500).
+REFUSING = PICKY.replace("raise ValueError(", "raise InvalidInput(").replace(
+    "from shoal import Model", "from shoal import Model\n    from shoal.errors import InvalidInput")
+
+BROKEN = """
+    from shoal import Model
+
+    class Broken(Model):
+        '''Fails on every call, whatever its rows: a 500 through a server.'''
+
+        def predict(self, request):
+            raise RuntimeError("the model's disk is gone")
+"""
+
 ROUTES = """
     import numpy as np
     from shoal import Model
@@ -100,6 +114,8 @@ def build_repository(root: Path) -> Path:
         {"name": "b", "datatype": "FP64", "shape": [-1, 2]},
     ]})
     custom(root / "double", ROUTES)
+    custom(root / "broken", BROKEN)
+    custom(root / "refusing", REFUSING)
     # A sequence (the model behind a transformer) and a switch that routes on each row.
     write(root / "pipeline" / "graph.yaml", yaml.safe_dump({
         "nodes": {"root": {"kind": "sequence", "steps": ["score"]},

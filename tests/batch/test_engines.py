@@ -4,6 +4,7 @@ local engine writes."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from e2e.process import ShoalProcess
 
-from shoal.batch import run_batch
+from shoal.batch import BatchFailed, run_batch
 
 from .helpers import FEATURES, lr_model, read_output, shoal_batch, table, write_input
 
@@ -66,6 +67,33 @@ def test_ray_engine_writes_what_the_local_engine_writes(
         assert shard.equals(theirs[name]), name
 
 
+def test_ray_engine_stops_at_max_errors_and_leaves_no_unrecorded_shard(
+    repository: Path, tmp_path: Path, ray_cluster: str,
+) -> None:
+    x = np.random.default_rng(15).standard_normal((250, 4))
+    x[130, 0] = 666  # picky fails on it: the second chunk's shard must not be left behind
+    data = tmp_path / "x.parquet"
+    pq.write_table(_table(x), data)
+    out = tmp_path / "out"
+    with pytest.raises(BatchFailed, match="row 130 of .*666 is not a value"):
+        run_batch(str(repository / "picky"), str(data), str(out), engine="ray",
+                  address=ray_cluster, num_actors=2, chunk_rows=100, batch_size=25,
+                  max_errors=0, progress="none")
+    manifest = json.loads((out / "_manifest.json").read_text())
+    listed = {n for r in manifest["shards"].values() for n in (r["file"], r["errors"]) if n}
+    written = {str(p.relative_to(out)) for p in out.rglob("*")
+               if p.is_file() and (not p.name.startswith((".", "_")) or "_errors" in p.parts)}
+    assert "x-00001.parquet" not in written
+    assert written <= listed, written - listed
+    assert all(r["failed"] == 0 for r in manifest["shards"].values())
+
+
+def _table(x: np.ndarray) -> object:
+    import pyarrow as pa
+
+    return pa.table({f: x[:, i] for i, f in enumerate(FEATURES)})
+
+
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[ShoalProcess]:
     process = ShoalProcess(repository)
@@ -90,7 +118,7 @@ def test_a_running_server_scores(repository: Path, server: ShoalProcess, tmp_pat
     assert result.stdout.startswith("rows ok 300, failed 0")
     out = read_output(tmp_path / "remote", "jsonl")
     x = np.stack([source[c].to_numpy() for c in FEATURES], axis=1)
-    assert out["id"].to_pylist() == source["id"].to_pylist()
+    assert out["id"].to_pylist() == [str(i) for i in source["id"].to_pylist()]  # CSV ids: text
     assert np.array_equal(out["predict"].to_numpy(), lr_model(repository).predict(x))
     assert np.array_equal(np.array(out["predict_proba"].to_pylist()), lr_model(repository).predict_proba(x))
 
@@ -101,7 +129,8 @@ def test_bad_rows_are_narrowed_through_a_server(repository: Path, server: ShoalP
     x[[5, 30], 0] = 666
     data = tmp_path / "x.npy"
     np.save(data, x)
-    summary = run_batch(server.url, str(data), str(tmp_path / "out"), model_name="picky",
+    # A server's 400 (the model refused the input) is narrowed down to the rows at fault.
+    summary = run_batch(server.url, str(data), str(tmp_path / "out"), model_name="refusing",
                         max_errors=2, batch_size=16, progress="none")
     assert (summary.rows_ok, summary.rows_failed) == (38, 2)
     out = read_output(tmp_path / "out", "parquet")
@@ -110,6 +139,32 @@ def test_bad_rows_are_narrowed_through_a_server(repository: Path, server: ShoalP
     assert np.allclose(out["total"].to_numpy(), x[good].sum(axis=1))
     errors = (tmp_path / "out" / "_errors.jsonl").read_text()
     assert errors.count("666 is not a value this model takes") == 2
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("model", ["broken", "picky"])
+def test_a_servers_own_failure_fails_the_job(repository: Path, server: ShoalProcess,
+                                             tmp_path: Path, protocol: str, model: str) -> None:
+    """A 500 (gRPC INTERNAL) is the server's failure, not the rows': the job fails with the
+    server's message and records no bad row, even when only some rows make the model fail."""
+    url = server.url if protocol == "http" else f"grpc://{server.grpc_target}"
+    x = np.random.default_rng(13).standard_normal((40, 4))
+    x[5, 0] = 666
+    data = tmp_path / "x.npy"
+    np.save(data, x)
+    out = tmp_path / "out"
+    with pytest.raises(BatchFailed) as failed:
+        run_batch(url, str(data), str(out), model_name=model, max_errors=100, batch_size=16,
+                  progress="none")
+    message = str(failed.value)
+    assert ("answered 500" if protocol == "http" else "answered INTERNAL") in message, message
+    reason = "the model's disk is gone" if model == "broken" else "666 is not a value this model takes"
+    assert reason in message
+    assert failed.value.summary is not None and failed.value.summary.rows_failed == 0
+    errors = out / "_errors.jsonl"
+    assert not errors.exists() or errors.read_text() == ""
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert all(r["failed"] == 0 for r in manifest["shards"].values())
 
 
 def test_a_graph_scores_in_process(repository: Path, tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def recorded(out: Path) -> dict[str, dict]:
 
 def check_complete(out: Path, x: np.ndarray, fmt: str = "parquet") -> None:
     table_ = read_output(out, fmt)
-    ids = table_["id"].to_numpy()
+    ids = table_["id"].to_numpy().astype(np.int64)  # a CSV input's ids are strings
     assert len(ids) == ROWS and np.array_equal(np.sort(ids), np.arange(ROWS) + 10_000)  # each once
     order = np.argsort(ids)
     assert np.allclose(table_["total"].to_numpy()[order], x.sum(axis=1))

@@ -111,8 +111,12 @@ class ColumnMapping:
                     field = schema.field(column) if column in names else None
                     self.wanted[column] = self._read_type(field, self.specs[name], text)
         if id_column is not None:
+            # Ids in text (CSV, JSON lines) are read as written, as strings: a type guessed
+            # from the first rows would drop leading zeros (000123 -> 123) and fail the later
+            # rows whose ids are not numbers (X59995), and could differ between blocks.
             self.wanted[id_column] = (
-                schema.field(id_column).type if id_column in names else deps.pyarrow().string()
+                schema.field(id_column).type if id_column in names and not text
+                else deps.pyarrow().string()
             )
         self.fields = {c: (schema.field(c) if c in names else None) for c in self.wanted}
         self._check_widths(columns)

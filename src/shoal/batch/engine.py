@@ -26,6 +26,6 @@ async def run_local(
     loaded: Loaded, layout: Layout, tasks: list[FileTask], report: Report,
     concurrency: int | None = None, workers: int = 0,
 ) -> None:
-    scorer = Scorer(loaded.endpoint, loaded.name, layout.outputs, loaded.row_wise)
+    scorer = Scorer(loaded.endpoint, loaded.name, layout.outputs, loaded.row_wise, loaded.remote)
     pipeline = Pipeline(layout, scorer, loaded.inputs, report, in_flight(loaded, concurrency, workers))
     await pipeline.run(tasks)

@@ -52,15 +52,21 @@ class InputFile:
 
 def resolve(
     sources: list[str], storage_options: dict[str, Any] | None = None,
-    input_format: str | None = None,
+    input_format: str | None = None, exclude: str | None = None,
 ) -> list[InputFile]:
-    """Every input file of the job, in a stable order (each source's files sorted by path)."""
+    """Every input file of the job, in a stable order (each source's files sorted by path).
+
+    ``exclude``: the job's output folder (a local absolute path or a URL, as
+    :meth:`storage.Location.url` gives it). Files under it are left out, so that an output
+    folder inside an input folder or glob is never read back as input on a rerun.
+    """
     if not sources:
         raise InvalidInput("no input: name a file, a folder or a glob")
     found: list[InputFile] = []
     names: dict[str, str] = {}
     for source in sources:
-        files = list(_expand(source, storage_options, input_format))
+        files = [f for f in _expand(source, storage_options, input_format)
+                 if exclude is None or not is_under(f.url, exclude)]
         if not files:
             raise InvalidInput(f"{source}: no input files (looked for {', '.join(sorted(EXTENSIONS))})")
         for file in files:
@@ -74,6 +80,16 @@ def resolve(
                 names[file.relative] = file.url
                 found.append(file)
     return found
+
+
+def is_under(url: str, folder: str) -> bool:
+    """Whether ``url`` (a local absolute path or a URL) is ``folder`` or lies under it."""
+    if storage.is_url(url) or storage.is_url(folder):
+        base = folder.rstrip("/")
+        return url == base or url.startswith(base + "/")
+    base = os.path.realpath(folder)
+    path = os.path.realpath(url)
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def _expand(source: str, options: dict[str, Any] | None, input_format: str | None):
@@ -94,7 +110,7 @@ def _expand(source: str, options: dict[str, Any] | None, input_format: str | Non
     else:
         raise InvalidInput(f"{source}: no such file or folder")
     for file_path in paths:
-        relative = _relative(file_path, base, location.local)
+        relative = safe_relative(_relative(file_path, base, location.local), file_path)
         if any(part.startswith((".", "_")) for part in relative.split("/")):
             continue
         stem, extension = _split_extension(relative)
@@ -114,6 +130,17 @@ def _expand(source: str, options: dict[str, Any] | None, input_format: str | Non
             fingerprint=fingerprint(fs, file_path, info, location.local),
         )
         yield _with_rows(file, options)
+
+
+def safe_relative(relative: str, where: str) -> str:
+    """An input's name relative to its folder, as output shards are named after it: empty and
+    ``.`` parts dropped (``data//a.parquet``: an object store key may hold them), a ``..``
+    part refused, so that no name can point outside the output folder."""
+    parts = [part for part in relative.replace("\\", "/").split("/") if part not in ("", ".")]
+    if not parts or ".." in parts:
+        raise InvalidInput(f"{where}: cannot name output shards after {relative!r} (a name with "
+                           "'..' or no name at all): rename the file or name it another way")
+    return "/".join(parts)
 
 
 def _glob_base(path: str) -> str:

@@ -240,7 +240,8 @@ class _Run:
     async def go(self) -> BatchSummary:
         job = self.job
         files = await asyncio.to_thread(
-            inputs_module.resolve, job.inputs, job.storage_options, job.input_format
+            inputs_module.resolve, job.inputs, job.storage_options, job.input_format,
+            self.out.url(),
         )
         loaded = None
         if job.engine == "local":
@@ -252,7 +253,12 @@ class _Run:
             fingerprint = loaded.fingerprint
         else:
             fingerprint = await loading.fingerprint(job.model, job.model_name)
+        lock = storage.FolderLock(self.out)
         try:
+            try:
+                await asyncio.to_thread(lock.acquire)
+            except storage.OutputLocked as exc:
+                raise BatchFailed(str(exc)) from None
             tasks = await asyncio.to_thread(self._prepare, files, fingerprint)
             report = self.report
             if job.engine == "local":
@@ -262,7 +268,7 @@ class _Run:
             else:
                 from .ray_engine import RayEngine
 
-                engine = RayEngine(job, self.layout())
+                engine = RayEngine(job, self.layout(), job.max_errors - self.earlier_failed)
                 self.nodes = engine.nodes
                 await engine.run(tasks, report)
         finally:
@@ -272,6 +278,7 @@ class _Run:
                 if self.manifest is not None:
                     await asyncio.to_thread(self._write_errors_file)
             finally:
+                lock.release()
                 if loaded is not None:
                     await loaded.close()
         return self.summary()

@@ -5,7 +5,9 @@ fingerprint, the output format, the column choices, the chunk size), each input 
 and fingerprint, and every finished shard with its row counts. It is rewritten (atomically)
 after each shard. A rerun skips the shards it lists; one whose model, settings or inputs
 changed is refused, naming what changed, unless it is told to start over (``overwrite``),
-which deletes the shards and error files the manifest lists first.
+which deletes the shards and error files the manifest lists first, and with them every file
+named like a shard of the current inputs (``{relative}-NNNNN.{ext}``, recorded or not), the
+errors folder and the errors file.
 
 Output shards are named after their input file and chunk, so a shard written by a run that
 died before recording it is written again under the same name: never twice.
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -67,7 +71,9 @@ class Manifest:
         manifest = cls(output, job)
         raw = storage.read_bytes(manifest.location)
         if raw is None:
-            if not overwrite and _holds_files(output):
+            if overwrite:
+                _clear(output, inputs)
+            elif _holds_files(output):
                 raise OutputRefused(
                     f"{output.shown} is not empty and holds no batch manifest ({MANIFEST}): "
                     "write to an empty or new folder, or pass --overwrite to write into it"
@@ -81,6 +87,7 @@ class Manifest:
                                 f"({exc}): pass --overwrite to start over") from None
         if overwrite:
             previous.delete_outputs()
+            _clear(output, inputs)
             return manifest
         changes = previous._changes(job, inputs)
         if changes:
@@ -173,12 +180,58 @@ class Manifest:
         return [r.errors for _, r in sorted(self.shards.items()) if r.errors]
 
 
+def _clear(output: storage.Location, inputs: list[InputFile]) -> None:
+    """Start over: every shard file the inputs could have (a run that died before recording
+    it leaves one the manifest does not list), the errors folder and the errors file."""
+    for file in inputs:
+        delete_unrecorded(output, file.relative, set())
+    errors = output.child(ERROR_PARTS)
+    try:
+        if errors.fs.isdir(errors.path):
+            errors.fs.rm(errors.path, recursive=True)
+    except FileNotFoundError:
+        pass
+    storage.delete(output.child(ERRORS))
+
+
+def shard_files(output: storage.Location, relative: str) -> list[tuple[str, int]]:
+    """The files in ``output`` named as an input's shards or error parts, recorded or not:
+    ``{relative}-NNNNN.{parquet,csv,jsonl}`` and ``_errors/{relative}-NNNNN.jsonl``, as
+    (name relative to the output folder, chunk)."""
+    found = []
+    for prefix in (relative, f"{ERROR_PARTS}/{relative}"):
+        folder, stem = posixpath.split(prefix)
+        pattern = re.compile(re.escape(stem) + r"-(\d{5})\.(parquet|csv|jsonl)")
+        where = output.child(folder) if folder else output
+        try:
+            paths = where.fs.ls(where.path, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for path in paths:
+            name = posixpath.basename(str(path).rstrip("/").replace(os.sep, "/"))
+            match = pattern.fullmatch(name)
+            if match:
+                found.append((f"{folder}/{name}" if folder else name, int(match.group(1))))
+    return sorted(found)
+
+
+def delete_unrecorded(output: storage.Location, relative: str, keep: set[str]) -> list[str]:
+    """Delete an input's shard and error part files whose names are not in ``keep``."""
+    deleted = []
+    for name, _ in shard_files(output, relative):
+        if name not in keep:
+            storage.delete(output.child(name))
+            deleted.append(name)
+    return deleted
+
+
 def _holds_files(output: storage.Location) -> bool:
     if output.local:
         if not os.path.isdir(output.path):
             return False
         for _, _, files in os.walk(output.path):
-            if any(not (f.startswith(".") and storage.TMP_MARK in f) for f in files):
+            if any(not (f.startswith(".") and storage.TMP_MARK in f) and f != storage.LOCK
+                   for f in files):
                 return True
         return False
     try:

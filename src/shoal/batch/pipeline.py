@@ -332,15 +332,26 @@ class Pipeline:
             batch = self._conformed(batch)
         return batch
 
+    def _target(self, batch: Any) -> Any:
+        """The outputs' schema of earlier batches, with this batch's own id column: an
+        input file's ids keep their type (a CSV file's ids are strings, a Parquet file's may
+        be integers), so that each shard is the same whichever files went before it."""
+        if self.schema.names and batch.schema.names and self.schema.field(0).name == batch.schema.field(0).name:
+            return self.schema.set(0, batch.schema.field(0))
+        return self.schema
+
     def _conformed(self, batch: Any) -> Any:
         pa = deps.pyarrow()
         if batch.schema.names != self.schema.names:
             raise JobError(f"the model's outputs changed from {self.schema.names[1:]} to "
                            f"{batch.schema.names[1:]} between batches")
+        target = self._target(batch)
+        if batch.schema == target:
+            return batch
         try:
             return pa.RecordBatch.from_arrays(
-                [batch.column(i).cast(self.schema.field(i).type) for i in range(batch.num_columns)],
-                schema=self.schema,
+                [batch.column(i).cast(target.field(i).type) for i in range(batch.num_columns)],
+                schema=target,
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise JobError(f"the model's outputs changed type between batches ({exc})") from None

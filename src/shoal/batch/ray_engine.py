@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import deps
-from .pipeline import FileTask, Layout, Pipeline, Report, RowsDone
+from .pipeline import FileTask, Layout, Pipeline, Report, RowsDone, ShardDone
 
 #: Seconds the actors may take to start and load the model.
 ACTORS_START_S = 600
@@ -42,6 +42,10 @@ class ActorSpec:
     layout: Layout
     request_timeout: float
     concurrency: int | None
+    allowed_errors: int | None = None
+    """Bad rows the job may still have (``max_errors`` less those recorded earlier): an actor
+    that sees more stops its unit there, its unfinished shard left unwritten, as the local
+    engine does. None: no limit."""
 
 
 class ShardActor:
@@ -57,6 +61,8 @@ class ShardActor:
         self.loaded = self.loop.run_until_complete(
             loading.load(spec.model, spec.model_name, 0, spec.request_timeout, threads)
         )
+        #: Bad rows this actor has seen (in every unit it ran).
+        self.failed = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import ray
@@ -70,13 +76,34 @@ class ShardActor:
             task: FileTask = pickle.loads(blob)
             events: list[Any] = []
             loaded = self.loaded
-            scorer = Scorer(loaded.endpoint, loaded.name, self.spec.layout.outputs, loaded.row_wise)
-            pipeline = Pipeline(self.spec.layout, scorer, loaded.inputs, events.append,
+            scorer = Scorer(loaded.endpoint, loaded.name, self.spec.layout.outputs, loaded.row_wise,
+                            loaded.remote)
+            pipeline = Pipeline(self.spec.layout, scorer, loaded.inputs, self._collector(events),
                                 in_flight(loaded, self.spec.concurrency, 0))
-            self.loop.run_until_complete(pipeline.run([task]))
+            try:
+                self.loop.run_until_complete(pipeline.run([task]))
+            except _TooManyErrors:
+                pass  # the shard being written is not; the driver fails the job with the row
             results.append(pickle.dumps(_merged(events)))
         return {"result": np.array(results, dtype=object),
                 "node": np.array([node] * len(results), dtype=object)}
+
+
+    def _collector(self, events: list[Any]) -> Report:
+        allowed = self.spec.allowed_errors
+
+        def collect(event: Any) -> None:
+            events.append(event)
+            if isinstance(event, RowsDone) and event.failed:
+                self.failed += event.failed
+                if allowed is not None and self.failed > allowed:
+                    raise _TooManyErrors()
+
+        return collect
+
+
+class _TooManyErrors(Exception):
+    """An actor saw more bad rows than the job allows: its pipeline stops there."""
 
 
 def _merged(events: list[Any]) -> list[Any]:
@@ -114,12 +141,15 @@ def work_units(tasks: list[FileTask], chunk_rows: int) -> list[FileTask]:
 
 
 class RayEngine:
-    def __init__(self, job: Any, layout: Layout) -> None:
+    def __init__(self, job: Any, layout: Layout, allowed_errors: int | None = None) -> None:
         self.job = job
         self.layout = layout
+        self.allowed_errors = allowed_errors
         self._stop = threading.Event()
         #: The Ray nodes whose actors scored shards.
         self.nodes: set[str] = set()
+        #: Shards (and their error parts) this run recorded.
+        self.recorded: set[str] = set()
 
     async def run(self, tasks: list[FileTask], report: Report) -> None:
         worker = asyncio.get_running_loop().run_in_executor(None, self._run, tasks, report)
@@ -136,6 +166,7 @@ class RayEngine:
         units = work_units(tasks, self.layout.chunk_rows)
         if not units:
             return
+        completed = False
         started = not ray.is_initialized()
         if started:
             if job.address:
@@ -150,7 +181,7 @@ class RayEngine:
             # first one ready does not take them all; a cluster without room for them fails.
             context.wait_for_min_actors_s = ACTORS_START_S
             spec = ActorSpec(job.model, job.model_name, self.layout, job.request_timeout,
-                             job.concurrency)
+                             job.concurrency, self.allowed_errors)
             items = [{"task": pickle.dumps(unit)} for unit in units]
             dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 ShardActor, fn_constructor_kwargs={"spec": spec}, batch_size=1,
@@ -162,8 +193,33 @@ class RayEngine:
                 self.nodes.add(str(row["node"]))
                 for event in pickle.loads(row["result"]):
                     report(event)
+                    if isinstance(event, ShardDone):
+                        self.recorded.update(n for n in (event.record.file, event.record.errors) if n)
                 if self._stop.is_set():
                     return
+            completed = True
         finally:
             if started:
                 ray.shutdown()
+            if not completed:
+                self._delete_unrecorded(units)
+
+    def _delete_unrecorded(self, units: list[FileTask]) -> None:
+        """After a failure: delete the shards actors wrote that the driver did not record (a
+        unit's shards after the bad row too many, or results still streaming in), so the
+        output holds only what its manifest lists. (Where this process did not start Ray, an
+        actor still running may write one after this; the next run writes it again.)"""
+        from . import storage
+        from .manifest import shard_files
+
+        output = storage.locate(self.layout.output, self.layout.storage_options)
+        done: dict[str, set[int]] = {}
+        relative: dict[str, str] = {}
+        for unit in units:
+            relative[unit.file.url] = unit.file.relative
+            done.setdefault(unit.file.url, set(unit.done))
+            done[unit.file.url] &= set(unit.done)  # a chunk unit leaves out the other chunks
+        for url, chunks in done.items():
+            for name, chunk in shard_files(output, relative[url]):
+                if chunk not in chunks and name not in self.recorded:
+                    storage.delete(output.child(name))

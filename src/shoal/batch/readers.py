@@ -447,8 +447,10 @@ class JsonLinesReader(Reader):
         pa = deps.pyarrow()
         schema = pa.schema([(name, kind) for name, kind in wanted.items()])
         options = pa.json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        quote = _number_quoter([name for name, kind in wanted.items() if pa.types.is_string(kind)])
         row = 0
         for block in self._blocks():
+            block = quote(block)
             try:
                 table = pa.json.read_json(io.BytesIO(block), parse_options=options)
                 errors: dict[int, str] = {}
@@ -479,6 +481,19 @@ class JsonLinesReader(Reader):
             row += 1
         table = pa.json.read_json(io.BytesIO(b"\n".join(fixed) + b"\n"), parse_options=options)
         return table, errors
+
+
+def _number_quoter(names: list[str]) -> Callable[[bytes], bytes]:
+    """A function that makes a bare number under one of ``names`` a string, as written
+    (``"id": 000123`` is not JSON, but ``"id": 59995`` -> ``"id": "59995"``): a column read
+    as text (the id column) takes numbers and strings alike, with their text kept."""
+    if not names:
+        return lambda block: block
+    keys = b"|".join(re.escape(json.dumps(n, ensure_ascii=False)[1:-1].encode()) for n in names)
+    pattern = re.compile(
+        rb'(?<!\\)("(?:' + keys + rb')"\s*:\s*)(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?=\s*[,}])'
+    )
+    return lambda block: pattern.sub(rb'\1"\2"', block)
 
 
 def _is_number(kind: Any) -> bool:

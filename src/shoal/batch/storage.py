@@ -43,6 +43,13 @@ class Location:
         return "file" in _protocols(self.fs)
 
     def child(self, relative: str) -> Location:
+        """The file or folder ``relative`` names in this folder; InvalidInput for a name that
+        would lead out of it (absolute, or with ``..``)."""
+        parts = relative.replace("\\", "/").split("/") if self.local else relative.split("/")
+        if relative.startswith("/") or ".." in parts or (self.local and os.path.isabs(relative)):
+            from ..errors import InvalidInput
+
+            raise InvalidInput(f"{relative!r} is not a name inside {self.shown}")
         path = posixpath.join(self.path, relative) if not self.local else os.path.join(self.path, relative)
         shown = self.shown.rstrip("/") + "/" + relative
         return Location(self.fs, path, shown, self.storage_options)
@@ -105,7 +112,11 @@ class AtomicFile:
             self.handle = None
         try:
             if self.location.local:
+                # On disk before its name, and its name on disk before the manifest names it:
+                # a crash (power loss) after the manifest records a shard never finds it empty.
+                _fsync_file(self.tmp)
                 os.replace(self.tmp, self.location.path)
+                _fsync_folder(os.path.dirname(self.location.path))
             else:
                 self.location.fs.put_file(self.tmp, self.location.path)
         finally:
@@ -118,6 +129,84 @@ class AtomicFile:
             self.handle = None
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # a platform that cannot open folders (Windows): nothing more to do
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder
+    finally:
+        os.close(fd)
+
+
+#: The lock file a run holds in a local output folder.
+LOCK = ".shoal-batch.lock"
+
+
+class OutputLocked(Exception):
+    """Another run is writing to the same local output folder."""
+
+
+class FolderLock:
+    """An exclusive lock (``flock``) on a local output folder, held while a job runs, so that
+    two runs cannot interleave their shards and manifests; the system releases it when the
+    process ends, however it ends. Object storage has no such lock: two runs writing to the
+    same bucket folder at once are not stopped (run one per output folder)."""
+
+    def __init__(self, folder: Location) -> None:
+        self.folder = folder
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        if not self.folder.local:
+            return
+        import fcntl
+
+        os.makedirs(self.folder.path, exist_ok=True)
+        path = os.path.join(self.folder.path, LOCK)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputLocked(
+                    f"{self.folder.shown} is being written by another shoal batch run "
+                    f"(it holds {LOCK}): wait for it to end, or write to another folder"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a file the run before us deleted as we opened it
+                self.fd = fd
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(os.path.join(self.folder.path, LOCK))
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
 
 
 def write_bytes(location: Location, data: bytes) -> None:
