@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e.file_server import serving
 
 kmock = pytest.importorskip("kmock")  # Python >= 3.11
 kopf = pytest.importorskip("kopf")
@@ -275,7 +276,6 @@ async def steps(cluster: Cluster, repo: str) -> None:
 def test_the_shoal_operator_command_with_a_kubeconfig(tmp_path: Path) -> None:
     """``shoal operator -n ml`` as a user runs it: credentials from $KUBECONFIG, stopped by
     SIGTERM (kopf's graceful stop), exit status 0."""
-    import http.server
     import tarfile
 
     folder = build_repository(tmp_path / "models")
@@ -285,23 +285,9 @@ def test_the_shoal_operator_command_with_a_kubeconfig(tmp_path: Path) -> None:
         for child in sorted(folder.iterdir()):
             bundle.add(child, arcname=child.name)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(www), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        repo = f"http://127.0.0.1:{server.server_address[1]}/models.tar.gz"
-        asyncio.run(asyncio.wait_for(command_scenario(repo, tmp_path), timeout=60))
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(www) as url:
+        asyncio.run(asyncio.wait_for(command_scenario(f"{url}/models.tar.gz", tmp_path),
+                                     timeout=60))
 
 
 async def command_scenario(repo: str, tmp_path: Path) -> None:

@@ -4,13 +4,11 @@ them, and archives over HTTP from a local ``http.server``."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .file_server import serving
 from .moto_server import MotoServer, free_port
 from .process import ShoalProcess
 
@@ -199,26 +198,13 @@ def test_killed_fetch_leaves_the_previous_copy(moto: MotoServer, tmp_path: Path)
     assert not [p for p in target.iterdir() if p.name.startswith((".shoal-fetch-", ".shoal-old-"))]
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def http_files(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A local HTTP server for the files in a folder (archives of repositories)."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = lambda *a, **k: _QuietHandler(*a, directory=str(root), **k)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(root) as url:
+        yield url, root
 
 
 def test_archives_over_http(http_files: tuple[str, Path], tmp_path: Path) -> None:

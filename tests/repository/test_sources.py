@@ -5,7 +5,6 @@ here on a free port."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import io
 import os
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from e2e.file_server import serving
 
 from shoal.errors import ModelNotFound
 from shoal.repository.sources import (
@@ -332,23 +332,8 @@ def test_store_errors_are_one_line(aws: object, tmp_path: Path) -> None:
 def www(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "www"
     root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(root) as url:
+        yield url, root
 
 
 def _tar(path: Path, members: list[tarfile.TarInfo]) -> None:
