@@ -53,3 +53,10 @@ def test_mistakes_fail_the_load_naming_the_key(tmp_path: Path, text: str, messag
 def test_a_block_or_false(tmp_path: Path) -> None:
     assert load(tmp_path, "autoscaling: false").autoscaling is False
     assert isinstance(load(tmp_path, "autoscaling: {}").autoscaling, AutoscalingConfig)
+
+
+def test_the_models_own_bound_wins_over_a_default_it_contradicts() -> None:
+    raised = AutoscalingConfig(min_replicas=3).resolved({"max_replicas": 2})
+    assert (raised.min_replicas, raised.max_replicas) == (3, 3)
+    lowered = AutoscalingConfig(max_replicas=2).resolved({"min_replicas": 3})
+    assert (lowered.min_replicas, lowered.max_replicas) == (2, 2)

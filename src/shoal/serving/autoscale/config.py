@@ -99,10 +99,12 @@ class AutoscalingConfig(BaseModel):
         values.update({k: v for k, v in (defaults or {}).items() if v is not None})
         values.update(self.model_dump(exclude_none=True))
         if values["min_replicas"] > values["max_replicas"]:
-            if "max_replicas" in self.model_fields_set:
-                raise ValueError(f"min_replicas ({values['min_replicas']}) is above "
-                                 f"max_replicas ({values['max_replicas']})")
-            values["max_replicas"] = values["min_replicas"]
+            # One of them came from the server's defaults (the model's own pair is checked at
+            # validation): the model's own value wins, the default moves to meet it.
+            if self.max_replicas is not None:
+                values["min_replicas"] = values["max_replicas"]
+            else:
+                values["max_replicas"] = values["min_replicas"]
         values["panic_window"] = min(values["panic_window"], values["stable_window"])
         return ResolvedAutoscaling(**values)
 
