@@ -7,15 +7,17 @@ travels raw.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from ..datatypes import numpy_dtype
+from ..datatypes import NUMPY_DTYPES, numpy_dtype
 from ..errors import InvalidInput
 from ..types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from . import v2_binary
 from .grpc_gen import grpc_service_pb2 as pb
+from .v2_binary import _MAX_ELEMENTS
 
 #: datatype -> the InferTensorContents field that carries it.
 CONTENTS_FIELD = {
@@ -35,6 +37,8 @@ CONTENTS_FIELD = {
 
 
 def parameters_from_proto(params: Any) -> dict[str, Any]:
+    if not params:  # the common case, without the items() view
+        return {}
     result = {}
     for key, value in params.items():
         choice = value.WhichOneof("parameter_choice")
@@ -60,9 +64,10 @@ def parameters_to_proto(target: Any, params: dict[str, Any]) -> None:
 
 def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    inputs = message.inputs
+    if raw and len(raw) != len(inputs):
         raise InvalidInput(
-            f"the request has {len(message.inputs)} inputs but {len(raw)} raw_input_contents"
+            f"the request has {len(inputs)} inputs but {len(raw)} raw_input_contents"
         )
     outputs = None
     if message.outputs:
@@ -70,7 +75,7 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
             RequestedOutput(o.name, parameters_from_proto(o.parameters)) for o in message.outputs
         ]
     return InferenceRequest(
-        inputs=_decode_tensors(message.inputs, raw),
+        inputs=_decode_tensors(inputs, raw),
         id=message.id or None,
         parameters=parameters_from_proto(message.parameters),
         outputs=outputs,
@@ -86,21 +91,32 @@ def _decode_tensors(items: Any, raw: Any, kind: str = "input") -> list[Tensor]:
         name, datatype = item.name, item.datatype
         if not name:
             raise InvalidInput(f"{kind} {index} needs a name")
-        numpy_dtype(datatype)
+        dtype = NUMPY_DTYPES.get(datatype)
+        if dtype is None:
+            numpy_dtype(datatype)  # the error naming the datatypes there are
         shape = tuple(item.shape)
-        if any(d < 0 for d in shape):
+        if shape and min(shape) < 0:
             raise InvalidInput(f"{kind} {name!r}: shape dimensions must be non-negative")
-        v2_binary.check_shape(shape, name, kind)
+        count = math.prod(shape)
+        if count > _MAX_ELEMENTS or not count:  # zeros: the product of the other dimensions
+            v2_binary.check_shape(shape, name, kind)
         if raw:
             if item.HasField("contents"):
                 message = "request" if kind == "input" else "response"
                 raise InvalidInput(
                     f"{kind} {name!r} sets contents while the {message} uses raw_{kind}_contents"
                 )
-            data = v2_binary.decode_tensor_bytes(raw[index], datatype, shape, name)
+            buffer = raw[index]
+            if datatype != "BYTES" and len(buffer) == count * dtype.itemsize:
+                data = np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+            else:  # BYTES elements, or the error for a size that does not match
+                data = v2_binary.decode_tensor_bytes(buffer, datatype, shape, name)
         else:
             data = _typed_contents(item, datatype, shape, kind)
-        tensors.append(Tensor(name, datatype, shape, data, parameters_from_proto(item.parameters)))
+        parameters = item.parameters
+        tensors.append(
+            Tensor(name, datatype, shape, data, parameters_from_proto(parameters) if parameters else {})
+        )
     return tensors
 
 

@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..errors import InvalidInput, ShoalError
@@ -23,10 +24,12 @@ from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
 from .auth import AdminToken
 from .grpc_health import HealthServicer
-from .grpc_parsing import add_parsed_service
+from .grpc_parsing import add_parsed_service, malformed
 from .grpc_reflection import add_to_server as add_reflection
 
 T = TypeVar("T")
+
+_parse_infer = pb.ModelInferRequest.FromString
 
 
 async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
@@ -92,6 +95,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         REQUEST_HEADERS.set(context.invocation_metadata)  # read only by graph conditions
         return await _guard(context, lambda: self._infer(request, context.time_remaining()))
+
+    async def model_infer_bytes(self, body: bytes, context: Any) -> pb.ModelInferResponse:
+        """``ModelInfer`` as served: the request's bytes in, parsed here, and ``ModelInfer``'s
+        steps (and ``_guard``'s error handling) inline, so the hottest method of the port runs
+        in one coroutine over the data plane's instead of five."""
+        try:
+            request = _parse_infer(body)
+        except DecodeError as exc:
+            await malformed(context, exc)
+            raise
+        REQUEST_HEADERS.set(context.invocation_metadata)  # read only by graph conditions
+        deadline = context.time_remaining()
+        raw = bool(request.raw_input_contents)
+        try:
+            return await self.dataplane.infer(
+                request.model_name,
+                request.model_version or None,
+                "v2-grpc",
+                lambda _: v2_grpc.decode_request(request),
+                lambda _, response: v2_grpc.encode_response(response, raw=raw),
+                deadline=deadline if deadline is None else max(deadline, 1e-6),
+            )
+        except ShoalError as exc:  # as _guard answers
+            trailing = tuple((key.lower(), value) for key, value in exc.headers.items())
+            await context.abort(exc.grpc_code, str(exc), trailing)
+        except Exception as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable")
 
     async def _infer(
         self, request: pb.ModelInferRequest, deadline: float | None = None
@@ -166,9 +197,10 @@ def build_server(
             ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
+    servicer = InferenceServicer(dataplane, admin)
     add_parsed_service(
-        server, pb_grpc.add_GRPCInferenceServiceServicer_to_server,
-        InferenceServicer(dataplane, admin),
+        server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer,
+        raw={"ModelInfer": servicer.model_infer_bytes},
     )
     from . import tfs_grpc  # TF Serving's services; that module builds on this one's _guard
 
