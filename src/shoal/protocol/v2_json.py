@@ -115,10 +115,13 @@ def _decode_input(
 
 
 def parse_shape(value: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
-    ):
+    if not isinstance(value, list):
         raise InvalidInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    for d in value:  # a loop, not all(...): this runs for every tensor of every request
+        if type(d) is not int or d < 0:  # JSON integers are exactly int (never bool, never a subclass)
+            if isinstance(d, int) and not isinstance(d, bool) and d >= 0:
+                continue
+            raise InvalidInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
     return v2_binary.check_shape(tuple(value), name)
 
 
@@ -184,6 +187,8 @@ def _floats(array: np.ndarray, dtype: np.dtype, datatype: str, name: str) -> np.
     """JSON numbers as a float datatype. A decimal literal becomes the nearest value (that is
     what 0.1 means), but an integer too large to be represented (9007199254740993 as FP64)
     or a number beyond the type's range (1e40 as FP32, which would become inf) is refused."""
+    if array.dtype == dtype:  # JSON floats as FP64: nothing to convert, nothing to refuse
+        return array
     with np.errstate(over="ignore"):  # an overflow is looked for below
         result = array.astype(dtype, copy=False)
     if array.dtype.kind in "iu":

@@ -14,6 +14,12 @@ an idle keep-alive connection is left to uvicorn's own keep-alive timeout. A pip
 that starts in the same read as the end of the request before it is counted from its next
 read, so it may pass the limit by what that one read held (the parser still holds at most
 the limit plus one read).
+
+A response whose head carries ``content-length`` goes out in one write, head and body
+together (uvicorn writes them apart: two socket writes, two TCP segments for the client to
+read): the head is held until the body's first write, or until the response ends without one
+(``HEAD``) or the connection closes. A streamed response (no ``content-length``) is written as
+uvicorn writes it, so its head reaches the client before its first chunk is ready.
 """
 
 from __future__ import annotations
@@ -93,7 +99,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        cycle = self.cycle
         _on_headers_complete(self)
+        if self.cycle is not cycle and self.cycle is not None:  # a request to answer
+            _hold_sized_heads(self.cycle)
 
     def on_message_complete(self) -> None:
         self._head = 0  # whatever comes next is the next request's head
@@ -152,6 +161,74 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                        b"connection: close\r\n\r\n" % len(body))
         content.append(body)
         self.transport.write(b"".join(content))
+
+
+class _HeldHead:
+    """A response's transport that can keep the response head back and send it with the
+    body's first write (see the module's docstring)."""
+
+    __slots__ = ("transport", "held", "hold")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.held: bytes | None = None
+        self.hold = False
+
+    def write(self, data: bytes) -> None:
+        if self.hold:
+            self.hold = False
+            self.held = data
+            return
+        held = self.held
+        if held is not None:
+            self.held = None
+            data = held + data
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+_CONTENT_LENGTH = b"content-length"
+
+
+def _hold_sized_heads(cycle: Any) -> None:
+    """Make ``cycle`` (uvicorn's RequestResponseCycle) send a response head that carries
+    ``content-length`` in the same write as the body."""
+    held = cycle.transport = _HeldHead(cycle.transport)
+    send = cycle.send
+
+    async def send_held(message: Any) -> None:
+        if message["type"] == "http.response.start" and not cycle.response_started:
+            for name, _ in message.get("headers", ()):
+                if name.lower() == _CONTENT_LENGTH:
+                    held.hold = True  # the head's write, which uvicorn makes now, is kept
+                    try:
+                        await send(message)
+                    finally:
+                        held.hold = False
+                    return
+            await send(message)
+            return
+        try:
+            await send(message)
+        finally:
+            held.flush()  # a body without a write (HEAD) still gets its head out
+
+    cycle.send = send_held
 
 
 def http_protocol(max_header_size: int, header_timeout: float) -> type[LimitedHttpToolsProtocol]:

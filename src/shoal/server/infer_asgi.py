@@ -81,7 +81,10 @@ class InferenceASGI:
         except Exception as exc:  # a bug of ours: still an answer, never a dropped connection
             error = ModelFailure(f"internal error: {type(exc).__name__}: {exc}")
             status, content, headers = 500, error_body(str(error)), _JSON_HEADERS
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        # With its length, the answer is not chunked, and goes out in one write with its head
+        # (see http_protocol).
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", b"%d" % len(content)), *headers]})
         await send({"type": "http.response.body", "body": content})
 
     async def _v2(

@@ -21,6 +21,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Awaitable, Callable, Hashable, Mapping
 
 import numpy as np
@@ -104,8 +105,8 @@ def merge(requests: list[InferenceRequest]) -> InferenceRequest:
 
 
 def split(response: InferenceResponse, rows: list[int]) -> list[InferenceResponse]:
-    total = sum(rows)
-    bounds = np.cumsum([0, *rows])
+    bounds = list(accumulate(rows, initial=0))
+    total = bounds[-1]
     parts: list[InferenceResponse] = [
         InferenceResponse([], response.model_name, response.model_version, None, dict(response.parameters))
         for _ in rows
@@ -114,7 +115,7 @@ def split(response: InferenceResponse, rows: list[int]) -> list[InferenceRespons
         batched = bool(tensor.shape) and tensor.shape[0] == total
         for index, part in enumerate(parts):
             if batched:
-                start, stop = int(bounds[index]), int(bounds[index + 1])
+                start, stop = bounds[index], bounds[index + 1]
                 part.outputs.append(
                     Tensor(tensor.name, tensor.datatype, (stop - start, *tensor.shape[1:]),
                            tensor.data[start:stop], tensor.parameters)
@@ -146,13 +147,19 @@ class Batcher:
         #: The attributes of this model's predict spans, when tracing is on.
         self._traced_as: Mapping[str, Any] = traced_as or {}
         self._queue: deque[_Waiting] = deque()
-        self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
+        #: While the dispatcher waits for a batch to fill (see _wait): the future it waits on,
+        #: the batch key it waits for and the rows of that key that arrived since it began.
+        self._filling: asyncio.Future | None = None
+        self._filling_key: Hashable = None
+        self._filling_rows = 0
         # What recent traffic looked like, to wait only when waiting can pay off (see _wait).
         self._typical_rows = float(settings.max_batch_size)
         self._typical_gap = settings.max_batch_delay
         self._last_arrival = 0.0
         self._batches = 0
+        #: Seconds a model execution typically takes (see _wait); 0 until one ran.
+        self._typical_run = 0.0
 
     async def submit(self, request: InferenceRequest) -> InferenceResponse:
         rows = batch_rows(request)
@@ -163,13 +170,16 @@ class Batcher:
         if tracing.TRACER is not None:  # before the dispatcher can see it
             waiting.context, waiting.queued = tracing.capture(), tracing.start(tracing.QUEUE)
         if self._task is None or self._task.done():
-            # A fresh event per dispatcher: an asyncio.Event binds to the loop it first waits
-            # on, and nothing waits on the old one once its dispatcher has finished.
-            self._arrived = asyncio.Event()
             self._task = asyncio.create_task(self._dispatch())
         self._queue.append(waiting)
         self._note_arrival(waiting.enqueued)
-        self._arrived.set()
+        filling = self._filling
+        if filling is not None and waiting.key == self._filling_key:
+            # Wake the waiting dispatcher only once its batch is full: one wake-up per batch,
+            # not one per arrival.
+            self._filling_rows += rows
+            if self._filling_rows >= self.settings.max_batch_size and not filling.done():
+                filling.set_result(None)
         if waiting.queued is None:
             return await waiting.future
         try:
@@ -240,18 +250,65 @@ class Batcher:
     async def _wait(self, first: _Waiting) -> None:
         """Until the batch is full, ``max_batch_delay`` after its first request, or arrivals
         stop: no request for three typical gaps between arrivals (a burst of closed-loop
-        clients has arrived, and nobody else will until they are answered)."""
+        clients has arrived, and nobody else will until they are answered), nor for a
+        quarter of a typical execution. The latter keeps a model whose execution costs much
+        more than a request (a forest) from running a batch without the stragglers of a burst
+        that the event loop is still reading, at a small fraction of an execution's time."""
         deadline = first.enqueued + self.settings.max_batch_delay
-        quiet = max(50e-6, 3 * self._typical_gap)
-        while self._rows_waiting(first.key) < self.settings.max_batch_size:
-            remaining = deadline - time.perf_counter()
+        quiet = max(50e-6, 3 * self._typical_gap, 0.25 * self._typical_run)
+        limit = self.settings.max_batch_size
+        rows = self._rows_waiting(first.key)
+        if rows >= limit:
+            return
+        # One future and one timer for the whole wait: arrivals only add up rows (submit wakes
+        # the future when the batch is full), and the timer, when it fires, ends the wait at
+        # the deadline or once no request arrived for ``quiet``, else sleeps on until then.
+        loop = asyncio.get_running_loop()
+        filling = self._filling = loop.create_future()
+        self._filling_key = first.key
+        self._filling_rows = rows
+        began = time.perf_counter()
+        timer: asyncio.TimerHandle | None = None
+        quiet_since: float | None = None  # the last arrival when the wait first looked over
+
+        def check() -> None:
+            nonlocal timer, quiet_since
+            if filling.done():
+                return
+            now = time.perf_counter()
+            remaining = deadline - now
+            last = max(self._last_arrival, began)
+            idle = now - last
             if remaining <= 0:
-                return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), min(remaining, quiet))
-            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-                return
+                filling.set_result(None)
+            elif idle < quiet:
+                timer = loop.call_later(min(remaining, quiet - idle), check)
+            elif quiet_since != last:
+                # Quiet by the clock, but the event loop may not have read its sockets since
+                # (timers run before the poll for I/O): look once more, one loop turn later.
+                quiet_since = last
+                timer = loop.call_later(0, check)
+            else:
+                filling.set_result(None)
+
+        try:
+            while True:
+                if timer is not None:
+                    timer.cancel()
+                check()
+                await filling
+                if self._filling_rows < limit or time.perf_counter() >= deadline:
+                    return
+                # Full by the count of arrivals; some may have been cancelled since.
+                rows = self._rows_waiting(first.key)
+                if rows >= limit:
+                    return
+                filling = self._filling = loop.create_future()
+                self._filling_rows = rows
+        finally:
+            self._filling = None
+            if timer is not None:
+                timer.cancel()
 
     def _rows_waiting(self, key: Hashable) -> int:
         return sum(
@@ -276,6 +333,7 @@ class Batcher:
                 merged = merge([item.request for item in batch])
                 response = await self._predict(merged, waits, batch)
                 results = split(response, [item.rows for item in batch])
+            self._typical_run += 0.2 * (time.perf_counter() - started - self._typical_run)
         except asyncio.CancelledError:
             # The runner's own work was cancelled (a thread pool cancelling its futures at
             # shutdown) or this dispatcher was: the batch's requests end as unbatched ones
