@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import LoadError, ModelNotFound, ShoalError
 from ..model import Model
-from ..graph.build import GraphEnvironment, load_graph
-from ..graph.endpoint import GraphEndpoint
 from ..graph.metrics import GraphMetrics
-from ..graph.spec import GRAPH_FILE
+from ..llm.metrics import LLMMetrics
 from ..observe.payload import PayloadLogger
 from ..observe import logging as log
 from ..observe.metrics import Metrics
@@ -84,10 +83,25 @@ class ModelRepository:
         self.sampled: dict[str, Any] = {}
         #: Where graphs keep bandit state and rollouts their records.
         self.state_dir = (state_dir or self.root / ".shoal-state").resolve()
-        self.graphs = GraphEnvironment(
-            registry, executor, GraphMetrics(metrics.registry), self.state_dir, self.names,
-            self.is_graph,
-        )
+        #: The graphs' metrics exist from the start (a scrape lists them); the graph machinery
+        #: itself (``shoal.graph.build``) is imported when a graph is first loaded.
+        self._graph_metrics = GraphMetrics(metrics.registry)
+        self._graphs: Any = None
+        #: Generation metrics: each loaded generation model's engine reports to them.
+        self.llm_metrics = LLMMetrics(metrics.registry)
+
+    @property
+    def graphs(self) -> Any:
+        """The graphs' shared environment (``shoal.graph.build.GraphEnvironment``), made on
+        first use: a repository without graphs never imports the graph machinery."""
+        if self._graphs is None:
+            from ..graph.build import GraphEnvironment
+
+            self._graphs = GraphEnvironment(
+                self.registry, self.executor, self._graph_metrics, self.state_dir, self.names,
+                self.is_graph,
+            )
+        return self._graphs
 
     def names(self) -> list[str]:
         return model_names(self.root)
@@ -260,6 +274,8 @@ class ModelRepository:
                 )
                 await self._call(model.load)
                 declare_metadata(model, config)
+                if getattr(model, "engine", None) is not None:  # generation (shoal.llm)
+                    model.engine.observer = self.llm_metrics.observer(name, version)
         except Exception as exc:
             error = exc if isinstance(exc, LoadError) else LoadError(f"{type(exc).__name__}: {exc}")
             if previous is not None and previous.state is ModelState.READY:
@@ -269,7 +285,9 @@ class ModelRepository:
                 self._failed(name, version, error)
             raise error from exc
         seconds = time.perf_counter() - started
-        batching = self._batching(config)
+        # A model that schedules concurrent requests itself (the generation engine of a
+        # text-generation model) gets no adaptive batcher in front of it.
+        batching = BatchSettings(0) if getattr(model, "batches_itself", False) else self._batching(config)
         observer = self.metrics.batch_observer(name, version) if batching.enabled else None
         endpoint = ModelEndpoint(model, self.executor, batching, observer, self._limits(config))
         if isinstance(model, ReplicatedModel):
@@ -329,7 +347,7 @@ class ModelRepository:
             if isinstance(model, ProcessModel):
                 where = f"{len(self.pool.placements.get(model.key, [])) if self.pool else 0} " \
                         "shared worker process(es)"
-            elif isinstance(endpoint, GraphEndpoint):
+            elif _is_graph_endpoint(endpoint):
                 where = "the server process (a graph)"
             else:
                 where = "the server process"
@@ -347,6 +365,8 @@ class ModelRepository:
             self._record(name, VersionEntry("1", ModelState.LOADING))
         started = time.perf_counter()
         try:
+            from ..graph.build import load_graph
+
             endpoint = await load_graph(name, folder, self.graphs)
         except Exception as exc:
             error = exc if isinstance(exc, LoadError) else LoadError(f"{type(exc).__name__}: {exc}")
@@ -411,7 +431,8 @@ class ModelRepository:
         # Its requests have finished: its series go (a scrape lists what is served).
         gone = not self.registry.entries(name)
         self.metrics.forget(name, None if gone else entry.version)
-        if isinstance(entry.endpoint, GraphEndpoint) and gone:
+        self.llm_metrics.forget(name, None if gone else entry.version)
+        if _is_graph_endpoint(entry.endpoint) and gone:
             self.graphs.metrics.forget(name)
         log.event("model_unloaded", model=name, version=entry.version)
 
@@ -428,7 +449,7 @@ class ModelRepository:
             except Exception as exc:
                 log.event("model_unload_failed", logging.ERROR, model=entry.endpoint.name,
                           version=entry.version, reason=f"{type(exc).__name__}: {exc}")
-        elif isinstance(entry.endpoint, GraphEndpoint):
+        elif _is_graph_endpoint(entry.endpoint):
             await entry.endpoint.close()
 
     async def _call(self, fn: Any) -> Any:
@@ -469,6 +490,18 @@ class ModelRepository:
                     row["reason"] = reason
                 rows.append(row)
         return rows
+
+
+#: A graph's file (``shoal.graph.spec.GRAPH_FILE``, not imported here: graph specs are read
+#: only when a graph loads).
+GRAPH_FILE = "graph.yaml"
+
+
+def _is_graph_endpoint(endpoint: Any) -> bool:
+    """``isinstance(endpoint, GraphEndpoint)``; without importing ``shoal.graph.endpoint``: if
+    it was never imported, no graph endpoint exists."""
+    module = sys.modules.get("shoal.graph.endpoint")
+    return module is not None and isinstance(endpoint, module.GraphEndpoint)
 
 
 def serves_graph(folder: Path) -> bool:

@@ -153,6 +153,21 @@ class RolloutEndpoint:
             mirror.fire(request, original, response)
         return response
 
+    def pick(self, request: InferenceRequest) -> tuple[str, Any]:
+        """The variant ``infer`` would choose for ``request`` (weights, sticky key): its role
+        and endpoint, for routes that call the endpoint themselves (the OpenAI API). They
+        count the outcome with :meth:`answered`; nothing is mirrored."""
+        role, variant = self.plan.choose(self.name, request)
+        try:
+            return role, self._variant_endpoint(variant)
+        except ShoalError as exc:
+            self.metrics.answered(self.name, role, str(exc.http_status), 0.0)
+            exc.context[VARIANT_HEADER] = role
+            raise
+
+    def answered(self, role: str, outcome: str, seconds: float) -> None:
+        self.metrics.answered(self.name, role, outcome, seconds)
+
     def _variant_endpoint(self, variant: Variant) -> Any:
         """The variant's endpoint; a variant that is gone (unloaded, or its version dropped
         by the version policy) is the rollout's failure, a 503, never the client's 404."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LoadError
+from ..llm import folder as hf_folder
 from ..model import Model
 from ..repository.config import ModelConfig
 
@@ -47,6 +48,13 @@ RUNTIMES: dict[str, Runtime] = {
     "tensorflow": Runtime(
         "shoal.runtimes.tensorflow", "TensorFlowModel", "tensorflow",
         ("saved_model.pb", "model.keras"),
+    ),
+    # A Hugging Face save_pretrained() folder, identified by its weights (config.json is too
+    # common a name); shoal.llm.folder names what else it needs (config.json, a tokenizer).
+    "huggingface": Runtime(
+        "shoal.runtimes.huggingface", "HuggingFaceModel", "huggingface",
+        ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+         "pytorch_model.bin.index.json"),
     ),
     "triton": Runtime("shoal.runtimes.triton", "create", "triton", ()),
     # A program Shoal starts (model.yaml's command): no artifact; it talks to the program
@@ -100,6 +108,11 @@ def detect_runtime(version_dir: Path, model_dir: Path) -> str:
                 "say which one to serve with runtime: in model.yaml (e.g. "
                 f"runtime: {next(iter(found))})"
             )
+    for folder in dict.fromkeys([version_dir, model_dir]):
+        config = hf_folder.read_config(folder)
+        if config is not None and "model_type" in config:
+            # A Hugging Face config.json without weights: say what the folder lacks.
+            hf_folder.inspect_folder(folder)
     known = ", ".join(a for r in RUNTIMES.values() for a in r.artifacts)
     raise LoadError(f"no model artifact found (looked for {known}) and model.yaml names no runtime")
 
@@ -181,6 +194,10 @@ def _create_model(
         model = factory(name, version, version_dir, config.parameters)
     else:
         model = factory(name, version, version_dir, model_dir, config)
+    if getattr(model, "batches_itself", False):
+        # It schedules concurrent requests itself (a generation engine): model.yaml's
+        # max_batch_size bounds that instead of an adaptive batcher (repository.manager).
+        model.max_batch_size = config.max_batch_size
     check_parameters(model, runtime_name)
     declare_metadata(model, config)
     return model

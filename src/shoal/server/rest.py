@@ -1,9 +1,10 @@
 """The REST transport: V2 (Open Inference Protocol, binary extension, repository extension),
-V1 / TensorFlow Serving, health, ``/metrics``, and (unless ``--no-ui``) the dashboard under
-``/ui`` (:mod:`shoal.ui`).
+V1 / TensorFlow Serving, health, ``/metrics``, the OpenAI-compatible API under ``/openai/v1``
+(:mod:`.openai_routes`), and (unless ``--no-ui``) the dashboard under ``/ui`` (:mod:`shoal.ui`).
 
 Handlers only decode, call the data plane and encode. Every error, including unknown routes
-and oversized bodies, leaves as ``{"error": "..."}`` with the status from :mod:`shoal.errors`.
+and oversized bodies, leaves as ``{"error": "..."}`` with the status from :mod:`shoal.errors`,
+except under ``/openai/v1``, whose routes answer OpenAI's error body themselves.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from starlette.routing import Route
 
 from ..errors import InvalidInput, ShoalError, Unavailable
 from ..observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..protocol import tfs_grpc, v1, v2_json
-from ..protocol.tfs_gen import model_pb2
+from .._lazy import lazy_module
+from ..protocol import v1, v2_json
+
+# TF Serving's metadata classes: imported by the first GET .../metadata of the V1 API.
+tfs_grpc = lazy_module("shoal.protocol.tfs_grpc")
+model_pb2 = lazy_module("shoal.protocol.tfs_gen.model_pb2")
 from ..repository.layout import check_model_name
 from ..serving.dataplane import DataPlane
 from . import infer_asgi
@@ -30,6 +35,7 @@ from ..ui import Dashboard, SeriesRecorder, ServerInfo, ui_routes
 from .auth import AdminToken
 from .explain_routes import explain_routes
 from .graph_routes import graph_routes
+from .openai_routes import openai_routes
 from .rollout_routes import rollout_routes
 
 JSON = "application/json"
@@ -203,6 +209,7 @@ def build_app(
         *graph_routes(dataplane, max_request_size),
         *explaining,
         *(rollout_routes(rollouts, admin) if rollouts is not None else []),
+        *openai_routes(dataplane, max_request_size),  # /openai/v1: errors in OpenAI's shape
     ]
     if ui:
         dashboard = Dashboard(

@@ -206,10 +206,7 @@ class DataPlane:
             raise
         served_version = endpoint.version
         self.metrics.request_started(name)
-        task = asyncio.current_task()
-        if task is not None:
-            self._running.add(task)
-            self._idle.clear()
+        task = self.track()
         request: InferenceRequest | None = None
         try:
             request = decode(endpoint)
@@ -228,7 +225,7 @@ class DataPlane:
                           None, exc.http_status, str(exc))
             raise
         except asyncio.CancelledError:
-            if self._aborting and _uncancel(task):
+            if self.cut_off(task):
                 # Cut off by the drain timeout: the contract's answer, not a dropped request.
                 error = Unavailable("server is shutting down")
                 self._failed(name, served_version, protocol, error, started)
@@ -252,10 +249,7 @@ class DataPlane:
                           None, error.http_status, str(error))
             raise error from exc
         finally:
-            if task is not None:
-                self._running.discard(task)
-                if not self._running:
-                    self._idle.set()
+            self.untrack(task)
         self.metrics.request_finished(
             name, served_version, protocol, "success", time.perf_counter() - started
         )
@@ -298,6 +292,32 @@ class DataPlane:
         except Exception as exc:  # a model that changed its inputs in place, say
             log.event("explain_sample_failed", logging.WARNING, model=name,
                       error=f"{type(exc).__name__}: {exc}")
+
+    def track(self) -> asyncio.Task[Any] | None:
+        """Count the current task among the running requests (what ``drained`` waits for and
+        ``abort_in_flight`` cuts off): every transport's requests, the data plane's own and
+        those that reach an engine directly (the OpenAI routes). Pair with ``untrack``."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+            self._idle.clear()
+        return task
+
+    def untrack(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self._running.discard(task)
+            if not self._running:
+                self._idle.set()
+
+    @property
+    def aborting(self) -> bool:
+        """Whether the drain timeout has passed and running requests are being cut off."""
+        return self._aborting
+
+    def cut_off(self, task: asyncio.Task[Any] | None) -> bool:
+        """On a CancelledError: True if the drain timeout cut ``task`` off (its cancellation
+        is taken back, so it can still send the contract's 503), False if the client left."""
+        return self._aborting and _uncancel(task)
 
     async def drained(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the inferences running now to finish; True if

@@ -233,6 +233,38 @@ class ModelEndpoint:
         )
         return result
 
+    def hold(self, timeout: float | None = None) -> tuple[Any, float]:
+        """Count one request that runs outside ``infer`` (an OpenAI generation stream) in
+        flight, with ``infer``'s checks: Unavailable when not ready, Overloaded at
+        ``max_inflight``. Until the returned ``release()`` is called (once is enough; later
+        calls do nothing), ``drained`` (unload, reload, a new version) waits for it. Also
+        returns its time limit in seconds (0: none): ``timeout`` (the client's), else the
+        model's ``timeout``."""
+        if self.state is not ModelState.READY:
+            raise Unavailable(f"model {self.name!r} version {self.version} is not ready")
+        limit = self.limits.max_inflight
+        if limit and self._in_flight >= limit:
+            raise Overloaded(
+                f"model {self.name!r} version {self.version} has {limit} requests in flight, "
+                "its limit; retry shortly"
+            )
+        self._in_flight += 1
+        self._idle.clear()
+        meter = self.meter
+        if meter is not None:
+            meter.change(1)
+        held = [True]
+
+        def release() -> None:
+            if held.pop() if held else False:
+                self._in_flight -= 1
+                if meter is not None:
+                    meter.change(-1)
+                if not self._in_flight:
+                    self._idle.set()
+
+        return release, (timeout or self.limits.timeout)
+
     async def drained(self) -> None:
         """Wait until requests already running on this instance have finished."""
         await self._idle.wait()
