@@ -18,9 +18,7 @@ from typing import Any
 
 import hashlib
 
-import jmespath
 import orjson
-from jmespath.exceptions import JMESPathError
 
 from .errors import InvalidInput
 from .types import InferenceRequest
@@ -32,6 +30,12 @@ class ExpressionError(ValueError):
 
 class Expression:
     def __init__(self, source: str) -> None:
+        # jmespath is imported by the first expression (a graph or rollout that has one), not
+        # by every server start.
+        import jmespath
+        from jmespath.exceptions import JMESPathError
+
+        self._errors = JMESPathError
         try:
             self._compiled = jmespath.compile(source)
         except JMESPathError as exc:
@@ -50,7 +54,7 @@ class Expression:
             view["inputs"] = {t.name: _jsonable(t.data) for t in request.inputs}
         try:
             return self._compiled.search(view)
-        except JMESPathError as exc:  # a function applied to the wrong type, at request time
+        except self._errors as exc:  # a function applied to the wrong type, at request time
             raise InvalidInput(f"expression {self.source!r} failed on this request: {exc}") from None
 
     def holds(self, request: InferenceRequest, headers: Callable[[], dict[str, str]]) -> bool:

@@ -192,8 +192,6 @@ def serve(repository: Path | str, cache_dir: Path | None, host: str, http_port: 
           memory_budget: int | None, gpus: str | None, **autoscaling: Any) -> None:
     """Serve every model in REPOSITORY (one folder per model): a folder, or s3://bucket/prefix,
     gs://bucket/prefix or an https:// tar.gz / zip archive, fetched into --cache-dir first."""
-    from ..server.app import exit_now, run
-
     if (tls_cert is None) != (tls_key is None):
         missing = "--tls-key" if tls_key is None else "--tls-cert"
         raise click.UsageError(f"--tls-cert and --tls-key go together: {missing} is missing")
@@ -231,6 +229,14 @@ def serve(repository: Path | str, cache_dir: Path | None, host: str, http_port: 
         except ValueError as exc:
             raise click.UsageError(f"autoscaling defaults: {exc}") from None
 
+    from .. import _startup
+
+    _startup.begin()  # before the server's imports (see shoal._startup); run() ends it
+    try:
+        from ..server.app import exit_now, run
+    except BaseException:
+        _startup.end()
+        raise
     run(ServerSettings(
         repository=repository, cache_dir=cache_dir, host=host, http_port=http_port,
         grpc_port=grpc_port,

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import LoadError
@@ -173,6 +172,8 @@ def children(node: Any) -> list[str]:
 
 
 def read_graph(folder: Path) -> GraphSpec:
+    import yaml  # only when a graph is read
+
     path = folder / GRAPH_FILE
     try:
         raw = yaml.safe_load(path.read_text())

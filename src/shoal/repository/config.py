@@ -27,7 +27,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -213,6 +212,8 @@ def read_config(model_dir: Path) -> ModelConfig:
     path = model_dir / CONFIG_FILE
     if not path.is_file():
         return ModelConfig()
+    import yaml  # only for a folder with a model.yaml (not at startup otherwise)
+
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

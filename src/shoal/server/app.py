@@ -47,12 +47,12 @@ import grpc
 import orjson
 import uvicorn
 
+from .. import _startup
 from ..observe import logging as log
 from ..observe import tracing
 from ..observe.metrics import Metrics
 from ..observe.payload import PayloadLogger
 from ..repository.manager import ModelRepository
-from ..repository.watch import RepositoryWatcher
 from ..rollout.manager import RolloutManager
 from ..runtimes import process_supervisor
 from ..serving.autoscale.gpus import GpuAllocator
@@ -234,9 +234,11 @@ class ShoalServer:
             server_info=ServerInfo(http_workers=settings.http_workers),
         )
         self.tls = load_tls(settings)
-        self.watcher = (
-            RepositoryWatcher(self.repository, settings.watch_interval) if settings.watch else None
-        )
+        self.watcher = None
+        if settings.watch:
+            from ..repository.watch import RepositoryWatcher
+
+            self.watcher = RepositoryWatcher(self.repository, settings.watch_interval)
         self._watching: asyncio.Task[None] | None = None
         #: Whether this server set tracing up (and so shuts it down); a program that
         #: configured tracing itself keeps its own.
@@ -323,7 +325,8 @@ class ShoalServer:
         config = uvicorn.Config(
             self.app, lifespan="off", log_level="warning", access_log=False,
             http=http_protocol(settings.max_header_size, settings.header_timeout),  # httptools
-            loop="none", timeout_graceful_shutdown=settings.drain_timeout + ABORT_MARGIN,
+            loop="none", ws="none",  # no WebSocket routes: uvicorn need not import websockets
+            timeout_graceful_shutdown=settings.drain_timeout + ABORT_MARGIN,
             server_header=False, proxy_headers=False,  # Shoal never reads client addresses
             # TLS sits below the HTTP protocol (asyncio's SSL transport): the protocol class
             # above, with its limits, sees the decrypted bytes.
@@ -365,7 +368,10 @@ class ShoalServer:
             # What the startup load is about to read: a change made while it loads is seen.
             await self.watcher.baseline()
         self.payload.resume()  # records an earlier run spooled go out first
-        await self.repository.load_all()
+        try:
+            await self.repository.load_all()
+        finally:
+            _startup.end()  # the collector's usual thresholds from now on
         # Everything alive now (modules, models) lives as long as the process: keep it out of
         # the garbage collector's scans, which otherwise walk it on every full collection.
         gc.freeze()
@@ -455,6 +461,14 @@ def fetch_repository(settings: ServerSettings) -> None:
 
 def run(settings: ServerSettings, on_listening: ListeningHook | None = None) -> None:
     """Serve until SIGTERM/SIGINT; the documented Python entry point behind ``shoal serve``."""
+    _startup.begin()  # fewer garbage collections until the startup load is done
+    try:
+        _run(settings, on_listening)
+    finally:
+        _startup.end()  # done by the load already, unless the server stopped before it
+
+
+def _run(settings: ServerSettings, on_listening: ListeningHook | None) -> None:
     log.configure(settings.log_level)
     if settings.repository_uri is not None and not settings.reuse_port:
         # Before any port is bound, and once for all --http-workers processes.
@@ -464,6 +478,7 @@ def run(settings: ServerSettings, on_listening: ListeningHook | None = None) -> 
         tracing.requested(settings.otel_endpoint)  # and so does a tracing setup Shoal cannot do
         from .supervisor import supervise
 
+        _startup.end()  # the supervisor loads no model
         supervise(settings)
         return
     server = ShoalServer(settings, on_listening)

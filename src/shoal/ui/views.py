@@ -12,32 +12,22 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .. import __version__
 from ..errors import ModelNotFound, ShoalError
 from ..graph.endpoint import GraphEndpoint
-from ..graph.spec import (
-    BanditNode,
-    EnsembleNode,
-    GraphSpec,
-    ModelNode,
-    RemoteNode,
-    RouterNode,
-    SequenceNode,
-    SplitterNode,
-    SwitchNode,
-    TransformerNode,
-    read_graph,
-)
+
+if TYPE_CHECKING:  # graph specs are imported when a graph page is drawn, not at startup
+    from ..graph.spec import GraphSpec
 from ..repository.layout import check_model_name
 from ..rollout.manager import RolloutManager
+from ..server.auth import AdminToken
 from ..serving.dataplane import DataPlane
 from ..serving.endpoint import ModelState
 from ..serving.registry import VersionEntry, version_key
-from ..server.auth import AdminToken
 from .series import SeriesRecorder, counter_samples
 
 READY = ModelState.READY.value
@@ -182,6 +172,8 @@ class Dashboard:
         if endpoint is not None and endpoint.spec is not None:
             spec = endpoint.spec  # what is served, not what the folder says now
         elif in_repository:
+            from ..graph.spec import read_graph
+
             try:
                 spec = await asyncio.to_thread(read_graph, self.repository.root / name)
             except Exception as exc:  # noqa: BLE001 (a broken graph.yaml: its reason is shown)
@@ -379,6 +371,14 @@ def graph_structure(spec: GraphSpec) -> tuple[list[dict[str, Any]], list[dict[st
 
 
 def _target(node: Any) -> str | None:
+    from ..graph.spec import (
+        EnsembleNode,
+        ModelNode,
+        RemoteNode,
+        RouterNode,
+        TransformerNode,
+    )
+
     if isinstance(node, ModelNode):
         return node.model + (f":{node.version}" if node.version else "")
     if isinstance(node, RemoteNode):
@@ -392,6 +392,16 @@ def _target(node: Any) -> str | None:
 
 
 def _edges(node: Any) -> list[tuple[str, str | None]]:
+    from ..graph.spec import (
+        BanditNode,
+        EnsembleNode,
+        RouterNode,
+        SequenceNode,
+        SplitterNode,
+        SwitchNode,
+        TransformerNode,
+    )
+
     if isinstance(node, SwitchNode):
         return ([(case.node, case.when) for case in node.cases]
                 + ([(node.default, "default")] if node.default else []))
