@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup for the benchmark suite (see benchmarks/README.md).
-#   .venv                            Shoal's own venv (as ./dev makes it), only if missing
+#   .venv                            Shoal's own venv (as ./dev makes it), only if missing;
+#                                    onnx (runtime_overhead.py) and py-spy (stages.py) in it
 #   benchmarks/.work/venv-mlserver   mlserver + mlserver-sklearn
 #   benchmarks/.work/venv-kserve     kserve + scikit-learn + joblib
 #   h2load                           Debian's nghttp2-client
@@ -28,6 +29,9 @@ fi
 # runtime_overhead.py builds its ONNX model with the onnx package (not a runtime dependency).
 "$shoal_venv/bin/python" -c "import onnx" 2>/dev/null ||
   pip_quiet "$shoal_venv/bin/python" -m pip install --quiet "onnx>=1.15"
+# stages.py profiles the server with py-spy (a sampling profiler; a binary in the venv).
+[ -x "$shoal_venv/bin/py-spy" ] ||
+  pip_quiet "$shoal_venv/bin/python" -m pip install --quiet "py-spy>=0.3"
 # run.py runs in Shoal's venv: it needs grpcio and Shoal's generated protobuf classes.
 sk_version="$("$shoal_venv/bin/python" -c 'import sklearn; print(sklearn.__version__)')"
 np_version="$("$shoal_venv/bin/python" -c 'import numpy; print(numpy.__version__)')"
