@@ -124,3 +124,8 @@ def view(source: Path, dest: Path, plan: str) -> None:
         click.echo(f"shoal k8s view: {exc}", err=True)
         sys.exit(1)
     click.echo(f"laid out {built}", err=True)
+
+
+# ``shoal k8s operator-manifests`` lives with the operator's command; importing it here
+# registers it whenever the ``k8s`` group is loaded (the CLI imports groups lazily).
+from . import operator as _operator  # noqa: E402,F401
