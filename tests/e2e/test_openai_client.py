@@ -391,14 +391,17 @@ def test_sigterm_drain_lets_a_stream_end_with_done_and_max_inflight_applies(tmp_
 
 
 def test_a_stream_past_the_drain_timeout_ends_with_an_error_event(tmp_path: Path) -> None:
-    """The stream (about 2 s) outlives --drain-timeout 0.2: it is cut off by the drain with
-    OpenAI's error event, not dropped without one when uvicorn gives up a second later."""
-    tiny_gpt2(tmp_path / "chat")
+    """The stream (2,000 greedy tokens, seconds even on a fast machine) outlives
+    --drain-timeout 0.2: it is cut off by the drain with OpenAI's error event, not dropped
+    without one when uvicorn gives up a second later. Greedy, so that whether an
+    end-of-sequence token cuts it short is a property of the weights, not of a draw (this
+    model's greedy text for this prompt runs to the length limit)."""
+    tiny_gpt2(tmp_path / "chat", n_positions=2048)
     process = ShoalProcess(tmp_path, "--drain-timeout", "0.2")
     try:
         process.wait_ready(120)
-        body = {"model": "chat", "prompt": "Numbers like", "max_tokens": 480, "temperature": 1.0,
-                "seed": 3, "stream": True}
+        body = {"model": "chat", "prompt": "Numbers like", "max_tokens": 2000, "temperature": 0,
+                "stream": True}
         with httpx.Client(timeout=30) as http:
             with http.stream("POST", f"{process.url}/openai/v1/completions", json=body) as response:
                 lines = (line for line in response.iter_lines() if line)
