@@ -106,6 +106,7 @@ from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
 from . import IMPORT_LOCK, first_line
 from .trust import refuse_untrusted
+from .torch_device import torch_device
 
 log = logging.getLogger(__name__)
 
@@ -1035,24 +1036,7 @@ def _longest_token(tokenizer: Any) -> int:
 
 
 def _device(wanted: str) -> torch.device:
-    try:
-        device = torch.device(wanted)
-    except RuntimeError:
-        raise LoadError(f"parameters.device {wanted!r} is not a device (use cpu or cuda[:N])") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LoadError(
-                f"parameters.device is {wanted!r} but CUDA is not available to this PyTorch "
-                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})"
-            )
-        if (device.index or 0) >= torch.cuda.device_count():
-            raise LoadError(
-                f"parameters.device is {wanted!r} but only {torch.cuda.device_count()} CUDA "
-                "device(s) are visible"
-            )
-    elif device.type != "cpu":
-        raise LoadError(f"parameters.device {wanted!r}: Shoal runs Hugging Face models on cpu or cuda")
-    return device
+    return torch_device(wanted, "Hugging Face models")
 
 
 def _tag(entity: str) -> tuple[str, str]:

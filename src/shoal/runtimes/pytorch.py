@@ -36,6 +36,7 @@ from ..model import Model
 from ..types import InferenceRequest, Tensor, TensorSpec
 from . import IMPORT_LOCK, first_line
 from .declared import check_declared
+from .torch_device import torch_device
 from .torchscript import DATATYPES, check_declared_scripted, infer_inputs
 from .trust import refuse_untrusted
 
@@ -71,25 +72,7 @@ class PyTorchModel(Model):
             self._scripted_inputs(artifact.name)
 
     def _device(self) -> torch.device:
-        wanted = str(self.parameters.get("device", "cpu"))
-        try:
-            device = torch.device(wanted)
-        except RuntimeError:
-            raise LoadError(f"parameters.device {wanted!r} is not a device (use cpu or cuda[:N])") from None
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise LoadError(
-                    f"parameters.device is {wanted!r} but CUDA is not available to this PyTorch "
-                    f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})"
-                )
-            if (device.index or 0) >= torch.cuda.device_count():
-                raise LoadError(
-                    f"parameters.device is {wanted!r} but only {torch.cuda.device_count()} CUDA "
-                    "device(s) are visible"
-                )
-        elif device.type != "cpu":
-            raise LoadError(f"parameters.device {wanted!r}: Shoal runs PyTorch models on cpu or cuda")
-        return device
+        return torch_device(str(self.parameters.get("device", "cpu")), "PyTorch models")
 
     def _load_scripted(self, artifact: Path) -> None:
         module = torch.jit.load(str(artifact), map_location=self.device)

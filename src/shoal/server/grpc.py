@@ -106,17 +106,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await malformed(context, exc)
             raise
         REQUEST_HEADERS.set(context.invocation_metadata)  # read only by graph conditions
-        deadline = context.time_remaining()
-        raw = bool(request.raw_input_contents)
         try:
-            return await self.dataplane.infer(
-                request.model_name,
-                request.model_version or None,
-                "v2-grpc",
-                lambda _: v2_grpc.decode_request(request),
-                lambda _, response: v2_grpc.encode_response(response, raw=raw),
-                deadline=deadline if deadline is None else max(deadline, 1e-6),
-            )
+            return await self._infer(request, context.time_remaining())
         except ShoalError as exc:  # as _guard answers
             trailing = tuple((key.lower(), value) for key, value in exc.headers.items())
             await context.abort(exc.grpc_code, str(exc), trailing)
