@@ -6,13 +6,14 @@
    freed, :meth:`BatchCache.remove`), before anything else runs;
 2. waiting sequences are **admitted** in FIFO order while the batch has room, then each is
    **prefilled** alone (one forward pass over its prompt into its own one-row cache), its first
-   token chosen and streamed (time to first token = queueing + its prefill), and it joins the
-   batch (:meth:`BatchCache.add`);
+   token chosen, and it joins the batch (:meth:`BatchCache.add`); the first tokens are handed
+   to their loops as soon as the prefills are done (time to first token = queueing + its
+   prefill, not the step's decode as well);
 3. **one decode forward pass** over all running sequences (each row's last token, its own
    position, an attention mask over its own tokens); each row's next token is chosen
    (:mod:`shoal.llm.sampling`), turned into text (:mod:`shoal.llm.detokenize`) and streamed;
    sequences that finish leave the batch at once;
-4. the events of the step go to each submitting event loop's mailbox, which wakes its loop
+4. the step's other events go to each submitting event loop's mailbox, which wakes its loop
    (``loop.call_soon_threadsafe``) only when it was empty: one wake-up per loop per step at
    most, fewer when the loop lags behind; then the observer's ``step`` is called. Sequences
    whose loop has closed are cancelled.
@@ -708,6 +709,10 @@ class GenerationEngine:
                 self._notify("finished", len(seq.prompt), seq.generated, "cancelled")
         for seq in admitted:
             self._prefill(seq, out)
+        if admitted:
+            # First tokens go out now, not after this step's decode pass: a newcomer's time
+            # to first token is its queueing and its prefill, never the batch's next step.
+            self._deliver(out)
         if self._running:
             self._decode(out)
 
