@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from e2e.hf_models import tiny_gpt2, train_tokenizer
+from e2e.hf_models import train_tokenizer
 
 from shoal.errors import InvalidInput, ModelFailure, Unavailable
 from shoal.llm.detokenize import IncrementalDetokenizer, StopStrings
@@ -30,26 +27,6 @@ PROMPTS = [
     "Numbers like 1, 2",
     "A user asks a question and the assistant",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from more threads, and spinning OpenMP threads make it
-    slow on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tiny_gpt2(tmp_path_factory.mktemp("llm") / "gpt2")
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return model, tokenizer
 
 
 class Recorder:

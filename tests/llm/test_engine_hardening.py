@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from e2e.hf_models import tiny_gpt2, train_tokenizer
+from e2e.hf_models import train_tokenizer
 
 from shoal.errors import ModelFailure, Overloaded, Unavailable
 from shoal.llm import kvcache
@@ -27,24 +24,6 @@ from shoal.llm.engine import GenerationEngine
 from shoal.llm.params import SamplingParams
 
 PROMPTS = ["Hello", "The quick brown fox", "Alice lives in Paris and Bob lives in", "Streaming"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tiny_gpt2(tmp_path_factory.mktemp("llm") / "gpt2")
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return model, tokenizer
 
 
 class Recorder:
