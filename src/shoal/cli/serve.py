@@ -229,15 +229,7 @@ def serve(repository: Path | str, cache_dir: Path | None, host: str, http_port: 
         except ValueError as exc:
             raise click.UsageError(f"autoscaling defaults: {exc}") from None
 
-    from .. import _startup
-
-    _startup.begin()  # before the server's imports (see shoal._startup); run() ends it
-    try:
-        from ..server.app import exit_now, run
-    except BaseException:
-        _startup.end()
-        raise
-    run(ServerSettings(
+    settings = ServerSettings(
         repository=repository, cache_dir=cache_dir, host=host, http_port=http_port,
         grpc_port=grpc_port,
         max_request_size=max_request_size, max_header_size=max_header_size,
@@ -252,6 +244,15 @@ def serve(repository: Path | str, cache_dir: Path | None, host: str, http_port: 
         otel_endpoint=otel_endpoint or None, ui=not no_ui,
         autoscale=autoscale, autoscaling_defaults=defaults, memory_budget=memory_budget,
         gpus=devices,
-    ))
+    )
+    from .. import _startup
+
+    _startup.begin()  # before the server's imports (see shoal._startup); run() ends it
+    try:
+        from ..server.app import exit_now, run
+    except BaseException:
+        _startup.end()
+        raise
+    run(settings)
     exit_now()
 
