@@ -4,14 +4,18 @@ local engine writes."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 from e2e.process import ShoalProcess
 
 from shoal.batch import BatchFailed, run_batch
@@ -46,6 +50,17 @@ def ray_cluster() -> Iterator[str]:
             os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = before
 
 
+def assert_ray_left_alone() -> None:
+    """The job shut down the Ray it started, after Ray Data's own threads for the run had
+    ended: nothing left behind calls into Ray again (which would start it again in this
+    process, connected to the cluster, and break the cluster's shutdown)."""
+    left = [t.name for t in threading.enumerate()
+            if t.name.startswith(("StreamingExecutor", "iter_threaded"))]
+    assert not left, left
+    gc.collect()  # an abandoned iteration's executor shuts down (and calls Ray) when collected
+    assert not ray.is_initialized()
+
+
 def test_ray_engine_writes_what_the_local_engine_writes(
     repository: Path, tmp_path: Path, ray_cluster: str,
 ) -> None:
@@ -60,6 +75,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(
                        address=ray_cluster, num_actors=2, **options)
     assert (remote.rows_ok, remote.shards_written) == (local.rows_ok, local.shards_written) == (370, 5)
     assert len(remote.nodes) == 2  # both nodes had an actor
+    assert_ray_left_alone()
     ours, theirs = shard_tables(tmp_path / "local"), shard_tables(tmp_path / "ray")
     assert sorted(ours) == sorted(theirs) == [
         "a-00000.parquet", "a-00001.parquet", "a-00002.parquet", "b-00000.parquet", "b-00001.parquet"]
@@ -68,8 +84,23 @@ def test_ray_engine_writes_what_the_local_engine_writes(
 
 
 def test_ray_engine_stops_at_max_errors_and_leaves_no_unrecorded_shard(
-    repository: Path, tmp_path: Path, ray_cluster: str,
+    repository: Path, tmp_path: Path, ray_cluster: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Ray Data's prefetching thread fetches each block half a second after the executor hands
+    # it over, so that one is mid-fetch when the job fails: the engine must wait for it before
+    # it shuts Ray down (a fetch after that starts Ray again in this process).
+    from ray.data._internal.block_batching import iter_batches
+
+    resolve = iter_batches.resolve_block_refs
+
+    def slow_resolve(block_ref_iter: Iterator[object], stats: object = None) -> object:
+        def delayed() -> Iterator[object]:
+            for ref in block_ref_iter:
+                time.sleep(0.5)
+                yield ref
+        return resolve(delayed(), stats=stats)
+
+    monkeypatch.setattr(iter_batches, "resolve_block_refs", slow_resolve)
     x = np.random.default_rng(15).standard_normal((250, 4))
     x[130, 0] = 666  # picky fails on it: the second chunk's shard must not be left behind
     data = tmp_path / "x.parquet"
@@ -79,6 +110,8 @@ def test_ray_engine_stops_at_max_errors_and_leaves_no_unrecorded_shard(
         run_batch(str(repository / "picky"), str(data), str(out), engine="ray",
                   address=ray_cluster, num_actors=2, chunk_rows=100, batch_size=25,
                   max_errors=0, progress="none")
+    time.sleep(1.0)
+    assert_ray_left_alone()
     manifest = json.loads((out / "_manifest.json").read_text())
     listed = {n for r in manifest["shards"].values() for n in (r["file"], r["errors"]) if n}
     written = {str(p.relative_to(out)) for p in out.rglob("*")

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import pickle
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +141,22 @@ def work_units(tasks: list[FileTask], chunk_rows: int) -> list[FileTask]:
     return units
 
 
+#: Names of the threads Ray Data starts to run and read one execution: its scheduling loop
+#: and the prefetching workers behind ``iter_rows``. A stopped iteration only signals them.
+_ITERATION_THREADS = ("StreamingExecutor", "iter_threaded")
+ITERATION_THREADS_JOIN_S = 30.0
+
+
+def _join_iteration_threads(before: set[threading.Thread]) -> None:
+    """Wait (up to :data:`ITERATION_THREADS_JOIN_S` in all) for the threads Ray Data started
+    for this run to end. One that was fetching a block when the iteration stopped finishes
+    that fetch: run after ``ray.shutdown()``, the fetch would start Ray again."""
+    deadline = time.monotonic() + ITERATION_THREADS_JOIN_S
+    for thread in threading.enumerate():
+        if thread not in before and thread.name.startswith(_ITERATION_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class RayEngine:
     def __init__(self, job: Any, layout: Layout, allowed_errors: int | None = None) -> None:
         self.job = job
@@ -167,6 +184,8 @@ class RayEngine:
         if not units:
             return
         completed = False
+        rows: Any = None
+        threads_before = set(threading.enumerate())
         started = not ray.is_initialized()
         if started:
             if job.address:
@@ -189,7 +208,8 @@ class RayEngine:
                                                    max_tasks_in_flight_per_actor=1),
                 num_cpus=job.actor_cpus,
             )
-            for row in dataset.iter_rows():
+            rows = iter(dataset.iter_rows())
+            for row in rows:
                 self.nodes.add(str(row["node"]))
                 for event in pickle.loads(row["result"]):
                     report(event)
@@ -199,7 +219,15 @@ class RayEngine:
                     return
             completed = True
         finally:
+            if rows is not None:
+                # Shut Ray Data's executor down now, while Ray is still up. Left to the garbage
+                # collector (a failure or a stop leaves the iteration unfinished), its shutdown
+                # would run later and call into Ray: any Ray call after ``ray.shutdown()``
+                # starts Ray again in this process (connected to the cluster, or a new local
+                # one), which outlives the job.
+                rows.close()
             if started:
+                _join_iteration_threads(threads_before)
                 ray.shutdown()
             if not completed:
                 self._delete_unrecorded(units)
