@@ -19,6 +19,7 @@ from ..graph.context import response_headers
 from ..graph.endpoint import declared_inputs
 from ..protocol import v1, v2_json
 from ..serving.dataplane import DataPlane
+from .http_protocol import connection_of, send_whole, take_body
 from ..types import InferenceRequest, InferenceResponse
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
@@ -63,8 +64,14 @@ class InferenceASGI:
 
     async def _infer(self, route: tuple[str, str, str | None], scope: dict, receive: Any, send: Any) -> None:
         protocol, name, version = route
+        cycle = connection_of(receive)
         try:
-            body = await read_body(scope, receive, self.limit)
+            body = take_body(cycle) if cycle is not None else None
+            if body is None:
+                body = await read_body(scope, receive, self.limit)
+            elif len(body) > self.limit:
+                raise PayloadTooLarge(
+                    f"request body of {len(body)} bytes exceeds the {self.limit}-byte limit")
             REQUEST_HEADERS.set(scope["headers"])  # for graph conditions on headers
             if protocol == "v2":
                 content, headers = await self._v2(name, version, body, scope, receive)
@@ -83,6 +90,8 @@ class InferenceASGI:
             status, content, headers = 500, error_body(str(error)), _JSON_HEADERS
         # With its length, the answer is not chunked, and goes out in one write with its head
         # (see http_protocol).
+        if cycle is not None and send_whole(cycle, status, headers, content):
+            return
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-length", b"%d" % len(content)), *headers]})
         await send({"type": "http.response.body", "body": content})
