@@ -111,9 +111,13 @@ class TensorSpec:
     def accepts(self, shape: tuple[int, ...]) -> bool:
         """Whether ``shape`` is one this spec allows: the same rank, and each size as declared
         where the spec fixes it."""
-        return len(shape) == len(self.shape) and all(
-            want == -1 or got == want for got, want in zip(shape, self.shape)
-        )
+        declared = self.shape
+        if len(shape) != len(declared):
+            return False
+        for got, want in zip(shape, declared):  # a loop, not all(...): once per request
+            if want != -1 and got != want:
+                return False
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}

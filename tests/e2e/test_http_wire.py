@@ -157,3 +157,38 @@ def test_errors_are_framed_like_answers(server: ShoalProcess) -> None:
         assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
         sock.sendall(infer_head(body) + body)
         assert read_response(sock)[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "message"),
+    [
+        (b"inference-header-content-length: x\r\n", 400,
+         "Inference-Header-Content-Length must be an integer"),
+        (b"shoal-timeout: -1\r\n", 400, "Shoal-Timeout must be a positive number of seconds"),
+        (b"shoal-timeout: 5\r\n", 200, None),
+    ],
+    ids=["bad-header-length", "bad-timeout", "timeout"],
+)
+def test_the_v2_headers_are_read(server: ShoalProcess, extra: bytes, status: int,
+                                 message: str | None) -> None:
+    body = infer_body()
+    with connect(server) as sock:
+        sock.sendall(infer_head(body, extra) + body)
+        got, _, content = read_response(sock)
+    assert got == status, content
+    if message is not None:
+        assert orjson.loads(content)["error"] == message
+
+
+def test_a_binary_request_with_a_timeout_is_answered(server: ShoalProcess) -> None:
+    import numpy as np
+
+    header = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4],
+                                       "parameters": {"binary_data_size": 32}}]})
+    body = header + np.array([ROW]).tobytes()
+    extra = b"inference-header-content-length: %d\r\nshoal-timeout: 5\r\n" % len(header)
+    with connect(server) as sock:
+        sock.sendall(infer_head(body, extra) + body)
+        status, _, content = read_response(sock)
+    assert status == 200, content
+    assert orjson.loads(content)["outputs"][0]["data"] == [0]

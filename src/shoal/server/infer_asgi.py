@@ -99,7 +99,7 @@ class InferenceASGI:
     async def _v2(
         self, name: str, version: str | None, body: bytes, scope: dict, receive: Any
     ) -> tuple[bytes, list]:
-        header_length = _header_length(scope)
+        header_length, timeout = _v2_headers(scope)
         gone = _client_gone(receive)
 
         def decode(_: Any) -> InferenceRequest:
@@ -109,7 +109,7 @@ class InferenceASGI:
 
         logged = self.dataplane.logs(name)
         return await self.dataplane.infer(
-            name, version, "v2-rest", decode, _encode_v2, timeout_of(scope),
+            name, version, "v2-rest", decode, _encode_v2, timeout,
             # The payload log keeps a JSON body as received (a binary one is rendered).
             body=body if logged and header_length is None else None,
             sent=_json_content if logged else None,
@@ -181,24 +181,33 @@ def timeout_of(scope: dict) -> float | None:
     """Seconds from the ``Shoal-Timeout`` header, overriding the model's timeout."""
     for key, value in scope["headers"]:
         if key == _TIMEOUT:
-            try:
-                seconds = float(value)
-            except ValueError:
-                seconds = -1.0
-            if not seconds > 0 or seconds == float("inf"):
-                raise InvalidInput(f"{TIMEOUT_HEADER} must be a positive number of seconds")
-            return seconds
+            return _seconds(value)
     return None
 
 
-def _header_length(scope: dict) -> int | None:
+def _seconds(value: bytes) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise InvalidInput(f"{TIMEOUT_HEADER} must be a positive number of seconds")
+    return seconds
+
+
+def _v2_headers(scope: dict) -> tuple[int | None, float | None]:
+    """``Inference-Header-Content-Length`` and ``Shoal-Timeout`` (see :func:`timeout_of`), in
+    one pass over the headers."""
+    header_length = timeout = None
     for key, value in scope["headers"]:
-        if key == _HEADER_LENGTH:
+        if key == _HEADER_LENGTH and header_length is None:
             try:
-                return int(value)
+                header_length = int(value)
             except ValueError:
                 raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
-    return None
+        elif key == _TIMEOUT and timeout is None:
+            timeout = _seconds(value)
+    return header_length, timeout
 
 
 async def read_body(scope: dict, receive: Any, limit: int) -> bytes:

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Awaitable, Callable, Hashable, Mapping
 
@@ -53,7 +53,7 @@ class _Waiting:
     key: Hashable
     rows: int
     future: asyncio.Future
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued: float
     #: Tracing only: the context the request was submitted in (its span is the parent of the
     #: batch's predict span, or one of its links), and its queue span.
     context: Any = None
@@ -166,7 +166,7 @@ class Batcher:
         if rows is None or rows >= self.settings.max_batch_size:
             return await self._predict(request, [0.0], None)
         future = asyncio.get_running_loop().create_future()
-        waiting = _Waiting(request, batch_key(request), rows, future)
+        waiting = _Waiting(request, batch_key(request), rows, future, time.perf_counter())
         if tracing.TRACER is not None:  # before the dispatcher can see it
             waiting.context, waiting.queued = tracing.capture(), tracing.start(tracing.QUEUE)
         if self._task is None or self._task.done():
