@@ -749,7 +749,8 @@ def ratio_line(label: str, a: float | None, b: float | None, unit: str = "x") ->
 
 
 def report(results: list[Measurement], startups: list[Startup], args: argparse.Namespace,
-           ceiling: list[dict[str, Any]] | None = None, context: dict[str, str] | None = None) -> str:
+           ceiling: list[dict[str, Any]] | None = None, context: dict[str, str] | None = None,
+           checked: list[Goal] | None = None) -> str:
     ceiling = ceiling or []
     context = context or {}
     revision = context.get("shoal_before", "unknown")
@@ -885,7 +886,7 @@ def report(results: list[Measurement], startups: list[Startup], args: argparse.N
               ratio_line(f"shoal-batch gRPC (logreg) / bare grpc.aio baseline throughput, c={c}",
                          rps("shoal-batch", "logreg", "v2-grpc", c), rps("baseline-grpc", "-", "v2-grpc", c)),
               ]
-    lines += goal_lines(goals(results, startups, ceiling, c))
+    lines += goal_lines(checked if checked is not None else goals(results, startups, ceiling, c))
     lines += ["", "## Server settings", ""]
     for name in args.only:
         if name == CEILING:
@@ -908,6 +909,7 @@ class Goal:
     bound: float
     lower_is_better: bool = False
     missing: str = ""  # what was not run, when ratio is None
+    rounds: list[float | None] = dataclasses.field(default_factory=list)  # with --rounds: each round's ratio
 
     @property
     def met(self) -> bool | None:
@@ -917,9 +919,11 @@ class Goal:
 
     def line(self) -> str:
         want = f"{'<=' if self.lower_is_better else '>='} {self.bound:g}x"
+        each = (f" {', '.join('n/a' if r is None else f'{r:.2f}x' for r in self.rounds)} |"
+                if len(self.rounds) > 1 else "")
         if self.ratio is None:
-            return f"| {self.name} | {want} | n/a | not checked ({self.missing}) |"
-        return f"| {self.name} | {want} | {self.ratio:.2f}x | {'met' if self.met else '**MISSED**'} |"
+            return f"| {self.name} | {want} |{each} n/a | not checked ({self.missing}) |"
+        return f"| {self.name} | {want} |{each} {self.ratio:.2f}x | {'met' if self.met else '**MISSED**'} |"
 
 
 def goals(results: list[Measurement], startups: list[Startup], ceiling: list[dict[str, Any]],
@@ -965,10 +969,30 @@ def goals(results: list[Measurement], startups: list[Startup], ceiling: list[dic
     ]
 
 
+def median_goals(per_round: list[list[Goal]]) -> list[Goal]:
+    """Each goal with its median ratio over the rounds that measured it (one round: as it is),
+    and every round's ratio kept in ``rounds``."""
+    merged = []
+    for versions in zip(*per_round):
+        first = versions[0]
+        ratios = [g.ratio for g in versions if g.ratio is not None]
+        merged.append(dataclasses.replace(
+            first, ratio=statistics.median(ratios) if ratios else None,
+            rounds=[g.ratio for g in versions]))
+    return merged
+
+
 def goal_lines(checked: list[Goal]) -> list[str]:
+    rounds = max((len(g.rounds) for g in checked), default=1)
+    if rounds <= 1:
+        return ["", "## Goals (issue 19)", "",
+                "Ratios of figures measured in this run; `--check` exits 1 when one is missed.", "",
+                "| goal | wanted | measured | result |", "| --- | ---: | ---: | --- |",
+                *(g.line() for g in checked)]
     return ["", "## Goals (issue 19)", "",
-            "Ratios of figures measured in this run; `--check` exits 1 when one is missed.", "",
-            "| goal | wanted | measured | result |", "| --- | ---: | ---: | --- |",
+            f"Ratios of figures measured in the same round, over {rounds} rounds run one after the "
+            "other; the result is the median's. `--check` exits 1 when a median misses its goal.", "",
+            "| goal | wanted | each round | median | result |", "| --- | ---: | --- | ---: | --- |",
             *(g.line() for g in checked)]
 
 
@@ -1018,6 +1042,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="smoke run: 1s warm-up, 2s per row, concurrency 1,32, one start per server")
     parser.add_argument("--shoal-args", default="",
                         help="extra `shoal serve` options, e.g. --shoal-args='--model-threads 1'")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run everything this many times, one round after the other (default 1); "
+                             "the report's tables are the last round's, each goal's ratio is the median "
+                             "over the rounds, with every round's ratio beside it")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.md", help="markdown report path")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 (naming each one) when a goal of issue 19 is missed in this run: "
@@ -1026,6 +1054,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "ceiling >= 0.6x, startup vs KServe <= 0.5x; goals whose servers were not "
                              "run are reported as not checked")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.quick:
         args.duration, args.warmup, args.startup_runs = 2.0, 1.0, 1
         if args.concurrency == "1,8,32":
@@ -1095,50 +1125,60 @@ def main(argv: list[str] | None = None) -> int:
         precompile_shoal(say)
     row = feature_row()
     expected = expected_predictions(row)
-    results: list[Measurement] = []
-    startups: list[Startup] = []
     began = time.monotonic()
     context = {"shoal_before": shoal_revision(), "load_before": load_average()}
-    ceiling: list[dict[str, Any]] = []
     ceiling_failed = False
+    #: Each round's goals; the tables below are the last round's.
+    per_round: list[list[Goal]] = []
+    every_result: list[Measurement] = []  # all rounds', for the failure check
+    every_startup: list[Startup] = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
-        for name in args.only:
-            if name == CEILING:
-                say(f"{CEILING}: the estimators' own predict, in-process on CPU {SERVER_CPU}")
+        for round_index in range(args.rounds):
+            if args.rounds > 1:
+                say(f"round {round_index + 1} of {args.rounds}")
+            results: list[Measurement] = []
+            startups: list[Startup] = []
+            ceiling: list[dict[str, Any]] = []
+            for name in args.only:
+                if name == CEILING:
+                    say(f"{CEILING}: the estimators' own predict, in-process on CPU {SERVER_CPU}")
+                    try:
+                        ceiling = measure_ceiling(args, say)
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        say(f"{CEILING}: FAILED: {exc}")
+                        ceiling_failed = True
+                    continue
+                spec = SERVERS[name]
                 try:
-                    ceiling = measure_ceiling(args, say)
-                except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                    say(f"{CEILING}: FAILED: {exc}")
-                    ceiling_failed = True
-                continue
-            spec = SERVERS[name]
-            try:
-                measurements, startup = run_server(spec, args, row, expected, Path(tmp), say)
-            except RuntimeError as exc:
-                say(f"{name}: FAILED: {exc}")
-                startups.append(Startup(name, [], failures=[str(exc).splitlines()[0]]))
-                continue
-            results += measurements
-            startups.append(startup)
+                    measurements, startup = run_server(spec, args, row, expected, Path(tmp), say)
+                except RuntimeError as exc:
+                    say(f"{name}: FAILED: {exc}")
+                    startups.append(Startup(name, [], failures=[str(exc).splitlines()[0]]))
+                    continue
+                results += measurements
+                startups.append(startup)
+            per_round.append(goals(results, startups, ceiling, max(args.concurrency)))
+            every_result += results
+            every_startup += startups
+    checked = median_goals(per_round)
     context.update(shoal_after=shoal_revision(), load_after=load_average())
-    text = report(results, startups, args, ceiling, context)
+    text = report(results, startups, args, ceiling, context, checked)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     args.output.with_suffix(".json").write_text(json.dumps({
         "measurements": [dataclasses.asdict(m) for m in results],
         "startup": [dataclasses.asdict(s) for s in startups],
-        "goals": [{**dataclasses.asdict(g), "met": g.met}
-                  for g in goals(results, startups, ceiling, max(args.concurrency))],
+        "goals": [{**dataclasses.asdict(g), "met": g.met} for g in checked],
         "model_ceiling": ceiling,
         "context": context,
         "settings": {"duration": args.duration, "warmup": args.warmup, "concurrency": args.concurrency,
-                     "startup_runs": args.startup_runs, "machine": machine()},
+                     "startup_runs": args.startup_runs, "rounds": args.rounds, "machine": machine()},
     }, indent=1))
     print(text)
     say(f"wrote {args.output} ({time.monotonic() - began:.0f}s)")
-    failed = any(m.errors for m in results) or any(not s.startup_s for s in startups) or ceiling_failed
+    failed = (any(m.errors for m in every_result) or any(not s.startup_s for s in every_startup)
+              or ceiling_failed)
     if args.check:
-        checked = goals(results, startups, ceiling, max(args.concurrency))
         for g in checked:
             if g.met is None:
                 say(f"check: not checked: {g.name} ({g.missing})")
