@@ -150,3 +150,9 @@ def test_head_requests_are_declined(port: int) -> None:
         while b"\r\n\r\n" not in head:
             head += sock.recv(65536)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and declined[-1] == "head"
+
+
+def test_a_large_body_in_one_write_is_taken_whole_and_the_connection_goes_on(port: int) -> None:
+    big = b"x" * 300_000  # past uvicorn's 64 KiB high-water mark: reading pauses until taken
+    data = exchange(port, request("/whole", big) + request("/whole", b"12"), answers=2)
+    assert [int(n) for n in re.findall(rb'"echo": (\d+)', data)] == [300_000, 2]

@@ -255,6 +255,9 @@ def take_body(cycle: Any) -> bytes | None:
     runs), as ``receive`` would hand it over; None to read it through ``receive``."""
     if cycle.more_body or cycle.waiting_for_100_continue or cycle.disconnected:
         return None
+    # As receive does: a large body that arrived in one read paused reading; reading again
+    # lets a client that goes away be noticed while its request runs.
+    cycle.flow.resume_reading()
     body = bytes(cycle.body)
     cycle.body = bytearray()
     cycle.message_event.clear()

@@ -19,8 +19,8 @@ from ..graph.context import response_headers
 from ..graph.endpoint import declared_inputs
 from ..protocol import v1, v2_json
 from ..serving.dataplane import DataPlane
-from .http_protocol import connection_of, send_whole, take_body
 from ..types import InferenceRequest, InferenceResponse
+from .http_protocol import connection_of, send_whole, take_body
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
