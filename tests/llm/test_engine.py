@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from e2e.hf_models import train_tokenizer
+from llm_engine_helpers import alone, engine_for, run
 
 from shoal.errors import InvalidInput, ModelFailure, Unavailable
 from shoal.llm.detokenize import IncrementalDetokenizer, StopStrings
@@ -53,18 +54,6 @@ class Recorder:
         self.steps.append((running, waiting, kv_tokens_used, max_num_tokens))
 
 
-def engine_for(lm, **kw) -> GenerationEngine:
-    model, tokenizer = lm
-    kw.setdefault("eos_token_ids", {tokenizer.eos_token_id})
-    engine = GenerationEngine(model, tokenizer, name="tiny", version="1", **kw)
-    engine.start()
-    return engine
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
-
-
 def reference(lm, ids: list[int], n: int, **kw) -> list[int]:
     model, _ = lm
     with torch.inference_mode():
@@ -73,17 +62,6 @@ def reference(lm, ids: list[int], n: int, **kw) -> list[int]:
             max_new_tokens=n, pad_token_id=0, **kw,
         )
     return out[0, len(ids):].tolist()
-
-
-def alone(lm, ids: list[int], params: SamplingParams):
-    async def main():
-        engine = engine_for(lm)
-        try:
-            return await engine.submit(ids, params).result()
-        finally:
-            engine.stop()
-
-    return run(main())
 
 
 def test_greedy_equals_generate(lm):

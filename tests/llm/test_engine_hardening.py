@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from e2e.hf_models import train_tokenizer
+from llm_engine_helpers import alone, engine_for, run
 
 from shoal.errors import ModelFailure, Overloaded, Unavailable
 from shoal.llm import kvcache
@@ -42,29 +43,6 @@ class Recorder:
 
     def step(self, running: int, waiting: int, kv_tokens_used: int, max_num_tokens: int) -> None:
         self.steps.append((running, waiting, kv_tokens_used, max_num_tokens))
-
-
-def engine_for(lm, **kw) -> GenerationEngine:
-    model, tokenizer = lm
-    kw.setdefault("eos_token_ids", {tokenizer.eos_token_id})
-    engine = GenerationEngine(model, tokenizer, name="tiny", version="1", **kw)
-    engine.start()
-    return engine
-
-
-def run(coro, timeout: float = 60):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def alone(lm, ids: list[int], params: SamplingParams):
-    async def main():
-        engine = engine_for(lm)
-        try:
-            return await engine.submit(ids, params).result()
-        finally:
-            engine.stop()
-
-    return run(main())
 
 
 def reference(lm, ids: list[int], n: int, **kw) -> list[int]:

@@ -504,6 +504,27 @@ def test_requests_are_counted(models: dict[str, Any]) -> None:
     assert 'shoal_requests_in_flight{model="gen"} 0.0' in text
 
 
+class RawClient:
+    """One POST to ``path`` as raw ASGI: the body is received whole, then ``receive`` waits
+    until ``gone`` is set and says the client disconnected."""
+
+    def __init__(self, path: str, body: bytes) -> None:
+        self.body = body
+        self.gone = asyncio.Event()
+        self._received = 0
+        self.scope = {"type": "http", "method": "POST", "path": path, "raw_path": b"",
+                      "query_string": b"", "headers": [(b"content-type", b"application/json")],
+                      "root_path": "", "scheme": "http", "server": ("t", 80),
+                      "http_version": "1.1"}
+
+    async def receive(self) -> dict:
+        self._received += 1
+        if self._received == 1:
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_client_that_goes_away_cancels_its_sequences_at_once(models: dict[str, Any], stream: bool) -> None:
     """The disconnect is awaited beside the generation: the sequences are cancelled while the
@@ -517,29 +538,17 @@ def test_a_client_that_goes_away_cancels_its_sequences_at_once(models: dict[str,
 
     async def main() -> None:
         engine.gate = asyncio.Event()  # never set: every sequence stalls after its first token
-        gone = asyncio.Event()
-        received = 0
-
-        async def receive() -> dict:
-            nonlocal received
-            received += 1
-            if received == 1:
-                return {"type": "http.request", "body": body, "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
+        client = RawClient("/openai/v1/completions", body)
 
         async def send(message: dict) -> None:
             sent.append(message)
 
-        scope = {"type": "http", "method": "POST", "path": "/openai/v1/completions", "raw_path": b"",
-                 "query_string": b"", "headers": [(b"content-type", b"application/json")],
-                 "root_path": "", "scheme": "http", "server": ("t", 80), "http_version": "1.1"}
-        call = asyncio.ensure_future(app(scope, receive, send))
+        call = asyncio.ensure_future(app(client.scope, client.receive, send))
         for _ in range(50):
             await asyncio.sleep(0)
         assert len(engine.submitted) == 2 and not any(s.cancelled for s in engine.submitted)
         assert not call.done()
-        gone.set()
+        client.gone.set()
         await asyncio.wait_for(call, 1)
 
     asyncio.run(main())
@@ -834,25 +843,14 @@ def test_a_failed_send_does_not_leak_the_in_flight_count() -> None:
     body = json.dumps({"model": "gen", "prompt": "abc", "stream": True}).encode()
 
     async def main() -> None:
-        received = 0
-
-        async def receive() -> dict:
-            nonlocal received
-            received += 1
-            if received == 1:
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()
-            return {}
+        client = RawClient("/openai/v1/completions", body)  # never gone: the send fails
 
         async def send(message: dict) -> None:
             if message["type"] == "http.response.body" and message.get("body"):
                 raise OSError("connection reset")
 
-        scope = {"type": "http", "method": "POST", "path": "/openai/v1/completions", "raw_path": b"",
-                 "query_string": b"", "headers": [(b"content-type", b"application/json")],
-                 "root_path": "", "scheme": "http", "server": ("t", 80), "http_version": "1.1"}
         with pytest.raises(OSError):
-            await asyncio.wait_for(app(scope, receive, send), 1)
+            await asyncio.wait_for(app(client.scope, client.receive, send), 1)
 
     asyncio.run(main())
     text = dataplane.metrics.exposition().decode()
@@ -891,26 +889,14 @@ def test_a_client_gone_during_embeddings_stops_the_work() -> None:
     body = json.dumps({"model": "emb", "input": ["text"] * 100}).encode()
 
     async def main() -> None:
-        gone = asyncio.Event()
-        received = 0
-
-        async def receive() -> dict:
-            nonlocal received
-            received += 1
-            if received == 1:
-                return {"type": "http.request", "body": body, "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
+        client = RawClient("/openai/v1/embeddings", body)
 
         async def send(message: dict) -> None:
             pass
 
-        scope = {"type": "http", "method": "POST", "path": "/openai/v1/embeddings", "raw_path": b"",
-                 "query_string": b"", "headers": [(b"content-type", b"application/json")],
-                 "root_path": "", "scheme": "http", "server": ("t", 80), "http_version": "1.1"}
-        call = asyncio.ensure_future(app(scope, receive, send))
+        call = asyncio.ensure_future(app(client.scope, client.receive, send))
         await until(lambda: model.embedded)
-        gone.set()
+        client.gone.set()
         await asyncio.wait_for(call, 1)
         model.embed_gate.set()
         for _ in range(20):
