@@ -4,7 +4,9 @@ Runtimes (scikit-learn, ...) and users' custom classes both subclass :class:`Mod
 The lifecycle follows KServe's, which users already know: ``load`` once, then per request
 ``preprocess`` -> ``predict`` -> ``postprocess``. Each may be a plain function or a coroutine:
 plain functions run on Shoal's worker threads, never on the event loop, so a slow model
-cannot freeze health checks or other models.
+cannot freeze health checks or other models. (The one exception is a ``predict`` whose model
+says, through :meth:`Model.runs_on_loop`, that a request costs a few microseconds; no custom
+model does unless it overrides that method.)
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ class Model:
 
     def postprocess(self, response: InferenceResponse) -> InferenceResponse:
         return response
+
+    def runs_on_loop(self, request: InferenceRequest) -> bool:
+        """Whether ``predict`` on this request may run on the event loop instead of a worker
+        thread: only for a plain ``predict`` (no ``preprocess`` / ``postprocess``) whose cost
+        is a few microseconds, bounded by the request's size, that never waits (no I/O, no
+        lock, no GIL release worth having). Handing such a request to a thread and back costs
+        several times the prediction. False (the default): always a worker thread."""
+        return False
 
     def unload(self) -> None:
         """Release resources; called after the model stops receiving requests."""

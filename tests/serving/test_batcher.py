@@ -292,11 +292,11 @@ def test_a_request_of_max_batch_size_rows_runs_alone() -> None:
     async def main() -> None:
         model = FakeModel(gated=True)
         batcher = Batcher(model, BatchSettings(4))
-        small = [asyncio.create_task(batcher.submit(request_of(rows_of(1, 10 * i)))) for i in range(3)]
+        small = [asyncio.ensure_future(batcher.submit(request_of(rows_of(1, 10 * i)))) for i in range(3)]
         await model.running.wait()
         big = request_of(rows_of(4, 500))
         bigger = request_of(rows_of(9, 900))
-        large = [asyncio.create_task(batcher.submit(r)) for r in (big, bigger)]
+        large = [asyncio.ensure_future(batcher.submit(r)) for r in (big, bigger)]
         await asyncio.sleep(0.01)
         # The large ones did not queue behind the busy model: they already reached it.
         assert any(c is big for c in model.calls) and any(c is bigger for c in model.calls)
@@ -363,10 +363,10 @@ def test_a_cancelled_waiter_never_reaches_the_model() -> None:
     async def main() -> None:
         model = FakeModel(gated=True)
         batcher = Batcher(model, BatchSettings(8))
-        first = asyncio.create_task(batcher.submit(request_of(rows_of(1, 0))))
+        first = asyncio.ensure_future(batcher.submit(request_of(rows_of(1, 0))))
         await model.running.wait()
-        doomed = asyncio.create_task(batcher.submit(request_of(rows_of(1, 666))))
-        kept = asyncio.create_task(batcher.submit(request_of(rows_of(2, 30))))
+        doomed = asyncio.ensure_future(batcher.submit(request_of(rows_of(1, 666))))
+        kept = asyncio.ensure_future(batcher.submit(request_of(rows_of(2, 30))))
         await asyncio.sleep(0)
         doomed.cancel()
         await asyncio.sleep(0)
@@ -385,7 +385,7 @@ def test_a_cancelled_first_waiter_does_not_hold_up_the_rest() -> None:
     async def main() -> None:
         model = FakeModel()
         batcher = Batcher(model, BatchSettings(8, max_batch_delay=0.3))
-        doomed = asyncio.create_task(batcher.submit(request_of(rows_of(1, 666, width=5))))
+        doomed = asyncio.ensure_future(batcher.submit(request_of(rows_of(1, 666, width=5))))
         await asyncio.sleep(0)
         doomed.cancel()
         await asyncio.sleep(0)
@@ -405,7 +405,7 @@ def test_a_cancelled_waiter_of_a_running_batch_leaves_the_others_answered() -> N
     async def main() -> None:
         model = FakeModel(gated=True)
         batcher = Batcher(model, BatchSettings(8))
-        tasks = [asyncio.create_task(batcher.submit(request_of(rows_of(1, 10 * i)))) for i in range(3)]
+        tasks = [asyncio.ensure_future(batcher.submit(request_of(rows_of(1, 10 * i)))) for i in range(3)]
         await model.running.wait()
         tasks[1].cancel()
         await asyncio.sleep(0)
@@ -421,7 +421,7 @@ def test_max_batch_delay_waits_for_stragglers() -> None:
     async def main() -> None:
         model = FakeModel()
         batcher = Batcher(model, BatchSettings(8, max_batch_delay=0.1))
-        first = asyncio.create_task(batcher.submit(request_of(rows_of(1, 0))))
+        first = asyncio.ensure_future(batcher.submit(request_of(rows_of(1, 0))))
         await asyncio.sleep(0.005)
         assert model.calls == []
         second = await batcher.submit(request_of(rows_of(2, 10)))
@@ -450,7 +450,7 @@ def test_a_full_batch_does_not_wait_out_the_delay() -> None:
         model = FakeModel()
         batcher = Batcher(model, BatchSettings(4, max_batch_delay=1.0))
         started = time.perf_counter()
-        first = asyncio.create_task(batcher.submit(request_of(rows_of(1))))
+        first = asyncio.ensure_future(batcher.submit(request_of(rows_of(1))))
         await asyncio.sleep(0.005)
         await asyncio.gather(*(batcher.submit(request_of(rows_of(1, 10 * i))) for i in range(3)))
         await first
@@ -464,7 +464,7 @@ def test_zero_delay_runs_a_lone_request_at_once() -> None:
     async def main() -> None:
         model = FakeModel()
         batcher = Batcher(model, BatchSettings(8))
-        first = asyncio.create_task(batcher.submit(request_of(rows_of(1, 0))))
+        first = asyncio.ensure_future(batcher.submit(request_of(rows_of(1, 0))))
         await asyncio.sleep(0.005)
         assert model.sizes == [1]
         await batcher.submit(request_of(rows_of(1, 10)))
@@ -478,9 +478,9 @@ def test_zero_delay_batches_what_queued_while_the_model_was_busy() -> None:
     async def main() -> None:
         model = FakeModel(gated=True)
         batcher = Batcher(model, BatchSettings(8))
-        first = asyncio.create_task(batcher.submit(request_of(rows_of(1, 0))))
+        first = asyncio.ensure_future(batcher.submit(request_of(rows_of(1, 0))))
         await model.running.wait()
-        queued = [asyncio.create_task(batcher.submit(request_of(rows_of(n, 100 * n)))) for n in (1, 3, 2)]
+        queued = [asyncio.ensure_future(batcher.submit(request_of(rows_of(n, 100 * n)))) for n in (1, 3, 2)]
         await asyncio.sleep(0.005)
         assert model.sizes == [1]
         model.gate.set()
@@ -498,9 +498,9 @@ def test_the_observer_sees_rows_and_queue_delays() -> None:
     async def main() -> None:
         model = FakeModel(gated=True)
         batcher = Batcher(model, BatchSettings(8), lambda rows, waits: seen.append((rows, waits)))
-        first = asyncio.create_task(batcher.submit(request_of(rows_of(2))))
+        first = asyncio.ensure_future(batcher.submit(request_of(rows_of(2))))
         await model.running.wait()
-        later = [asyncio.create_task(batcher.submit(request_of(rows_of(n)))) for n in (1, 3)]
+        later = [asyncio.ensure_future(batcher.submit(request_of(rows_of(n)))) for n in (1, 3)]
         await asyncio.sleep(0.01)
         model.gate.set()
         await asyncio.gather(first, *later)
@@ -527,9 +527,9 @@ def test_a_runner_cancelled_underneath_fails_its_waiters_instead_of_hanging() ->
             return rowwise(request)
 
         batcher = Batcher(runner, BatchSettings(8))
-        first = asyncio.create_task(batcher.submit(request_of(rows_of(1))))
+        first = asyncio.ensure_future(batcher.submit(request_of(rows_of(1))))
         await asyncio.sleep(0.005)
-        queued = [asyncio.create_task(batcher.submit(request_of(rows_of(1, 10 * i)))) for i in range(3)]
+        queued = [asyncio.ensure_future(batcher.submit(request_of(rows_of(1, 10 * i)))) for i in range(3)]
         await asyncio.sleep(0.005)
         opened.set()
         results = await asyncio.gather(first, *queued, return_exceptions=True)
@@ -549,9 +549,9 @@ def test_a_cancelled_dispatcher_cancels_its_waiters() -> None:
     async def main() -> None:
         model = FakeModel(gated=True)
         batcher = Batcher(model, BatchSettings(8))
-        first = asyncio.create_task(batcher.submit(request_of(rows_of(1))))
+        first = asyncio.ensure_future(batcher.submit(request_of(rows_of(1))))
         await model.running.wait()
-        queued = asyncio.create_task(batcher.submit(request_of(rows_of(2))))
+        queued = asyncio.ensure_future(batcher.submit(request_of(rows_of(2))))
         await asyncio.sleep(0)
         batcher._task.cancel()
         results = await asyncio.gather(first, queued, return_exceptions=True)

@@ -245,6 +245,103 @@ def test_sync_predict_runs_off_the_event_loop_thread(executor: Executor) -> None
     assert model.threads and model.threads[0] != threading.get_ident()
 
 
+class OnLoop(Doubler):
+    """A model that says its requests of at most ``limit`` values may run on the loop."""
+
+    def __init__(self, limit: int = 4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.limit = limit
+        self.asked: list[int] = []
+
+    def runs_on_loop(self, request: InferenceRequest) -> bool:
+        self.asked.append(threading.get_ident())
+        return request.as_numpy().size <= self.limit
+
+
+def test_a_request_the_model_calls_cheap_runs_on_the_event_loop(executor: Executor) -> None:
+    model = OnLoop(limit=4)
+    endpoint = ModelEndpoint(model, executor)
+    small = infer(endpoint, request_of(np.ones(4)))
+    large = infer(endpoint, request_of(np.ones(5)))
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop on this thread
+    assert model.threads[0] == loop_thread and model.threads[1] != loop_thread
+    assert model.asked == [loop_thread, loop_thread]
+    np.testing.assert_array_equal(small.outputs[0].data, np.full(4, 2.0))
+    np.testing.assert_array_equal(large.outputs[0].data, np.full(5, 2.0))
+    # The statistics count it as any execution.
+    assert endpoint.stats.inference_count == 2
+
+
+def test_only_a_plain_predict_is_asked_about_the_loop(executor: Executor) -> None:
+    class WithPreprocess(OnLoop):
+        def preprocess(self, request: InferenceRequest) -> InferenceRequest:
+            return request
+
+    class AsyncPredict(OnLoop):
+        async def predict(self, request: InferenceRequest):  # type: ignore[override]
+            self.threads.append(threading.get_ident())
+            return request.as_numpy() * 2
+
+    loop_thread = threading.get_ident()
+    with_preprocess, async_predict = WithPreprocess(), AsyncPredict()
+    for model in (with_preprocess, async_predict):
+        infer(ModelEndpoint(model, executor), request_of(np.ones(1)))
+        assert model.asked == []
+    # With a preprocess, predict runs on a model thread; an async predict on the loop, as ever.
+    assert with_preprocess.threads[0] != loop_thread
+    assert async_predict.threads[0] == loop_thread
+
+
+def test_a_failure_on_the_loop_is_the_same_model_failure(executor: Executor) -> None:
+    def explode(x):
+        raise ValueError("weights are NaN")
+
+    with pytest.raises(ModelFailure) as info:
+        infer(ModelEndpoint(OnLoop(result=explode), executor), request_of(np.ones(1)))
+    assert str(info.value) == "model 'doubler' failed: ValueError: weights are NaN"
+
+    class Undecided(OnLoop):
+        def runs_on_loop(self, request: InferenceRequest) -> bool:
+            raise RuntimeError("cannot tell")
+
+    with pytest.raises(ModelFailure, match="RuntimeError: cannot tell"):
+        infer(ModelEndpoint(Undecided(), executor), request_of(np.ones(1)))
+
+
+def test_an_answer_made_on_the_loop_leaves_a_loop_step_later(executor: Executor) -> None:
+    """Requests that arrived together are all taken in before the first answer goes out."""
+    endpoint = ModelEndpoint(OnLoop(), executor)
+    order: list[str] = []
+
+    async def one(name: str) -> None:
+        order.append(f"in {name}")
+        await endpoint.infer(request_of(np.ones(1)))
+        order.append(f"out {name}")
+
+    async def main() -> None:
+        await asyncio.gather(one("a"), one("b"), one("c"))
+
+    asyncio.run(main())
+    assert order == ["in a", "in b", "in c", "out a", "out b", "out c"]
+
+
+def test_a_batch_the_model_calls_cheap_runs_on_the_event_loop(executor: Executor) -> None:
+    from shoal.serving.batcher import BatchSettings
+
+    model = OnLoop(limit=8)
+    endpoint = ModelEndpoint(model, executor, BatchSettings(8, 0.05))
+
+    async def main() -> list[InferenceResponse]:
+        return await asyncio.gather(
+            *(endpoint.infer(request_of(np.full((1, 2), float(i)))) for i in range(4))
+        )
+
+    responses = asyncio.run(main())
+    assert len(model.threads) == 1 and model.threads[0] == threading.get_ident()
+    for i, response in enumerate(responses):
+        np.testing.assert_array_equal(response.outputs[0].data, np.full((1, 2), 2.0 * i))
+
+
 # -- failures -----------------------------------------------------------------------------
 
 

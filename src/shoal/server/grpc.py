@@ -115,11 +115,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         raise AssertionError("unreachable")
 
-    async def _infer(
+    def _infer(
         self, request: pb.ModelInferRequest, deadline: float | None = None
-    ) -> pb.ModelInferResponse:
+    ) -> Awaitable[pb.ModelInferResponse]:
+        """The data plane's coroutine for ``request`` (handed back, not awaited here: one
+        level of ``await`` less per call)."""
         raw = bool(request.raw_input_contents)
-        return await self.dataplane.infer(
+        return self.dataplane.infer(
             request.model_name,
             request.model_version or None,
             "v2-grpc",

@@ -96,9 +96,11 @@ class InferenceASGI:
                     "headers": [(b"content-length", b"%d" % len(content)), *headers]})
         await send({"type": "http.response.body", "body": content})
 
-    async def _v2(
+    # _v2 and _v1 hand back the data plane's coroutine instead of awaiting it: one level of
+    # ``await`` less per request.
+    def _v2(
         self, name: str, version: str | None, body: bytes, scope: dict, receive: Any
-    ) -> tuple[bytes, list]:
+    ) -> Awaitable[tuple[bytes, list]]:
         header_length, timeout = _v2_headers(scope)
         gone = _client_gone(receive)
 
@@ -108,16 +110,16 @@ class InferenceASGI:
             return request
 
         logged = self.dataplane.logs(name)
-        return await self.dataplane.infer(
+        return self.dataplane.infer(
             name, version, "v2-rest", decode, _encode_v2, timeout,
             # The payload log keeps a JSON body as received (a binary one is rendered).
             body=body if logged and header_length is None else None,
             sent=_json_content if logged else None,
         )
 
-    async def _v1(
+    def _v1(
         self, name: str, version: str | None, body: bytes, scope: dict, receive: Any
-    ) -> tuple[bytes, list]:
+    ) -> Awaitable[tuple[bytes, list]]:
         formats: list[v1.Format] = []
         gone = _client_gone(receive)
 
@@ -136,7 +138,7 @@ class InferenceASGI:
             return content, _JSON_HEADERS
 
         logged = self.dataplane.logs(name)
-        return await self.dataplane.infer(
+        return self.dataplane.infer(
             name, version, "v1-rest", decode, encode, timeout_of(scope),
             body=body if logged else None, sent=_json_content if logged else None,
         )

@@ -161,10 +161,14 @@ class Batcher:
         #: Seconds a model execution typically takes (see _wait); 0 until one ran.
         self._typical_run = 0.0
 
-    async def submit(self, request: InferenceRequest) -> InferenceResponse:
+    def submit(self, request: InferenceRequest) -> Awaitable[InferenceResponse]:
+        """Queue ``request`` now; what to await for its answer. Without tracing that is the
+        request's own future, not a coroutine around it: one level of ``await`` less for
+        every request, and ``asyncio.wait_for`` needs no task to wrap it. Cancelling the
+        awaited object (a timeout, the client gone) takes the request out of the batch."""
         rows = batch_rows(request)
         if rows is None or rows >= self.settings.max_batch_size:
-            return await self._predict(request, [0.0], None)
+            return self._predict(request, [0.0], None)
         future = asyncio.get_running_loop().create_future()
         waiting = _Waiting(request, batch_key(request), rows, future, time.perf_counter())
         if tracing.TRACER is not None:  # before the dispatcher can see it
@@ -181,7 +185,11 @@ class Batcher:
             if self._filling_rows >= self.settings.max_batch_size and not filling.done():
                 filling.set_result(None)
         if waiting.queued is None:
-            return await waiting.future
+            return future
+        return self._traced_wait(waiting)
+
+    @staticmethod
+    async def _traced_wait(waiting: _Waiting) -> InferenceResponse:
         try:
             return await waiting.future
         finally:  # cancelled or timed out in the queue: its span still says how long it waited
@@ -271,6 +279,15 @@ class Batcher:
         timer: asyncio.TimerHandle | None = None
         quiet_since: float | None = None  # the last arrival when the wait first looked over
 
+        def first_gone(_: asyncio.Future) -> None:
+            # The request the wait is for was cancelled (timeout, client gone): neither its
+            # layout nor its deadline may hold up the requests behind it.
+            waking = self._filling
+            if waking is not None and not waking.done():
+                waking.set_result(None)
+
+        first.future.add_done_callback(first_gone)
+
         def check() -> None:
             nonlocal timer, quiet_since
             if filling.done():
@@ -297,7 +314,10 @@ class Batcher:
                     timer.cancel()
                 check()
                 await filling
-                if self._filling_rows < limit or time.perf_counter() >= deadline:
+                if (
+                    self._filling_rows < limit or time.perf_counter() >= deadline
+                    or first.future.done()
+                ):
                     return
                 # Full by the count of arrivals; some may have been cancelled since.
                 rows = self._rows_waiting(first.key)
@@ -307,6 +327,7 @@ class Batcher:
                 self._filling_rows = rows
         finally:
             self._filling = None
+            first.future.remove_done_callback(first_gone)
             if timer is not None:
                 timer.cancel()
 

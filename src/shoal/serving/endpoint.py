@@ -94,6 +94,14 @@ class ModelEndpoint:
             (s, s.__name__ == "predict", inspect.iscoroutinefunction(s)) for s in self._stages
         ]
         self._all_sync = not any(is_async for _, _, is_async in self._plan)
+        #: The model's say on running a request's predict on the loop (``Model.runs_on_loop``):
+        #: asked only of a model that overrides it and has no other stage.
+        self._on_loop = (
+            model.runs_on_loop
+            if type(model).runs_on_loop is not Model.runs_on_loop and self._plan
+            and len(self._plan) == 1 and not self._plan[0][2]
+            else None
+        )
         self._in_flight = 0
         #: Autoscaled models: what the scaler observes (see ``autoscale.meter``); None: not
         #: measured, and not paid for.
@@ -132,59 +140,57 @@ class ModelEndpoint:
         deadline: float | None = None,
     ) -> InferenceResponse:
         """``timeout`` (seconds, from the client) replaces the model's own time limit;
-        ``deadline`` (seconds left before the client gives up, e.g. a gRPC deadline) caps it."""
+        ``deadline`` (seconds left before the client gives up, e.g. a gRPC deadline) caps it.
+
+        One coroutine from the checks to the answer (every level of ``await`` costs each
+        request once on the way in and once on the way out)."""
         started = perf_counter_ns()
         try:
-            response = await self._infer(request, timeout, deadline)
+            if self.state is not ModelState.READY:
+                raise Unavailable(f"model {self.name!r} version {self.version} is not ready")
+            request.inputs = conform_inputs(request.inputs, self.model.inputs, self.name)
+            limit = self.limits.max_inflight
+            if limit and self._in_flight >= limit:
+                raise Overloaded(
+                    f"model {self.name!r} version {self.version} has {limit} requests in "
+                    "flight, its limit; retry shortly"
+                )
+            timeout = timeout or self.limits.timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline) if timeout else deadline
+            self._in_flight += 1
+            self._idle.clear()
+            meter = self.meter
+            if meter is not None:
+                meter.change(1)
+            try:
+                if self.batcher is not None:
+                    work = self.batcher.submit(request)
+                elif tracing.TRACER is None:
+                    work = self._execute(request)
+                else:
+                    work = tracing.predict(self._execute(request), self._traced_as, None)
+                if timeout:
+                    try:
+                        result = await asyncio.wait_for(work, timeout)
+                    except asyncio.TimeoutError:
+                        raise DeadlineExceeded(
+                            f"model {self.name!r} did not answer within {timeout:g} s"
+                        ) from None
+                else:
+                    result = await work
+            finally:
+                self._in_flight -= 1
+                if meter is not None:
+                    meter.change(-1)
+                if not self._in_flight:
+                    self._idle.set()
+            response = self._finish(request, result)
         except Exception:  # a cancelled request (client gone) is neither a success nor a failure
             self.stats.failed(started, perf_counter_ns())
             raise
         self.stats.succeeded(started, perf_counter_ns())
         return response
-
-    async def _infer(
-        self, request: InferenceRequest, timeout: float | None, deadline: float | None
-    ) -> InferenceResponse:
-        if self.state is not ModelState.READY:
-            raise Unavailable(f"model {self.name!r} version {self.version} is not ready")
-        request.inputs = conform_inputs(request.inputs, self.model.inputs, self.name)
-        limit = self.limits.max_inflight
-        if limit and self._in_flight >= limit:
-            raise Overloaded(
-                f"model {self.name!r} version {self.version} has {limit} requests in flight, "
-                "its limit; retry shortly"
-            )
-        timeout = timeout or self.limits.timeout
-        if deadline is not None:
-            timeout = min(timeout, deadline) if timeout else deadline
-        self._in_flight += 1
-        self._idle.clear()
-        meter = self.meter
-        if meter is not None:
-            meter.change(1)
-        try:
-            if self.batcher is not None:
-                work = self.batcher.submit(request)
-            elif tracing.TRACER is None:
-                work = self._execute(request)
-            else:
-                work = tracing.predict(self._execute(request), self._traced_as, None)
-            if timeout:
-                try:
-                    result = await asyncio.wait_for(work, timeout)
-                except asyncio.TimeoutError:
-                    raise DeadlineExceeded(
-                        f"model {self.name!r} did not answer within {timeout:g} s"
-                    ) from None
-            else:
-                result = await work
-        finally:
-            self._in_flight -= 1
-            if meter is not None:
-                meter.change(-1)
-            if not self._in_flight:
-                self._idle.set()
-        return self._finish(request, result)
 
     async def _execute(
         self, request: InferenceRequest, waited: Sequence[float] = NOT_QUEUED
@@ -193,7 +199,15 @@ class ModelEndpoint:
         ``len(waited)`` client requests, and record the execution's statistics."""
         handed = perf_counter_ns()
         try:
-            if self._all_sync:
+            if self._on_loop is not None and self._on_loop(request):
+                result, began, predicting, predicted = self._run_stages(request)
+                if waited is NOT_QUEUED:
+                    # An answer made in the step that took its request in goes out one loop
+                    # step later, after the other requests that arrived with it have been
+                    # taken in, as answers from a model thread do: at once, one-row REST
+                    # requests lost 30 % of their rate here (answers leaving one by one).
+                    await asyncio.sleep(0)
+            elif self._all_sync:
                 result, began, predicting, predicted = await self.executor.run(
                     self._run_stages, request
                 )
