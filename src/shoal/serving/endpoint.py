@@ -98,7 +98,7 @@ class ModelEndpoint:
         #: asked only of a model that overrides it and has no other stage.
         self._on_loop = (
             model.runs_on_loop
-            if type(model).runs_on_loop is not Model.runs_on_loop and self._plan
+            if type(model).runs_on_loop is not Model.runs_on_loop
             and len(self._plan) == 1 and not self._plan[0][2]
             else None
         )
